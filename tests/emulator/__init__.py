@@ -1,0 +1,1 @@
+"""Tests of the loopback exchange emulator (real sockets, no mocks)."""

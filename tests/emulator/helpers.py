@@ -1,0 +1,111 @@
+"""Test helpers: a recording picows client and small waiting utilities."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+TIMEOUT = 5.0
+"""Generous upper bound for anything the tests wait for."""
+
+
+class Client(WSListener):
+    """Test WebSocket client that records every frame it receives."""
+
+    def __init__(self, *, auto_pong: bool = True, pong_payload: bytes | None = None) -> None:
+        super().__init__()
+        self.auto_pong = auto_pong
+        self.pong_payload = pong_payload
+        self.transport: WSTransport | None = None
+        self.texts: list[bytes] = []
+        self.pings: list[bytes] = []
+        self.close_code: WSCloseCode | None = None
+        self.close_reason = ""
+        self.disconnected = asyncio.Event()
+
+    # picows callbacks
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.texts.append(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.PING:
+            payload = frame.get_payload_as_bytes()
+            self.pings.append(payload)
+            if self.auto_pong:
+                reply = payload if self.pong_payload is None else self.pong_payload
+                transport.send_pong(reply)
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.close_code = frame.get_close_code()
+            self.close_reason = frame.get_close_reason()
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.disconnected.set()
+
+    # helpers
+    def send(self, message: Any) -> None:
+        assert self.transport is not None
+        data = message if isinstance(message, bytes) else orjson.dumps(message)
+        self.transport.send(WSMsgType.TEXT, data)
+
+    def messages(self) -> list[Any]:
+        """Every text frame parsed as JSON (invalid JSON is skipped)."""
+        out = []
+        for text in self.texts:
+            try:
+                out.append(orjson.loads(text))
+            except orjson.JSONDecodeError:
+                continue
+        return out
+
+    def data(self, stream: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
+        """Market-data payloads (unwrapped when combined), optionally filtered."""
+        out = []
+        for msg in self.messages():
+            if not isinstance(msg, dict):
+                continue
+            if "stream" in msg and "data" in msg:
+                if stream is not None and msg["stream"] != stream:
+                    continue
+                payload = msg["data"]
+            elif "e" in msg:
+                payload = msg
+            else:
+                continue
+            if event is not None and payload.get("e") != event:
+                continue
+            out.append(payload)
+        return out
+
+    def replies(self) -> list[dict[str, Any]]:
+        """Control replies and error frames."""
+        return [m for m in self.messages() if isinstance(m, dict) and ("result" in m or "code" in m)]
+
+    async def close(self) -> None:
+        if self.transport is not None and not self.disconnected.is_set():
+            self.transport.disconnect()
+            await asyncio.wait_for(self.disconnected.wait(), TIMEOUT)
+
+
+async def eventually(predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
+    """Wait until ``predicate()`` is true; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for _ in range(100_000):
+        if predicate():
+            return
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {within} s")
+
+
+def ids(payloads: list[dict[str, Any]], key: str) -> list[int]:
+    return [p[key] for p in payloads]

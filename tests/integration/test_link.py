@@ -1,0 +1,138 @@
+"""Collector links against the in-process emulator over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.conftest import free_port
+from wadm.config import Settings, StreamTarget
+from wadm.emulator import Emulator
+from wadm.emulator.market import SyntheticSpec
+from wadm.pipeline.service import Service
+from wadm.records import TRADES, BatchKey, Market, Venue
+from wadm.store import SqliteStore
+from wadm.venues import binance
+from wadm.venues.base import ConnectionPlan, Event
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    spec = [SyntheticSpec(market="spot", symbol=s, rate=300) for s in ("BTCUSDT", "ETHUSDT")]
+    async with Emulator(synthetic=spec, seed=3) as e:
+        yield e
+
+
+def _settings(emu: Emulator, **kw: object) -> Settings:
+    base: dict[str, object] = {
+        "collectors_start_delay": 0.0,
+        "targets": (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT", "ETHUSDT")),),
+        "binance_spot_ws_url": emu.urls["binance"]["spot"],
+        "stale_after": 3.0,
+        "flush_interval": 0.1,
+        "reconnect_min_delay": 0.05,
+        "reconnect_max_delay": 0.3,
+    }
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+    assert predicate(), what
+
+
+async def _stored_ids(store: SqliteStore, symbol: str) -> list[int]:
+    frame = await store.read(BatchKey(TRADES, Venue.BINANCE, Market.SPOT, symbol), 0, 2**62)
+    return frame["id"].to_list() if frame.height else []
+
+
+async def test_rotation_is_make_before_break_and_loses_nothing(emu: Emulator, tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "w.db")
+    svc = Service(_settings(emu, rotate_after=1.0), store)
+    await svc.start()
+    link = svc.links[0]
+    await _until(lambda: link.state.rotations >= 3, 20, "three rotations")
+    emu.pause()
+    await asyncio.sleep(0.3)
+    await svc.stop()
+    await store.open()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        delivered = emu.delivered(f"{symbol.lower()}@aggTrade", "spot")
+        assert len(delivered) > 500
+        assert await _stored_ids(store, symbol) == delivered
+    assert link.state.reconnects == link.state.rotations  # every new connection was a rotation, none a loss
+    assert sum(st.duplicates for _, st in svc.streams) > 0  # the overlaps happened and were removed
+    await store.close()
+
+
+async def test_one_failing_connection_does_not_affect_the_others(emu: Emulator, tmp_path: Path) -> None:
+    settings = _settings(emu)
+    dead = binance.plan_trade_connections(Market.SPOT, ("XRPUSDT",), f"ws://127.0.0.1:{free_port()}")
+    good = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), emu.urls["binance"]["spot"])
+    svc = Service(settings, SqliteStore(tmp_path / "w.db"), plans=dead + good)
+    await svc.start()
+    try:
+        await _until(lambda: svc.links[0].state.connect_failures >= 3, 10, "retries against the dead port")
+        await _until(lambda: svc.streams[1][1].messages > 100, 10, "the good stream flowing")
+        healthy, body = svc.health()
+        assert not healthy
+        states = {s["symbol"]: s["state"] for s in body["streams"]}
+        assert states == {"XRPUSDT": "connecting", "BTCUSDT": "live"}
+        assert "ConnectionRefusedError" in body["connections"][0]["last_error"]
+    finally:
+        await svc.stop()
+
+
+class _BuggyProtocol:
+    """A venue protocol with a bug that throws on one frame (to exercise supervision)."""
+
+    def __init__(self, inner: binance.BinanceProtocol, fail_at: int) -> None:
+        self.inner = inner
+        self.streams = inner.streams
+        self.fail_at = fail_at
+        self.frames = 0
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        self.frames += 1
+        if self.frames == self.fail_at:
+            raise KeyError("a bug")
+        return self.inner.feed(payload, ts_recv)
+
+
+def _buggy_plan(emu: Emulator) -> list[ConnectionPlan]:
+    plan = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), emu.urls["binance"]["spot"])[0]
+    assert isinstance(plan.protocol, binance.BinanceProtocol)
+    return [ConnectionPlan(venue=plan.venue, market=plan.market, url=plan.url, streams=plan.streams,
+                           protocol=_BuggyProtocol(plan.protocol, 50), label=plan.label)]
+
+
+@pytest.mark.parametrize("restart", [True, False])
+async def test_unexpected_collector_failure(emu: Emulator, tmp_path: Path, restart: bool) -> None:
+    settings = _settings(emu, collectors_restart_on_error=restart)
+    svc = Service(settings, SqliteStore(tmp_path / "w.db"), plans=_buggy_plan(emu))
+    await svc.start()
+    try:
+        await _until(lambda: sum(svc.restarts.values()) >= 1, 10, "the failure to reach the supervisor")
+        if restart:
+            proto = svc.links[0].plan.protocol
+            await _until(lambda: proto.streams["btcusdt@aggTrade"].messages > 100, 15, "data after the restart")
+            healthy, body = svc.health()
+            assert healthy, body
+            assert body["collectors"]["restarts"] == {"binance/spot/trades/0": 1}
+        else:
+            await asyncio.sleep(0.5)
+            healthy, body = svc.health()
+            assert not healthy
+            assert body["streams"][0]["state"] == "failed"
+            assert "KeyError" in body["connections"][0]["failed"]
+    finally:
+        await svc.stop()

@@ -1,0 +1,120 @@
+"""Real processes for integration and end-to-end tests: ``wadm`` and its emulator."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class Proc:
+    """A running child process and everything it printed."""
+
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _pump(proc: Proc) -> None:
+    assert proc.popen.stdout is not None
+    for line in proc.popen.stdout:
+        proc.lines.append(line.rstrip("\n"))
+
+
+def start(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    """Start ``python -m wadm ARGS`` with stdout and stderr captured."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "wadm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    proc = Proc(popen)
+    proc.pump = threading.Thread(target=_pump, args=(proc,), daemon=True)
+    proc.pump.start()
+    return proc
+
+
+def stop(proc: Proc, timeout: float = 40) -> int:
+    """SIGTERM the process (as docker does) and wait for it to exit; SIGKILL if it will not."""
+    if proc.popen.poll() is None:
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
+    if proc.pump is not None:
+        proc.pump.join(5)
+    if proc.popen.stdout is not None:
+        proc.popen.stdout.close()
+    return proc.popen.returncode
+
+
+def wait_for(predicate: object, timeout: float, what: str, proc: Proc | None = None, interval: float = 0.2) -> None:
+    """Poll ``predicate()`` until it is true or fail the test with ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (httpx.HTTPError, OSError) as exc:
+            last_exc = exc
+        if proc is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"process exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.output}")
+        time.sleep(interval)
+    tail = "\n".join(proc.lines[-60:]) if proc else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})\n{tail}")
+
+
+@contextmanager
+def emulator(*args: str) -> Iterator[tuple[Proc, int]]:
+    """Run ``wadm emulate --port 0 ARGS``; yield the process and its port."""
+    proc = start(["emulate", "--port", "0", *args])
+    port: list[int] = []
+
+    def listening() -> bool:
+        for line in proc.lines:
+            m = re.search(r"listening on ws://[\d.]+:(\d+)", line)
+            if m:
+                port.append(int(m.group(1)))
+                return True
+        return False
+
+    try:
+        wait_for(listening, 30, "the emulator to listen", proc)
+        yield proc, port[0]
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def wadm(command: str, env: dict[str, str], port: int, cwd: Path | None = None) -> Iterator[Proc]:
+    """Run ``wadm COMMAND`` with ``env`` until its HTTP port answers; SIGTERM it afterwards."""
+    proc = start([command], {**env, "WADM_HOST": "127.0.0.1", "WADM_PORT": str(port)}, cwd=cwd)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code in (200, 503), 60,
+                 "wadm to answer /health", proc)
+        yield proc
+    finally:
+        stop(proc)

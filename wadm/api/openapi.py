@@ -1,0 +1,156 @@
+"""The OpenAPI 3 document served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _param(name: str, where: str, desc: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": desc, "schema": schema}
+
+
+_SERIES = [
+    _param("symbol", "path", "Symbol as the venue writes it, e.g. BTCUSDT.", {"type": "string"}, True),
+    _param("exchange", "query", "binance or bybit; needed when the symbol is collected on several markets.",
+           {"type": "string", "enum": ["binance", "bybit"]}),
+    _param("market", "query", "spot, usdm or linear.", {"type": "string", "enum": ["spot", "usdm", "linear"]}),
+]
+_RANGE = [
+    _param("start", "query", "Epoch milliseconds or ISO-8601 (UTC when no offset).", {"type": "string"}),
+    _param("end", "query", "Epoch milliseconds or ISO-8601; default now.", {"type": "string"}),
+    _param("window", "query", "The window ending now, e.g. 15m, 1h, 24h; excludes start/end.", {"type": "string"}),
+]
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Bad parameter.", 404: "Unknown path or symbol not collected.", 503: "Not ready."}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """Return the OpenAPI document of the REST API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "WADM market data API",
+            "version": version,
+            "description": "Read-only market data collected from Binance and Bybit. Times are epoch milliseconds.",
+        },
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Service health: 200 when every configured stream is live and fresh, else 503.",
+                    "responses": {
+                        "200": {"description": "Healthy.", "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/Health"}}}},
+                        "503": {"description": "Degraded or starting; the body says which stream and why.",
+                                "content": {"application/json": {"schema": {
+                                    "$ref": "#/components/schemas/Health"}}}},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics in the text exposition format.",
+                    "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {}}}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3 document."}}}
+            },
+            "/api/v1/symbols": {
+                "get": {
+                    "summary": "What is collected: exchange, market, symbol, streams, since when.",
+                    "responses": {"200": {"description": "Collected series.", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Symbols"}}}}},
+                }
+            },
+            "/api/v1/trades/{symbol}": {
+                "get": {
+                    "summary": "Raw trades in a range, oldest first, with cursor paging.",
+                    "parameters": [
+                        *_SERIES,
+                        *_RANGE,
+                        _param("limit", "query", "Rows per page, 1 to 10000 (default 1000).",
+                               {"type": "integer", "minimum": 1, "maximum": 10000}),
+                        _param("cursor", "query", "The `next` of the previous page, with the same other parameters.",
+                               {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": {"description": "A page of trades.", "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/TradesPage"}}}},
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "parameter": {"type": ["string", "null"]},
+                    }}},
+                },
+                "Trade": {
+                    "type": "object",
+                    "required": ["id", "ts", "price", "qty", "side"],
+                    "properties": {
+                        "id": {"oneOf": [{"type": "integer"}, {"type": "string"}],
+                               "description": "Venue trade id: integer on Binance, string on Bybit."},
+                        "ts": {"type": "integer", "description": "Trade time, epoch ms."},
+                        "price": {"type": "number"},
+                        "qty": {"type": "number"},
+                        "side": {"type": "string", "enum": ["buy", "sell"], "description": "The aggressor."},
+                    },
+                },
+                "TradesPage": {
+                    "type": "object",
+                    "required": ["exchange", "market", "symbol", "start", "end", "count", "trades", "next"],
+                    "properties": {
+                        "exchange": {"type": "string"},
+                        "market": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "start": {"type": "integer"},
+                        "end": {"type": "integer"},
+                        "count": {"type": "integer"},
+                        "trades": {"type": "array", "items": {"$ref": "#/components/schemas/Trade"}},
+                        "next": {"type": ["string", "null"],
+                                 "description": "Cursor of the next page; null on the last."},
+                    },
+                },
+                "Symbols": {
+                    "type": "object",
+                    "properties": {"symbols": {"type": "array", "items": {"type": "object", "properties": {
+                        "exchange": {"type": "string"},
+                        "market": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "streams": {"type": "array", "items": {"type": "string"}},
+                        "channels": {"type": "array", "items": {"type": "string"}},
+                        "since": {"type": ["integer", "null"], "description": "When this process started "
+                                  "collecting it (epoch ms); null when it is not collecting."},
+                        "collecting": {"type": "boolean"},
+                    }}}},
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "streams", "store"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},
+                        "streams": {"type": "array", "items": {"type": "object"}},
+                        "connections": {"type": "array", "items": {"type": "object"}},
+                        "store": {"type": "object"},
+                        "collectors": {"type": "object"},
+                        "unsupported": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,272 @@
+"""Settings: read once from the environment (and ``config/symbols.yaml``), validated, frozen.
+
+This is the only module that reads environment variables or the symbols file. Every other part
+of WADM receives a :class:`Settings` through its constructor. A bad value raises
+:class:`~wadm.errors.ConfigError` naming the variable or key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wadm.errors import ConfigError
+from wadm.records import VENUE_MARKETS, Market, Venue
+
+__all__ = ["DEFAULT_SYMBOLS", "Settings", "StreamTarget", "load_settings"]
+
+DEFAULT_SYMBOLS: dict[tuple[Venue, Market], tuple[str, ...]] = {
+    (Venue.BINANCE, Market.SPOT): ("BTCUSDT", "ETHUSDT", "XRPUSDT"),
+    (Venue.BINANCE, Market.USDM): ("BTCUSDT",),
+    (Venue.BYBIT, Market.LINEAR): ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+    (Venue.BYBIT, Market.SPOT): ("BTCUSDT",),
+}
+
+# Environment variable that lists the symbols of each (venue, market).
+SYMBOL_VARIABLES: dict[tuple[Venue, Market], str] = {
+    (Venue.BINANCE, Market.SPOT): "BINANCE_SYMBOLS",
+    (Venue.BINANCE, Market.USDM): "BINANCE_USDM_SYMBOLS",
+    (Venue.BYBIT, Market.LINEAR): "BYBIT_SYMBOLS",
+    (Venue.BYBIT, Market.SPOT): "BYBIT_SPOT_SYMBOLS",
+}
+
+DEFAULT_URLS: dict[str, str] = {
+    "WADM_BINANCE_SPOT_WS_URL": "wss://stream.binance.com:9443",
+    "WADM_BINANCE_SPOT_REST_URL": "https://api.binance.com",
+    "WADM_BINANCE_USDM_WS_URL": "wss://fstream.binance.com",
+    "WADM_BINANCE_USDM_REST_URL": "https://fapi.binance.com",
+    "WADM_BYBIT_WS_URL": "wss://stream.bybit.com",
+    "WADM_BYBIT_REST_URL": "https://api.bybit.com",
+}
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+BINANCE_TRADE_STREAMS = ("aggTrade", "trade")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamTarget:
+    """One (venue, market) and the symbols collected there."""
+
+    venue: Venue
+    market: Market
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every setting WADM uses, validated. Build with :func:`load_settings` or directly in tests."""
+
+    collectors_enabled: bool = True
+    collectors_start_delay: float = 5.0
+    collectors_restart_on_error: bool = True
+    targets: tuple[StreamTarget, ...] = field(
+        default_factory=lambda: tuple(
+            StreamTarget(venue=v, market=m, symbols=s) for (v, m), s in DEFAULT_SYMBOLS.items()
+        )
+    )
+    retention_raw_trades: int = 3600
+    retention_aggregates_1m: int = 86400
+    retention_aggregates_1h: int = 604800
+    host: str = "0.0.0.0"
+    port: int = 8920
+    data_dir: Path = Path("data")
+    mongodb_uri: str = ""
+    stale_after: float = 60.0
+    binance_spot_ws_url: str = DEFAULT_URLS["WADM_BINANCE_SPOT_WS_URL"]
+    binance_spot_rest_url: str = DEFAULT_URLS["WADM_BINANCE_SPOT_REST_URL"]
+    binance_usdm_ws_url: str = DEFAULT_URLS["WADM_BINANCE_USDM_WS_URL"]
+    binance_usdm_rest_url: str = DEFAULT_URLS["WADM_BINANCE_USDM_REST_URL"]
+    bybit_ws_url: str = DEFAULT_URLS["WADM_BYBIT_WS_URL"]
+    bybit_rest_url: str = DEFAULT_URLS["WADM_BYBIT_REST_URL"]
+    binance_trade_stream: str = "aggTrade"
+    rotate_after: float = 23 * 3600.0
+    flush_rows: int = 20_000
+    flush_interval: float = 1.0
+    buffer_max_rows: int = 500_000
+    writer_max_pending_rows: int = 5_000_000
+    reconnect_min_delay: float = 0.5
+    reconnect_max_delay: float = 60.0
+    log_level: str = "INFO"
+
+    def symbols(self, venue: Venue, market: Market) -> tuple[str, ...]:
+        """Return the symbols collected on one (venue, market), possibly empty."""
+        for t in self.targets:
+            if t.venue is venue and t.market is market:
+                return t.symbols
+        return ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the settings as plain JSON-able values (the MongoDB URI's password hidden)."""
+        out = asdict(self)
+        out["data_dir"] = str(self.data_dir)
+        out["targets"] = [
+            {"venue": str(t.venue), "market": str(t.market), "symbols": list(t.symbols)}
+            for t in self.targets
+        ]
+        out["mongodb_uri"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.mongodb_uri)
+        return out
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(name, raw, "expected a boolean: true/false, 1/0, yes/no, on/off")
+
+
+def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, integer: bool) -> Any:
+    kind = "an integer" if integer else "a number"
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, f"expected {kind} between {minimum:g} and {maximum:g}") from None
+    if not (minimum <= value <= maximum) or (not integer and not math.isfinite(value)):
+        raise ConfigError(name, raw, f"expected {kind} between {minimum:g} and {maximum:g}")
+    return value
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    value = raw.strip().rstrip("/")
+    if not re.match(r"^[a-z]+://[^/\s]+", value) or value.split("://", 1)[0] not in schemes:
+        raise ConfigError(name, raw, f"expected a base URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _symbols(name: str, raw: object) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items = [s for s in re.split(r"[,\s]+", raw) if s]
+    elif isinstance(raw, list) and all(isinstance(s, str) for s in raw):
+        items = list(raw)
+    else:
+        raise ConfigError(name, raw, "expected a list of symbols such as BTCUSDT,ETHUSDT")
+    out: list[str] = []
+    for item in items:
+        sym = item.strip().upper()
+        if not SYMBOL_RE.match(sym):
+            raise ConfigError(name, item, "a symbol is 2-30 letters or digits as the venue writes it, e.g. BTCUSDT")
+        if sym not in out:
+            out.append(sym)
+    return tuple(out)
+
+
+def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(str(path), doc, "a mapping of venue -> market -> list of symbols")
+    found: dict[tuple[Venue, Market], tuple[str, ...]] = {}
+    for venue_name, markets in doc.items():
+        try:
+            venue = Venue(str(venue_name).lower())
+        except ValueError:
+            allowed = ", ".join(v.value for v in Venue)
+            raise ConfigError(f"{path}: {venue_name}", venue_name, f"a venue: {allowed}") from None
+        if not isinstance(markets, dict):
+            raise ConfigError(f"{path}: {venue_name}", markets, "a mapping of market -> list of symbols")
+        for market_name, syms in markets.items():
+            allowed_markets = VENUE_MARKETS[venue]
+            market = next((m for m in allowed_markets if m.value == str(market_name).lower()), None)
+            if market is None:
+                allowed = ", ".join(m.value for m in allowed_markets)
+                raise ConfigError(f"{path}: {venue_name}.{market_name}", market_name, f"a market of {venue}: {allowed}")
+            found[(venue, market)] = _symbols(f"{path}: {venue_name}.{market_name}", syms if syms else [])
+    return found
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Read and validate the settings.
+
+    Args:
+        env: the environment to read (defaults to ``os.environ``).
+        cwd: where a relative ``config/symbols.yaml`` is looked up (defaults to the working directory).
+
+    Raises:
+        ConfigError: a value cannot be used; the message names it and what is allowed.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+
+    def get(name: str) -> str | None:
+        raw = env.get(name)
+        return None if raw is None or raw.strip() == "" else raw.strip()
+
+    kw: dict[str, Any] = {}
+    for name, attr in (
+        ("COLLECTORS_ENABLED", "collectors_enabled"),
+        ("COLLECTORS_RESTART_ON_ERROR", "collectors_restart_on_error"),
+    ):
+        if (raw := get(name)) is not None:
+            kw[attr] = _bool(name, raw)
+    numbers: tuple[tuple[str, str, float, float, bool], ...] = (
+        ("COLLECTORS_START_DELAY", "collectors_start_delay", 0, 3600, False),
+        ("RETENTION_RAW_TRADES", "retention_raw_trades", 60, 30 * 86400, True),
+        ("RETENTION_AGGREGATES_1M", "retention_aggregates_1m", 60, 365 * 86400, True),
+        ("RETENTION_AGGREGATES_1H", "retention_aggregates_1h", 3600, 5 * 365 * 86400, True),
+        ("WADM_PORT", "port", 0, 65535, True),
+        ("WADM_STALE_AFTER", "stale_after", 1, 86400, False),
+        ("WADM_ROTATE_AFTER", "rotate_after", 10, 24 * 3600 - 60, False),
+        ("WADM_FLUSH_ROWS", "flush_rows", 1, 10_000_000, True),
+        ("WADM_FLUSH_INTERVAL", "flush_interval", 0.05, 3600, False),
+        ("WADM_BUFFER_MAX_ROWS", "buffer_max_rows", 1000, 100_000_000, True),
+        ("WADM_WRITER_MAX_PENDING_ROWS", "writer_max_pending_rows", 1000, 1_000_000_000, True),
+        ("WADM_RECONNECT_MIN_DELAY", "reconnect_min_delay", 0.01, 600, False),
+        ("WADM_RECONNECT_MAX_DELAY", "reconnect_max_delay", 0.01, 3600, False),
+    )
+    for name, attr, lo, hi, integer in numbers:
+        if (raw := get(name)) is not None:
+            kw[attr] = _number(name, raw, minimum=lo, maximum=hi, integer=integer)
+    if kw.get("reconnect_max_delay", 60.0) < kw.get("reconnect_min_delay", 0.5):
+        raise ConfigError(
+            "WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY"), "must be at least WADM_RECONNECT_MIN_DELAY"
+        )
+    if (raw := get("WADM_HOST")) is not None:
+        kw["host"] = raw
+    if (raw := get("WADM_DATA_DIR")) is not None:
+        kw["data_dir"] = Path(raw)
+    if (raw := get("MONGODB_URI")) is not None:
+        if not raw.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError("MONGODB_URI", raw, "empty (embedded store) or a URI starting with mongodb:// or mongodb+srv://")
+        kw["mongodb_uri"] = raw
+    if (raw := get("WADM_BINANCE_TRADE_STREAM")) is not None:
+        if raw not in BINANCE_TRADE_STREAMS:
+            raise ConfigError("WADM_BINANCE_TRADE_STREAM", raw, f"one of {', '.join(BINANCE_TRADE_STREAMS)}")
+        kw["binance_trade_stream"] = raw
+    if (raw := get("WADM_LOG_LEVEL")) is not None:
+        if raw.upper() not in LOG_LEVELS:
+            raise ConfigError("WADM_LOG_LEVEL", raw, f"one of {', '.join(LOG_LEVELS)}")
+        kw["log_level"] = raw.upper()
+    for name in DEFAULT_URLS:
+        if (raw := get(name)) is not None:
+            schemes = ("ws", "wss") if name.endswith("_WS_URL") else ("http", "https")
+            kw[name.removeprefix("WADM_").lower()] = _url(name, raw, schemes)
+
+    symbols = dict(DEFAULT_SYMBOLS)
+    file_raw = get("WADM_SYMBOLS_FILE")
+    path = Path(file_raw) if file_raw else Path("config/symbols.yaml")
+    path = path if path.is_absolute() else cwd / path
+    if path.exists():
+        symbols.update(_read_symbols_file(path))
+    elif file_raw:
+        raise ConfigError("WADM_SYMBOLS_FILE", file_raw, "the path of an existing YAML file")
+    for key, name in SYMBOL_VARIABLES.items():
+        raw_symbols = env.get(name)
+        if raw_symbols is not None:
+            symbols[key] = _symbols(name, raw_symbols)
+    kw["targets"] = tuple(StreamTarget(venue=v, market=m, symbols=s) for (v, m), s in symbols.items() if s)
+    return Settings(**kw)

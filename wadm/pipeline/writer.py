@@ -1,0 +1,188 @@
+"""Cuts stream buffers into columnar batches and writes them to the store.
+
+The receive path appends to :class:`~wadm.venues.base.TradeStream` buffers and never waits on
+the store. The writer's ``cut`` loop turns a buffer into a batch when it holds ``flush_rows``
+trades or ``flush_interval`` seconds have passed; batches queue (bounded by rows) for the
+``drain`` loop, which writes them in order and retries a failing store with backoff. Retries are
+not drops. When the backlog passes its bound the oldest batch is dropped, counted and logged as
+an ERROR: that is data loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from wadm.errors import StoreError
+from wadm.records import TRADES, BatchKey
+from wadm.store.base import Store
+from wadm.store.codec import Batch, encode_batch
+from wadm.venues.base import TradeStream
+
+__all__ = ["Writer", "WriterStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriterStats:
+    """Counters read by health and metrics."""
+
+    batches: int = 0
+    rows: int = 0
+    store_errors: int = 0
+    dropped_rows: Counter[str] = field(default_factory=Counter)
+    flush_seconds: float = 0.0  # total time spent in store writes
+    last_write: float | None = None  # wall clock seconds
+    last_error: str | None = None
+    store_ok: bool = True
+    latency: dict[BatchKey, tuple[float, float, float]] = field(default_factory=dict)  # p50, p99, max seconds
+
+
+class Writer:
+    """Moves batches from stream buffers to a store.
+
+    Args:
+        store: where batches go.
+        streams: the buffers to cut.
+        flush_rows: cut a buffer when it holds this many trades.
+        flush_interval: cut a non-empty buffer at least this often, seconds.
+        max_pending_rows: bound of the queue of batches waiting for the store.
+        on_batch: called with (key, rows, seconds) after each successful write (metrics).
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        streams: Sequence[TradeStream],
+        *,
+        flush_rows: int,
+        flush_interval: float,
+        max_pending_rows: int,
+        on_batch: Callable[[BatchKey, int, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.streams = list(streams)
+        self.flush_rows = flush_rows
+        self.flush_interval = flush_interval
+        self.max_pending_rows = max_pending_rows
+        self.on_batch = on_batch
+        self.clock = clock
+        self.stats = WriterStats()
+        self._pending: deque[tuple[BatchKey, Batch]] = deque()
+        self.pending_rows = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._last_cut = {id(s): clock() for s in self.streams}
+        self._keys = {id(s): BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches waiting for the store."""
+        return len(self._pending)
+
+    def cut(self, force: bool = False) -> int:
+        """Cut every buffer that is due (or all, with ``force``); return rows queued."""
+        now = self.clock()
+        queued = 0
+        for st in self.streams:
+            n = len(st.items)
+            if not n:
+                self._last_cut[id(st)] = now
+                continue
+            if not (force or n >= self.flush_rows or now - self._last_cut[id(st)] >= self.flush_interval):
+                continue
+            self._last_cut[id(st)] = now
+            frame = st.take()
+            if frame is None or frame.height == 0:
+                continue
+            key = self._keys[id(st)]
+            self._note_latency(key, frame)
+            self._enqueue(key, encode_batch(frame))
+            queued += frame.height
+        return queued
+
+    def _note_latency(self, key: BatchKey, frame: pl.DataFrame) -> None:
+        lag = (frame["ts_recv"] - frame["ts_event"]).cast(pl.Float64) / 1e9
+        q50, q99, qmax = lag.quantile(0.5), lag.quantile(0.99), lag.max()
+        self.stats.latency[key] = (float(q50 or 0.0), float(q99 or 0.0), float(qmax or 0.0))  # type: ignore[arg-type]
+
+    def _enqueue(self, key: BatchKey, batch: Batch) -> None:
+        self._pending.append((key, batch))
+        self.pending_rows += batch.count
+        while self.pending_rows > self.max_pending_rows and len(self._pending) > 1:
+            old_key, old = self._pending.popleft()
+            self.pending_rows -= old.count
+            self.stats.dropped_rows["store_backlog"] += old.count
+            log.error(
+                "Dropped %d trades of %s: the store is %s behind (backlog over %d rows)",
+                old.count, old_key, "down or", self.max_pending_rows,
+                extra={"key": str(old_key), "rows": old.count, "reason": "store_backlog"},
+            )
+        self._wake.set()
+
+    async def run_cutter(self, tick: float | None = None) -> None:
+        """Cut due buffers forever."""
+        tick = tick or max(0.02, min(0.1, self.flush_interval / 4))
+        while True:
+            self.cut()
+            await asyncio.sleep(tick)
+
+    async def run_drain(self) -> None:
+        """Write queued batches in order, retrying a failing store; returns once closed and empty."""
+        delay = 0.25
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if await self._write_one():
+                delay = 0.25
+            else:
+                await asyncio.sleep(min(delay, 1.0) if self._closing else delay)
+                delay = min(delay * 2, 30.0)
+
+    def close(self) -> None:
+        """Cut every buffer now; ``run_drain`` returns once everything queued is written."""
+        self._closing = True
+        self.cut(force=True)
+        self._wake.set()
+
+    async def _write_one(self) -> bool:
+        key, batch = self._pending[0]
+        started = self.clock()
+        try:
+            await self.store.write(key, batch)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            self.stats.store_ok = False
+            self.stats.last_error = str(exc)[:300]
+            if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
+                log.warning("Store write failed (%s); %d batches wait and will be retried", exc,
+                            len(self._pending), extra={"key": str(key)})
+            return False
+        elapsed = self.clock() - started
+        if self._pending and self._pending[0][1] is batch:
+            self._pending.popleft()
+            self.pending_rows -= batch.count
+        st = self.stats
+        if not st.store_ok:
+            log.warning("Store writes recovered", extra={"key": str(key)})
+        st.store_ok = True
+        st.batches += 1
+        st.rows += batch.count
+        st.flush_seconds += elapsed
+        st.last_write = time.time()
+        if self.on_batch is not None:
+            self.on_batch(key, batch.count, elapsed)
+        return True

@@ -1,0 +1,5 @@
+"""The only modules that own sockets: WebSocket links and (later) the REST client."""
+
+from wadm.transport.ws import Backoff, LinkState, WsLink
+
+__all__ = ["Backoff", "LinkState", "WsLink"]

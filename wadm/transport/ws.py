@@ -1,0 +1,370 @@
+"""One venue connection plan kept alive over picows.
+
+Theory of operation
+-------------------
+A :class:`WsLink` owns one :class:`~wadm.venues.base.ConnectionPlan`. Its ``run()`` loop
+connects, then supervises the live connection until one of these happens:
+
+* the socket closes: reconnect after a capped exponential backoff with full jitter;
+* a stream of the plan has been silent for ``stale_after`` seconds (a socket can stay open and
+  deliver nothing): close it and reconnect, with the same backoff;
+* the connection is older than ``rotate_after`` (before the venue's 24 h cut) or the venue sent
+  ``serverShutdown``: **make before break** - open a second connection, wait until it delivers
+  data, then close the old one. Both feed the same venue protocol meanwhile; it de-duplicates.
+
+Frames go to the plan's protocol synchronously from picows' callback (no queue, no await on
+the receive path). Bad frames are counted by kind and logged at a limited rate; they never stop
+the link. Server pings are answered by picows; application pings (Bybit) are sent on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import picows
+
+from wadm.errors import VenueProtocolError
+from wadm.venues.base import ConnectionPlan, Event, ServerShutdown, VenueErrorReply
+
+__all__ = ["Backoff", "LinkState", "WsLink"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 15.0
+HANDOVER_TIMEOUT = 15.0  # how long a rotation waits for the new connection's first data
+LOG_EVERY = 30.0  # seconds between two log lines about the same kind of bad frame
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: ``uniform(base / 2, min(cap, base * 2**n))``.
+
+    Full jitter, except for a floor of ``base / 2`` so that a reconnect is never immediate.
+
+    Args:
+        base: the first ceiling, seconds.
+        cap: the largest ceiling, seconds.
+        rng: a random source (injected in tests).
+    """
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        """Return the next delay and count the attempt."""
+        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self._rng.uniform(self.base / 2, ceiling) if ceiling > self.base / 2 else ceiling
+
+    def reset(self) -> None:
+        """Start again from the smallest delay."""
+        self.attempt = 0
+
+
+@dataclass
+class LinkState:
+    """What health and metrics read about a link."""
+
+    connected: bool = False
+    connects: int = 0  # successful connections
+    reconnects: int = 0  # connections after the first one, for any reason
+    rotations: int = 0  # make-before-break hand-overs
+    stale_reconnects: int = 0
+    connect_failures: int = 0
+    connected_since: float | None = None  # monotonic
+    last_error: str | None = None
+    errors: Counter[str] = field(default_factory=Counter)  # bad frames and venue errors by kind
+    failed: str | None = None  # set when the link stopped for good (collector crashed, no restart)
+
+
+class _Listener(picows.WSListener):
+    """picows callbacks for one socket: frames go straight to the venue protocol."""
+
+    def __init__(self, link: WsLink) -> None:
+        self.link = link
+        self.feed = link.plan.protocol.feed
+        self.frames = 0
+        self.transport: picows.WSTransport | None = None
+        self.disconnected = asyncio.Event()
+        self.first_data = asyncio.Event()
+        self.shutdown_notice = asyncio.Event()
+        self._partial: bytearray | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        mt = frame.msg_type
+        if mt is picows.WSMsgType.TEXT or mt is picows.WSMsgType.BINARY:
+            if not frame.fin:
+                self._partial = bytearray(frame.get_payload_as_memoryview())
+                return
+            payload = frame.get_payload_as_bytes()
+        elif mt is picows.WSMsgType.CONTINUATION:
+            if self._partial is None:
+                return
+            self._partial += frame.get_payload_as_memoryview()
+            if not frame.fin:
+                return
+            payload, self._partial = bytes(self._partial), None
+        elif mt is picows.WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        else:
+            return
+        self.frames += 1
+        if self.frames == 1:
+            self.first_data.set()
+        try:
+            event = self.feed(payload, time.time_ns())
+        except VenueProtocolError as exc:
+            self.link.bad_frame(exc.kind, str(exc))
+            return
+        except Exception as exc:  # a bug on our side: fail the link so its supervisor sees it
+            self.link.crash = exc
+            self.close()
+            self.disconnected.set()
+            return
+        if event is not None:
+            self.link.on_event(self, event)
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self.disconnected.set()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.disconnected.is_set():
+            self.transport.send_close(picows.WSCloseCode.OK)
+            self.transport.disconnect()
+
+
+class WsLink:
+    """Keeps one connection plan connected. See the module docstring.
+
+    Args:
+        plan: what to connect to and how to decode it.
+        stale_after: seconds without data on any one stream before the connection is replaced.
+        rotate_after: age in seconds at which the connection is rotated (make before break).
+        backoff: reconnect delays.
+        clock: monotonic seconds (injected in tests).
+        use_aiofastnet: picows transport choice (None: picows' default).
+    """
+
+    def __init__(
+        self,
+        plan: ConnectionPlan,
+        *,
+        stale_after: float,
+        rotate_after: float,
+        backoff: Backoff,
+        clock: Callable[[], float] = time.monotonic,
+        use_aiofastnet: bool | None = None,
+    ) -> None:
+        self.plan = plan
+        self.stale_after = stale_after
+        self.rotate_after = min(rotate_after, plan.max_lifetime or rotate_after)
+        self.backoff = backoff
+        self.clock = clock
+        self.use_aiofastnet = use_aiofastnet
+        self.state = LinkState()
+        self.current: _Listener | None = None
+        self.crash: Exception | None = None  # an unexpected error from frame handling
+        self._stopping = asyncio.Event()
+        self._last_log: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        # Per-stream progress for the watchdog: last message count seen and when it changed.
+        self._seen = {name: 0 for name in plan.protocol.streams}
+        self.progress_at = {name: 0.0 for name in plan.protocol.streams}
+        self.last_message_at: dict[str, float] = {}  # monotonic time a stream's message count last moved
+
+    # -- called from the listener -------------------------------------------------------
+
+    def bad_frame(self, kind: str, detail: str) -> None:
+        """Count a frame the protocol refused and log it at a limited rate."""
+        self.state.errors[kind] += 1
+        self._log_limited(kind, "%s: dropped a bad frame (%s): %s", self.plan, kind, detail[:200])
+
+    def on_event(self, listener: _Listener, event: Event) -> None:
+        """Act on a control event from the venue."""
+        if isinstance(event, ServerShutdown):
+            listener.shutdown_notice.set()
+        elif isinstance(event, VenueErrorReply):
+            self.state.errors["venue_error"] += 1
+            self.state.last_error = f"venue error {event.code}: {event.message}"
+            self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan, event.message[:200])
+
+    def _log_limited(self, kind: str, msg: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._last_log.get(kind, -LOG_EVERY) >= LOG_EVERY:
+            self._last_log[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+            extra = {"link": str(self.plan), "kind": kind, "suppressed": suppressed}
+            log.warning(msg + (" (%d similar suppressed)" if suppressed else ""), *args, *(
+                [suppressed] if suppressed else []), extra=extra)
+        else:
+            self._suppressed[kind] += 1
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``run()`` to close the connection and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect and stay connected until :meth:`stop`.
+
+        Network failures and bad frames never escape. An unexpected error while handling a frame
+        (a bug) closes the connection and is raised from here for the supervisor to handle.
+        """
+        self.crash = None
+        self.state.failed = None
+        try:
+            while not self._stopping.is_set():
+                listener = self.current or await self._connect_with_retry()
+                if listener is None:
+                    return
+                self.current = listener
+                reason = await self._supervise(listener)
+                if self.crash is not None:
+                    raise RuntimeError(f"{self.plan}: frame handling failed: {self.crash!r}") from self.crash
+                if reason == "stop":
+                    return
+                if reason in ("rotate", "shutdown"):
+                    await self._hand_over(listener, reason)
+                    continue
+                # disconnected or stale: break, then make.
+                listener.close()
+                self.current = None
+                self._mark_disconnected()
+                if reason == "stale":
+                    self.state.stale_reconnects += 1
+                    log.warning("%s: a stream went silent for %.0f s; reconnecting", self.plan, self.stale_after,
+                                extra={"link": str(self.plan)})
+                else:
+                    log.warning("%s: connection lost; reconnecting", self.plan, extra={"link": str(self.plan)})
+                if await self._sleep(self.backoff.next()):
+                    return
+        finally:
+            if self.current is not None:
+                self.current.close()
+                self.current = None
+            self._mark_disconnected()
+
+    def _mark_disconnected(self) -> None:
+        self.state.connected = False
+        self.state.connected_since = None
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped first; True when stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _connect_with_retry(self) -> _Listener | None:
+        while not self._stopping.is_set():
+            try:
+                return await self._connect()
+            except (OSError, TimeoutError, picows.WSError, ValueError) as exc:
+                self.state.connect_failures += 1
+                self.state.last_error = f"connect failed: {type(exc).__name__}: {exc}"[:300]
+                delay = self.backoff.next()
+                self._log_limited("connect", "%s: could not connect (%s); retrying in %.1f s", self.plan,
+                                  self.state.last_error, delay)
+                if await self._sleep(delay):
+                    return None
+        return None
+
+    async def _connect(self) -> _Listener:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            _, listener = await picows.ws_connect(
+                lambda: _Listener(self),
+                self.plan.url,
+                websocket_handshake_timeout=CONNECT_TIMEOUT,
+                enable_auto_pong=True,
+                max_frame_size=16 * 1024 * 1024,
+                use_aiofastnet=self.use_aiofastnet,
+            )
+        assert isinstance(listener, _Listener)
+        for frame in self.plan.subscribe_frames:
+            assert listener.transport is not None
+            listener.transport.send(picows.WSMsgType.TEXT, frame)
+        st = self.state
+        if st.connects:
+            st.reconnects += 1
+        st.connects += 1
+        st.connected = True
+        st.connected_since = self.clock()
+        now = self.clock()
+        for name in self.progress_at:  # the watchdog counts silence from the new connection
+            self.progress_at[name] = max(self.progress_at[name], now)
+        return listener
+
+    def check_progress(self) -> str | None:
+        """Update per-stream progress; return the name of a stream silent past ``stale_after``."""
+        now = self.clock()
+        silent = None
+        for name, st in self.plan.protocol.streams.items():
+            if st.messages != self._seen[name]:
+                self._seen[name] = st.messages
+                self.progress_at[name] = now
+                self.last_message_at[name] = now
+            elif now - self.progress_at[name] >= self.stale_after:
+                silent = name
+        return silent
+
+    async def _supervise(self, listener: _Listener) -> str:
+        """Wait until the connection must be replaced; return why."""
+        tick = min(1.0, self.stale_after / 4)
+        ping_due = self.clock() + self.plan.app_ping_interval
+        while True:
+            if self._stopping.is_set():
+                return "stop"
+            if listener.disconnected.is_set():
+                return "disconnected"
+            if listener.shutdown_notice.is_set():
+                return "shutdown"
+            now = self.clock()
+            if listener.frames and self.state.connected_since is not None and now - self.state.connected_since > 60:
+                self.backoff.reset()  # stayed up and delivered: the next failure starts small
+            if self.check_progress() is not None:
+                return "stale"
+            if self.state.connected_since is not None and now - self.state.connected_since >= self.rotate_after:
+                return "rotate"
+            if self.plan.app_ping is not None and now >= ping_due and listener.transport is not None:
+                listener.transport.send(picows.WSMsgType.TEXT, self.plan.app_ping)
+                ping_due = now + self.plan.app_ping_interval
+            waits = [asyncio.ensure_future(e.wait()) for e in (listener.disconnected, listener.shutdown_notice,
+                                                               self._stopping)]
+            _, pending = await asyncio.wait(waits, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+
+    async def _hand_over(self, old: _Listener, reason: str) -> None:
+        """Make before break: a new connection delivers data before the old one closes."""
+        log.info("%s: rotating the connection (%s)", self.plan, reason, extra={"link": str(self.plan)})
+        new: _Listener | None = None
+        try:
+            new = await self._connect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(new.first_data.wait(), HANDOVER_TIMEOUT)
+        except (OSError, TimeoutError, picows.WSError, ValueError) as exc:
+            self.state.last_error = f"rotation connect failed: {exc}"[:300]
+        old.close()
+        if new is None:
+            self.current = None
+            self._mark_disconnected()
+            await self._sleep(self.backoff.next())
+            return
+        self.state.rotations += 1
+        self.state.connected = True
+        self.state.connected_since = self.clock()
+        self.current = new

@@ -1,0 +1,142 @@
+"""The shape every venue protocol shares.
+
+A venue module plans its connections (:class:`ConnectionPlan`: URL, streams, subscribe frames,
+application pings) and provides a protocol object whose ``feed(payload, ts_recv)`` takes one
+frame. Trades go straight into the :class:`TradeStream` of their stream, kept as the venue's
+typed structs; they become a DataFrame only when a batch is cut (:meth:`TradeStream.take`), which
+keeps per-message work to a decode and an append. ``feed`` returns an :class:`Event` for
+control frames (acks, errors, shutdown notices), ``None`` otherwise, and raises
+:class:`~wadm.errors.VenueProtocolError` with a low-cardinality ``kind`` for frames it cannot use.
+
+Binance subscribes in the URL and answers server pings; Bybit subscribes by message, needs
+client pings and batches trades in arrays; both fit these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import polars as pl
+
+from wadm.records import Market, Venue
+
+__all__ = [
+    "Ack",
+    "ConnectionPlan",
+    "Event",
+    "ServerShutdown",
+    "StreamSpec",
+    "TradeStream",
+    "VenueErrorReply",
+    "VenueProtocol",
+]
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One venue stream: its wire name and what it carries."""
+
+    name: str  # the venue's stream or topic name, e.g. "btcusdt@aggTrade"
+    channel: str  # "trades" (books and klines come with their own channels)
+    symbol: str  # as the venue writes it, e.g. "BTCUSDT"
+
+
+@dataclass(slots=True, eq=False)
+class TradeStream:
+    """Live state of one trade stream: pending trades, de-duplication mark and counters.
+
+    ``items`` holds the venue's decoded structs in order and ``ts_recv`` their receive times;
+    ``to_frame`` (from the venue) turns them into a DataFrame of the stored trade schema
+    (:func:`wadm.records.trade_schema`) when a batch is cut.
+    """
+
+    venue: Venue
+    market: Market
+    spec: StreamSpec
+    to_frame: Callable[[list[Any], list[int]], pl.DataFrame]
+    max_rows: int = 500_000
+    items: list[Any] = field(default_factory=list)
+    ts_recv: list[int] = field(default_factory=list)
+    last_id: int = -1  # highest trade id accepted (venues with ordered ids)
+    # Counters. PERF: the hot path touches only ``messages`` (and the rare ones); ``trades`` and
+    # ``rejected`` are settled per batch in :meth:`take`.
+    messages: int = 0  # frames with data for this stream, duplicates included
+    duplicates: int = 0  # trades already accepted (overlapping connections)
+    missing_ids: int = 0  # ids skipped in the venue's contiguous sequence: trades never received
+    dropped: int = 0  # pending buffer full
+    trades: int = 0  # trades cut into batches
+    rejected: int = 0  # trades the venue sent with a zero price or quantity
+
+    def take(self) -> pl.DataFrame | None:
+        """Cut the pending trades into a DataFrame and reset the buffer; ``None`` if empty."""
+        if not self.items:
+            return None
+        items, ts_recv = self.items, self.ts_recv
+        self.items, self.ts_recv = [], []
+        frame = self.to_frame(items, ts_recv)
+        self.rejected += len(items) - frame.height
+        self.trades += frame.height
+        return frame
+
+    @property
+    def pending(self) -> int:
+        """Trades waiting to be cut into a batch."""
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A subscription or control request was answered."""
+
+    request_id: object
+    ok: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VenueErrorReply:
+    """The venue answered a request with an error."""
+
+    code: int | None
+    message: str
+    request_id: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerShutdown:
+    """The venue will close this connection soon: open a new one now."""
+
+    ts_event: int
+
+
+Event = Ack | VenueErrorReply | ServerShutdown
+
+
+class VenueProtocol(Protocol):
+    """What the transport drives: one protocol object per connection plan, shared by rotations."""
+
+    streams: dict[str, TradeStream]
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; trades land in ``streams``; control frames come back as events."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    """Everything the transport needs to open and keep one connection."""
+
+    venue: Venue
+    market: Market
+    url: str
+    streams: tuple[StreamSpec, ...]
+    protocol: VenueProtocol
+    subscribe_frames: tuple[bytes, ...] = ()  # sent after connecting (Bybit); empty when the URL subscribes
+    app_ping: bytes | None = None  # application ping payload (Bybit), sent every ``app_ping_interval``
+    app_ping_interval: float = 20.0
+    max_lifetime: float | None = None  # the venue cuts connections after this many seconds
+    label: str = ""  # short name for logs and metrics
+
+    def __str__(self) -> str:
+        return self.label or f"{self.venue}/{self.market}"
