@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from tests.conftest import free_port
 from wadm.config import Settings, StreamTarget
-from wadm.emulator import Emulator
+from wadm.emulator import ConnectionPolicy, Emulator
 from wadm.emulator.market import SyntheticSpec
 from wadm.pipeline.service import Service
 from wadm.records import TRADES, BatchKey, Market, Venue
@@ -136,3 +136,24 @@ async def test_unexpected_collector_failure(emu: Emulator, tmp_path: Path, resta
             assert "KeyError" in body["connections"][0]["failed"]
     finally:
         await svc.stop()
+
+
+async def test_server_pings_are_answered_and_a_hard_cut_is_survived(tmp_path: Path) -> None:
+    # Pings every 0.3 s with a 1 s pong deadline; the server cuts every connection after 3 s.
+    policy = ConnectionPolicy(max_messages_per_s=5, ping_interval=0.3, pong_timeout=1.0, max_lifetime=3.0)
+    spec = [SyntheticSpec(market="spot", symbol="BTCUSDT", rate=100)]
+    async with Emulator(synthetic=spec, spot_policy=policy, seed=5) as emu:
+        settings = _settings(emu, targets=(
+            StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),))
+        svc = Service(settings, SqliteStore(tmp_path / "w.db"))
+        await svc.start()
+        try:
+            link = svc.links[0]
+            await _until(lambda: link.state.connected, 5, "a connection")
+            await asyncio.sleep(2.0)
+            assert link.state.reconnects == 0  # pings were answered within the deadline
+            await _until(lambda: link.state.reconnects >= 1 and link.state.connected, 10, "a reconnect after the cut")
+            assert link.state.rotations == 0
+            assert emu.stats()["connections"], "connected again"
+        finally:
+            await svc.stop()

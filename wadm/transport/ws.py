@@ -349,22 +349,25 @@ class WsLink:
                 w.cancel()
 
     async def _hand_over(self, old: _Listener, reason: str) -> None:
-        """Make before break: a new connection delivers data before the old one closes."""
+        """Make before break: a new connection delivers data before the old one closes.
+
+        If the new connection cannot be opened, the old one stays in service and the hand-over
+        is tried again after a backoff delay (the old one may still deliver until the venue cuts it).
+        """
         log.info("%s: rotating the connection (%s)", self.plan, reason, extra={"link": str(self.plan)})
-        new: _Listener | None = None
         try:
             new = await self._connect()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(new.first_data.wait(), HANDOVER_TIMEOUT)
         except (OSError, TimeoutError, picows.WSError, ValueError) as exc:
-            self.state.last_error = f"rotation connect failed: {exc}"[:300]
-        old.close()
-        if new is None:
-            self.current = None
-            self._mark_disconnected()
-            await self._sleep(self.backoff.next())
+            self.state.connect_failures += 1
+            self.state.last_error = f"rotation connect failed: {type(exc).__name__}: {exc}"[:300]
+            delay = self.backoff.next()
+            self._log_limited("connect", "%s: could not open the replacement connection (%s); the current one "
+                              "stays, retrying in %.1f s", self.plan, self.state.last_error, delay)
+            await self._sleep(delay)
             return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.first_data.wait(), HANDOVER_TIMEOUT)
+        old.close()
         self.state.rotations += 1
         self.state.connected = True
-        self.state.connected_since = self.clock()
         self.current = new
