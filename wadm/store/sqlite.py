@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS batches (
     start INTEGER NOT NULL,
     "end" INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    first_id TEXT,
-    last_id TEXT,
+    first_id,
+    last_id,
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_key ON batches (tbl, venue, market, symbol, start);
@@ -82,6 +82,8 @@ class SqliteStore:
         return conn
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StoreError(f"sqlite store {self.path} is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except sqlite3.Error as exc:
@@ -124,8 +126,8 @@ class SqliteStore:
                     batch.start,
                     batch.end,
                     batch.count,
-                    None if batch.first_id is None else str(batch.first_id),
-                    None if batch.last_id is None else str(batch.last_id),
+                    batch.first_id,
+                    batch.last_id,
                     batch.data,
                 ),
             )
@@ -144,10 +146,11 @@ class SqliteStore:
             ).fetchall()
             chosen = select_batches([BatchMeta(r[0], r[1], r[2], r[3]) for r in rows], max_rows)
             frames = []
-            for meta in chosen:
-                row = conn.execute("SELECT data FROM batches WHERE id = ?", (meta.handle,)).fetchone()
-                if row is not None:  # swept in between
-                    frames.append(decode_frame(row[0]))
+            for i in range(0, len(chosen), 500):  # SQLite limits bound parameters per statement
+                ids = [m.handle for m in chosen[i : i + 500]]
+                marks = ",".join("?" * len(ids))
+                for (data,) in conn.execute(f"SELECT data FROM batches WHERE id IN ({marks}) ORDER BY start", ids):
+                    frames.append(decode_frame(data))  # batches swept in between are simply absent
             return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
         # Decoding happens on the reader thread too: polars releases the GIL while it works.
@@ -164,6 +167,8 @@ class SqliteStore:
 
     async def healthcheck(self) -> bool:
         """True when a trivial query answers."""
+        if self._closed:
+            return False
         try:
             await self._run(self._readers, lambda: self._conn().execute("SELECT 1").fetchone())
         except StoreError:
