@@ -25,7 +25,8 @@ def _trades() -> pl.DataFrame:
     rows = []
     for i in range(600):
         ms = NOW_MS + i // 20
-        rows.append((ms * 1_000_000, ms * 1_000_000 + 5, 1000 + i, 100.0 + i / 100, 0.001 * (i + 1), 1 if i % 3 else -1))
+        side = 1 if i % 3 else -1
+        rows.append((ms * 1_000_000, ms * 1_000_000 + 5, 1000 + i, 100.0 + i / 100, 0.001 * (i + 1), side))
     return pl.DataFrame(rows, schema=TRADE_SCHEMA_INT_ID, orient="row")
 
 

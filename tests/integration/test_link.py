@@ -43,9 +43,10 @@ def _settings(emu: Emulator, **kw: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    # Polling is the point here: the predicates read counters that the links update.
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     assert predicate(), what
 
