@@ -81,8 +81,9 @@ class Writer:
         self.pending_rows = 0
         self._wake = asyncio.Event()
         self._closing = False
-        self._last_cut = {id(s): clock() for s in self.streams}
-        self._keys = {id(s): BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
+        self._last_cut = {s: clock() for s in self.streams}
+        self._keys = {s: BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
+        self._rejected_logged: dict[TradeStream, float] = {}
 
     @property
     def pending_batches(self) -> int:
@@ -96,19 +97,28 @@ class Writer:
         for st in self.streams:
             n = len(st.items)
             if not n:
-                self._last_cut[id(st)] = now
+                self._last_cut[st] = now
                 continue
-            if not (force or n >= self.flush_rows or now - self._last_cut[id(st)] >= self.flush_interval):
+            if not (force or n >= self.flush_rows or now - self._last_cut[st] >= self.flush_interval):
                 continue
-            self._last_cut[id(st)] = now
+            self._last_cut[st] = now
+            rejected = st.rejected
             frame = st.take()
+            key = self._keys[st]
+            if st.rejected > rejected:
+                self._log_rejected(st, key, st.rejected - rejected, now)
             if frame is None or frame.height == 0:
                 continue
-            key = self._keys[id(st)]
             self._note_latency(key, frame)
             self._enqueue(key, encode_batch(frame))
             queued += frame.height
         return queued
+
+    def _log_rejected(self, st: TradeStream, key: BatchKey, count: int, now: float) -> None:
+        if now - self._rejected_logged.get(st, -60.0) >= 60.0:
+            self._rejected_logged[st] = now
+            log.warning("%s: dropped %d trades with a zero price or quantity (%d in all)", key, count, st.rejected,
+                        extra={"key": str(key), "kind": "zero_price"})
 
     def _note_latency(self, key: BatchKey, frame: pl.DataFrame) -> None:
         lag = (frame["ts_recv"] - frame["ts_event"]).cast(pl.Float64) / 1e9
