@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,12 +24,12 @@ import pytest_asyncio
 from bson import Binary
 from pymongo import AsyncMongoClient, MongoClient
 
+from tests.mongo import MONGODB_URI_ENV, accepts_connections, nx_27017_command
 from wadm.records import BatchKey
 from wadm.store.base import Store
 from wadm.store.mongo import MongoStore
 from wadm.store.sqlite import SqliteStore
 
-MONGODB_URI_ENV = "WADM_TEST_MONGODB_URI"
 STARTUP_TIMEOUT = 30.0  # seconds for nx-27017 to accept connections
 
 RawInsert = Callable[[BatchKey, int, int, int, bytes], Awaitable[None]]
@@ -47,25 +45,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _nx_27017_command() -> str:
-    beside_python = Path(sys.executable).with_name("nx-27017")
-    found = str(beside_python) if beside_python.exists() else shutil.which("nx-27017")
-    if found is None:
-        pytest.fail(f"nx-27017 is not installed (a dev dependency); or set {MONGODB_URI_ENV}")
-    return found
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _start_nx_27017(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start nx-27017 on a free port and wait until it accepts connections."""
-    command = _nx_27017_command()
+    command = nx_27017_command()
     for attempt in range(3):  # another process may take the free port before the server binds it
         port = free_port()
         run = folder / f"run{attempt}"
@@ -96,7 +78,7 @@ def _start_nx_27017(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
         while proc.poll() is None and time.monotonic() < deadline:
             # The log line proves that this process (not another one) bound the port.
             if log_file.exists() and listening in log_file.read_text(errors="replace"):
-                if _accepts_connections(port):
+                if accepts_connections(port):
                     return proc, port
             time.sleep(0.05)
         _stop(proc)

@@ -1,0 +1,114 @@
+"""Store outages: the receive path keeps going, batches wait and are written when the store returns.
+
+The store is a real MongoDB wire server (nx-27017) that the test kills and restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.mongo import accepts_connections, nx_27017_command
+from wadm.config import Settings, StreamTarget
+from wadm.emulator import Emulator
+from wadm.emulator.market import SyntheticSpec
+from wadm.pipeline.service import Service
+from wadm.records import TRADES, BatchKey, Market, Venue
+from wadm.store.mongo import MongoStore
+
+pytestmark = pytest.mark.asyncio
+
+
+class Nx:
+    """One nx-27017 server on a fixed port and data folder, so it can be killed and restarted."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            nx_27017_command(), "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.folder / "data"), "--pid-file", str(self.folder / "nx.pid"),
+            "--log-file", str(self.folder / "nx.log"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.folder,
+        )
+        await _until(lambda: accepts_connections(self.port), 20)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
+
+async def _until(predicate: Callable[[], bool], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 (polls counters other tasks update)
+            await asyncio.sleep(0.05)
+
+
+def _settings(emu: Emulator, **kw: object) -> Settings:
+    return Settings(  # type: ignore[arg-type]
+        collectors_start_delay=0.0,
+        targets=(StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),),
+        binance_spot_ws_url=emu.urls["binance"]["spot"],
+        flush_interval=0.1,
+        **kw,
+    )
+
+
+async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
+    nx = Nx(tmp_path)
+    await nx.start()
+    async with Emulator(synthetic=[SyntheticSpec(market="spot", symbol="BTCUSDT", rate=300)], seed=2) as emu:
+        store = MongoStore(nx.uri, server_selection_timeout=0.5)
+        svc = Service(_settings(emu), store)
+        await svc.start()
+        try:
+            await _until(lambda: svc.writer.stats.rows > 100, 10)
+            await nx.kill()
+            await _until(lambda: svc.writer.stats.store_errors > 0 and svc.writer.pending_rows > 300, 15)
+            healthy, body = svc.health()
+            assert not healthy and body["store"]["ok"] is False
+            assert body["streams"][0]["state"] == "live"  # the receive path never waits on the store
+            await nx.start()
+            await _until(lambda: svc.writer.pending_rows == 0 and svc.writer.stats.store_ok, 30)
+            emu.pause()
+            await asyncio.sleep(0.3)
+        finally:
+            await svc.stop()
+        delivered = emu.delivered("btcusdt@aggTrade", "spot")
+    reader = MongoStore(nx.uri)
+    await reader.open()
+    frame = await reader.read(BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT"), 0, 2**62)
+    await reader.close()
+    await nx.kill()
+    assert frame["id"].to_list() == delivered
+    assert sum(svc.writer.stats.dropped_rows.values()) == 0
+
+
+async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dead = f"mongodb://127.0.0.1:{free_port()}/"
+    async with Emulator(synthetic=[SyntheticSpec(market="spot", symbol="BTCUSDT", rate=1000)], seed=2) as emu:
+        svc = Service(_settings(emu, writer_max_pending_rows=1000), MongoStore(dead, server_selection_timeout=0.2))
+        with caplog.at_level(logging.ERROR, logger="wadm.pipeline.writer"):
+            await svc.start()
+            try:
+                await _until(lambda: svc.writer.stats.dropped_rows["store_backlog"] > 0, 15)
+                healthy, body = svc.health()
+                assert not healthy
+                assert body["store"]["dropped_rows"] > 0
+                assert svc.writer.pending_rows <= 1000 + 1000  # bounded: at most the bound plus one batch
+            finally:
+                await svc.stop(deadline=0.5)
+    assert any("Dropped" in r.message and r.levelno == logging.ERROR for r in caplog.records)
