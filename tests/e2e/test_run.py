@@ -116,6 +116,12 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     stream = body["streams"][0]
     assert stream["duplicates"] > 0  # the rotation overlapped and the overlap was removed
     metrics = httpx.get(setup.api + "/metrics", timeout=5).text
+    for name in ("wadm_collector_messages_total", "wadm_collector_trades_total", "wadm_collector_errors_total",
+                 "wadm_transport_reconnects_total", "wadm_transport_rotations_total",
+                 "wadm_collector_receive_latency_seconds", "wadm_writer_flush_rows_bucket",
+                 "wadm_writer_flush_duration_seconds_bucket", "wadm_buffer_rows", "wadm_buffer_dropped_rows_total",
+                 "wadm_writer_pending_rows"):
+        assert f"\n{name}{{" in metrics or f"\n{name} " in metrics, name
     assert 'wadm_collector_errors_total{connection="binance/spot/trades/0",kind="invalid_json"} 3.0' in metrics
     assert 'wadm_collector_rejected_trades_total{channel="trades",market="spot",symbol="BTCUSDT",venue="binance"} 2.0' \
         in metrics
