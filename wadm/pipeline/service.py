@@ -21,7 +21,7 @@ from wadm.errors import StoreError
 from wadm.records import TRADES, Market, Venue
 from wadm.store.base import Store
 from wadm.transport.ws import Backoff, WsLink
-from wadm.venues import binance
+from wadm.venues import binance, bybit
 from wadm.venues.base import ConnectionPlan, TradeStream
 
 __all__ = ["Service", "build_plans"]
@@ -45,6 +45,10 @@ def build_plans(settings: Settings) -> tuple[list[ConnectionPlan], list[StreamTa
                 urls[target.market],
                 trade_stream=settings.binance_trade_stream,
                 max_rows=settings.buffer_max_rows,
+            )
+        elif target.venue is Venue.BYBIT:
+            plans += bybit.plan_trade_connections(
+                target.market, target.symbols, settings.bybit_ws_url, max_rows=settings.buffer_max_rows
             )
         else:
             unsupported.append(target)
@@ -238,6 +242,7 @@ class Service:
                     "missing_trades": st.missing_ids,
                     "dropped": st.dropped,
                     "reconnects": link.state.reconnects,
+                    "error": link.failed_streams.get(st.spec.name),
                 }
             )
         wst = self.writer.stats
@@ -304,6 +309,8 @@ class Service:
     def _stream_state(self, link: WsLink, st: TradeStream, now: float) -> str:
         if link.state.failed:
             return "failed"
+        if st.spec.name in link.failed_streams:
+            return "subscription_failed"
         if not self.collectors_started:
             return "starting"
         if not link.state.connected:

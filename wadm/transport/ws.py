@@ -185,6 +185,7 @@ class WsLink:
         self._seen = {name: 0 for name in plan.protocol.streams}
         self.progress_at = {name: 0.0 for name in plan.protocol.streams}
         self.last_message_at: dict[str, float] = {}  # monotonic time a stream's message count last moved
+        self.failed_streams: dict[str, str] = {}  # streams the venue refused, with its message
 
     # -- called from the listener -------------------------------------------------------
 
@@ -199,8 +200,16 @@ class WsLink:
             listener.shutdown_notice.set()
         elif isinstance(event, VenueErrorReply):
             self.state.errors["venue_error"] += 1
-            self.state.last_error = f"venue error {event.code}: {event.message}"
-            self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan, event.message[:200])
+            self.state.last_error = f"venue error {event.code}: {event.message}"[:300]
+            if event.stream is not None and event.stream in self.progress_at:
+                # The venue refused this stream; the others on the connection keep running, and
+                # the watchdog must not reconnect everything for a stream that will never flow.
+                self.failed_streams[event.stream] = event.message[:300]
+                log.error("%s: the venue refused stream %s: %s", self.plan, event.stream, event.message[:200],
+                          extra={"link": str(self.plan), "stream": event.stream})
+            else:
+                self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan,
+                                  event.message[:200])
 
     def _log_limited(self, kind: str, msg: str, *args: object) -> None:
         now = self.clock()
@@ -317,6 +326,9 @@ class WsLink:
                 self._seen[name] = st.messages
                 self.progress_at[name] = now
                 self.last_message_at[name] = now
+                self.failed_streams.pop(name, None)
+            elif name in self.failed_streams:
+                continue
             elif now - self.progress_at[name] >= self.stale_after:
                 silent = name
         return silent

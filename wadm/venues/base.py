@@ -101,6 +101,7 @@ class VenueErrorReply:
     code: int | None
     message: str
     request_id: object = None
+    stream: str | None = None  # the stream or topic a refused subscription named, when known
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,222 @@
+"""Bybit v5 public streams, spot and linear: topics, subscriptions and trade decoding (sans-IO).
+
+Bybit has no URL subscriptions: the client sends ``subscribe`` requests (at most 10 topics per
+request on spot) and an application ``ping`` every 20 s. Acks differ between categories, so they
+are matched on ``op`` and ``success``, never on ``ret_msg``. A refused topic (``handler not
+found``) is reported for that topic alone; the others on the connection keep running.
+
+``publicTrade`` frames carry arrays of up to 1024 trades with string ids (UUIDs on linear,
+numeric strings on spot) that are neither contiguous nor ordered, so de-duplication across
+overlapping connections keeps a bounded set of recent ids per stream, and a gap can only be
+inferred from a disconnect window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import orjson
+import polars as pl
+
+from wadm.errors import VenueProtocolError
+from wadm.records import Market, Venue
+from wadm.venues.base import Ack, ConnectionPlan, Event, StreamSpec, TradeStream, VenueErrorReply
+
+__all__ = [
+    "MAX_TOPICS_PER_REQUEST",
+    "BybitProtocol",
+    "plan_trade_connections",
+    "subscribe_frames",
+    "trades_to_frame",
+]
+
+MAX_TOPICS_PER_REQUEST = 10  # the spot limit; linear accepts more but gains nothing from it
+MAX_TOPICS_PER_CONNECTION = 200
+RECENT_IDS = 20_000  # ids remembered per stream for de-duplication across a connection overlap
+PING_INTERVAL = 20.0
+_MS = 1_000_000
+_TOPIC_RE = re.compile(r"topic:([\w.]+)")
+
+
+class Envelope(msgspec.Struct, frozen=True, gc=False):
+    """Every Bybit public frame: a topic message or a control answer."""
+
+    topic: str = ""  # e.g. "publicTrade.BTCUSDT"
+    type: str = ""  # "snapshot" | "delta"
+    ts: int = 0  # ms
+    data: msgspec.Raw = msgspec.Raw(b"null")  # decoded per topic in a second pass
+    op: str = ""  # control answers: "subscribe", "unsubscribe", "ping", "pong"
+    success: bool | None = None
+    ret_msg: str = ""
+    req_id: str = ""
+
+
+class Trade(msgspec.Struct, frozen=True, gc=False):
+    """One ``publicTrade`` fill. Fields we do not use (``s``, ``L``, ``RPI``, ``seq``) are skipped."""
+
+    T: int  # fill time, ms
+    S: str  # taker side: "Buy" | "Sell"
+    v: float  # size (a decimal string on the wire)
+    p: float  # price (a decimal string on the wire)
+    i: str  # trade id
+    BT: bool = False  # block trade
+
+
+_decode_envelope = msgspec.json.Decoder(Envelope).decode
+_decode_trades = msgspec.json.Decoder(list[Trade], strict=False).decode
+_RAW_SCHEMA = {
+    "T": pl.Int64(),
+    "ts_recv": pl.Int64(),
+    "id": pl.String(),
+    "p": pl.Float64(),
+    "q": pl.Float64(),
+    "S": pl.String(),
+}
+_get = {k: attrgetter(k) for k in ("T", "i", "p", "v", "S")}
+
+
+def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
+    """Turn decoded Bybit trades into the stored schema, dropping zero prices or sizes."""
+    raw = pl.DataFrame(
+        {
+            "T": list(map(_get["T"], items)),
+            "ts_recv": ts_recv,
+            "id": list(map(_get["i"], items)),
+            "p": list(map(_get["p"], items)),
+            "q": list(map(_get["v"], items)),
+            "S": list(map(_get["S"], items)),
+        },
+        schema=_RAW_SCHEMA,
+    )
+    return raw.select(
+        ts_event=pl.col("T") * _MS,
+        ts_recv="ts_recv",
+        id="id",
+        price="p",
+        qty="q",
+        side=pl.when(pl.col("S") == "Buy").then(1).otherwise(-1).cast(pl.Int8),
+    ).filter(pl.col("price") > 0, pl.col("qty") > 0)
+
+
+class _Recent:
+    """A bounded set of recently seen ids."""
+
+    __slots__ = ("ids", "order")
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.order: deque[str] = deque()
+
+    def add(self, trade_id: str) -> bool:
+        """Remember ``trade_id``; False when it was already there."""
+        if trade_id in self.ids:
+            return False
+        self.ids.add(trade_id)
+        self.order.append(trade_id)
+        if len(self.order) > RECENT_IDS:
+            self.ids.discard(self.order.popleft())
+        return True
+
+
+class BybitProtocol:
+    """Decodes the frames of one Bybit connection plan into its trade streams."""
+
+    def __init__(self, streams: dict[str, TradeStream]) -> None:
+        self.streams = streams
+        self._recent = {name: _Recent() for name in streams}
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`.
+
+        Raises:
+            VenueProtocolError: kinds ``invalid_json``, ``unknown_event``, ``missing_field`` or
+                ``unknown_stream``.
+        """
+        try:
+            msg = _decode_envelope(payload)
+        except msgspec.ValidationError as exc:
+            raise VenueProtocolError("unknown_event", str(exc)) from exc
+        except msgspec.DecodeError as exc:
+            raise VenueProtocolError("invalid_json", str(exc)) from exc
+        if msg.topic:
+            st = self.streams.get(msg.topic)
+            if st is None:
+                raise VenueProtocolError("unknown_stream", msg.topic[:60])
+            try:
+                trades = _decode_trades(msg.data)
+            except msgspec.DecodeError as exc:
+                raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
+            st.messages += 1
+            recent = self._recent[msg.topic]
+            items = st.items
+            for trade in trades:
+                if not recent.add(trade.i):
+                    st.duplicates += 1
+                elif len(items) >= st.max_rows:
+                    st.dropped += 1
+                else:
+                    items.append(trade)
+                    st.ts_recv.append(ts_recv)
+            return None
+        return _control(msg)
+
+
+def _control(msg: Envelope) -> Event | None:
+    if msg.op == "ping" or msg.op == "pong" or msg.ret_msg == "pong":
+        return None
+    if msg.op in ("subscribe", "unsubscribe") and msg.success is not None:
+        if msg.success:
+            return Ack(msg.req_id or None)
+        found = _TOPIC_RE.search(msg.ret_msg)
+        return VenueErrorReply(None, msg.ret_msg, msg.req_id or None, found.group(1) if found else None)
+    if msg.op:
+        return None  # other control answers carry nothing for us
+    raise VenueProtocolError("unknown_event", "a frame with neither topic nor op")
+
+
+def subscribe_frames(topics: list[str], op: str = "subscribe") -> tuple[bytes, ...]:
+    """Requests for ``topics``, at most :data:`MAX_TOPICS_PER_REQUEST` per request."""
+    counter = itertools.count(1)
+    return tuple(
+        orjson.dumps({"req_id": f"{op}-{next(counter)}", "op": op, "args": topics[i : i + MAX_TOPICS_PER_REQUEST]})
+        for i in range(0, len(topics), MAX_TOPICS_PER_REQUEST)
+    )
+
+
+def plan_trade_connections(
+    market: Market, symbols: tuple[str, ...], base_url: str, *, max_rows: int = 500_000
+) -> list[ConnectionPlan]:
+    """Plan the trade connections of one Bybit category (``spot`` or ``linear``).
+
+    Args:
+        market: ``spot`` or ``linear``.
+        symbols: symbols as the venue writes them.
+        base_url: WebSocket base URL, e.g. ``wss://stream.bybit.com``; ``/v5/public/<category>`` is appended.
+        max_rows: bound of each stream's pending-trade buffer.
+    """
+    if market not in (Market.SPOT, Market.LINEAR):
+        raise ValueError(f"Bybit has no market {market}")
+    specs = [StreamSpec(f"publicTrade.{s}", "trades", s) for s in symbols]
+    plans = []
+    for i in range(0, len(specs), MAX_TOPICS_PER_CONNECTION):
+        group = tuple(specs[i : i + MAX_TOPICS_PER_CONNECTION])
+        streams = {s.name: TradeStream(Venue.BYBIT, market, s, trades_to_frame, max_rows=max_rows) for s in group}
+        plans.append(
+            ConnectionPlan(
+                venue=Venue.BYBIT,
+                market=market,
+                url=f"{base_url.rstrip('/')}/v5/public/{market.value}",
+                streams=group,
+                protocol=BybitProtocol(streams),
+                subscribe_frames=subscribe_frames([s.name for s in group]),
+                app_ping=b'{"req_id":"ping","op":"ping"}',
+                app_ping_interval=PING_INTERVAL,
+                label=f"bybit/{market}/trades/{i // MAX_TOPICS_PER_CONNECTION}",
+            )
+        )
+    return plans
