@@ -38,7 +38,8 @@ def test_real_frames_decode() -> None:
     spot = _proto(Market.SPOT)
     spot.feed(SPOT, 12)
     frame = spot.streams["publicTrade.ETHUSDT"].take()
-    assert frame is not None and frame.rows() == [(1786310821917_000_000, 12, "2280000001739247417", 1923.28, 0.04537, -1)]
+    assert frame is not None
+    assert frame.rows() == [(1786310821917_000_000, 12, "2280000001739247417", 1923.28, 0.04537, -1)]
 
 
 def test_arrays_keep_order_and_overlaps_are_removed() -> None:
