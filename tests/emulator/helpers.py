@@ -88,6 +88,14 @@ class Client(WSListener):
         """Control replies and error frames."""
         return [m for m in self.messages() if isinstance(m, dict) and ("result" in m or "code" in m)]
 
+    def acks(self) -> list[dict[str, Any]]:
+        """Bybit ``op`` answers (acks and pongs)."""
+        return [m for m in self.messages() if isinstance(m, dict) and "success" in m]
+
+    def topic(self, topic: str) -> list[dict[str, Any]]:
+        """Bybit data frames of one topic, in arrival order."""
+        return [m for m in self.messages() if isinstance(m, dict) and m.get("topic") == topic]
+
     async def close(self) -> None:
         if self.transport is not None and not self.disconnected.is_set():
             self.transport.disconnect()
@@ -109,3 +117,17 @@ async def eventually(predicate: Callable[[], bool], within: float = TIMEOUT) -> 
 
 def ids(payloads: list[dict[str, Any]], key: str) -> list[int]:
     return [p[key] for p in payloads]
+
+
+def apply_levels(book: dict[str, str], levels: list[list[str]]) -> None:
+    """Apply absolute ``[price, qty]`` updates ("0" removes the level)."""
+    for price, qty in levels:
+        if float(qty) == 0:
+            book.pop(price, None)
+        else:
+            book[price] = qty
+
+
+def sorted_side(book: dict[str, str], bids: bool) -> list[tuple[str, str]]:
+    """A side as ``(price, qty)`` pairs, best first."""
+    return sorted(book.items(), key=lambda kv: float(kv[0]), reverse=bids)

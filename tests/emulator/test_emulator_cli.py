@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.timeout(30)]
 LINE = re.compile(
     r"emulator listening on ws://127\.0\.0\.1:(\d+) "
     r"\(binance spot: ws://127\.0\.0\.1:\1/binance/spot, "
-    r"binance usdm: ws://127\.0\.0\.1:\1/binance/usdm\)"
+    r"binance usdm: ws://127\.0\.0\.1:\1/binance/usdm, "
+    r"bybit spot: ws://127\.0\.0\.1:\1/bybit/v5/public/spot, "
+    r"bybit linear: ws://127\.0\.0\.1:\1/bybit/v5/public/linear\)"
 )
 
 
@@ -49,6 +51,18 @@ def test_arguments_build_the_configured_emulator(tmp_path: Path) -> None:
     usdm = emu.binance.policies["usdm"]
     assert (usdm.max_lifetime, usdm.ping_interval, usdm.max_messages_per_s) == (30, 2, 10)
     assert emu.binance.policies["spot"].max_messages_per_s == 5
+    both = build_emulator(
+        _parse("--symbols", "ETHUSDT", "--bybit-markets", "linear", "--book", "on", "--bybit-idle-timeout", "30")
+    )
+    assert sorted(both.feeds) == [
+        ("binance", "spot", "ETHUSDT"),
+        ("binance", "usdm", "ETHUSDT"),
+        ("bybit", "linear", "ETHUSDT"),
+    ]
+    assert all(feed.model is not None for feed in both.feeds.values())
+    assert both.bybit.policies["linear"].idle_timeout == 30
+    with pytest.raises(ValueError, match="unknown Bybit market"):
+        build_emulator(_parse("--bybit-markets", "inverse"))
     with pytest.raises(ValueError, match="cannot infer the market"):
         build_emulator(_parse("--replay", str(tmp_path / "x.gz")))
     assert not build_emulator(_parse("--replay", str(recording))).feeds

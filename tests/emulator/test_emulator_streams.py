@@ -164,8 +164,8 @@ async def test_unknown_paths_and_streams(connect: Connect, http: Http) -> None:
         assert (await api.get("/binance/coinm/ws/x")).status_code == 404
         assert (await api.get("/control/bogus")).status_code == 404
         assert (await api.get("/control/health")).json()["ok"] is True
-        client = await connect(emu.urls["binance"]["spot"] + "/ws/btcusdt@kline_1m")
+        client = await connect(emu.urls["binance"]["spot"] + "/ws/btcusdt@bookTicker")
         client.send({"method": "LIST_SUBSCRIPTIONS", "id": 1})
         await eventually(lambda: len(client.replies()) == 1)
-        assert client.replies()[0]["result"] == ["btcusdt@kline_1m"]
+        assert client.replies()[0]["result"] == ["btcusdt@bookTicker"]
         assert client.data() == []

@@ -146,9 +146,10 @@ async def insert_raw(store: Store) -> RawInsert:
         def insert_sqlite(key: BatchKey, start: int, end: int, count: int, data: bytes) -> None:
             with sqlite3.connect(path) as conn:
                 conn.execute(
-                    'INSERT INTO batches (tbl, venue, market, symbol, start, "end", count, data)'
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key.table, key.venue.value, key.market.value, key.symbol, start, end, count, data),
+                    'INSERT INTO batches (uid, tbl, venue, market, symbol, start, "end", count, data)'
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (os.urandom(12), key.table, key.venue.value, key.market.value, key.symbol, start, end, count,
+                     data),
                 )
             conn.close()
 

@@ -195,3 +195,16 @@ async def test_bybit_and_binance_frames_can_share_a_table(store: Store) -> None:
 
     assert (await store.read(BINANCE_SPOT, 0, FAR))["id"].dtype == pl.Int64
     assert (await store.read(BYBIT_LINEAR, 0, FAR))["id"].dtype == pl.String
+
+
+@pytest.mark.asyncio
+async def test_write_many_is_one_call_and_idempotent_per_batch(store: Store) -> None:
+    first = batch(BINANCE_SPOT, T0, 5, first_id=1)
+    second = batch(BINANCE_SPOT, T0 + 1000 * SECOND, 5, first_id=6)
+    third = batch(BYBIT_LINEAR, T0, 3)
+    items = [(BINANCE_SPOT, first[1]), (BINANCE_SPOT, second[1]), (BYBIT_LINEAR, third[1])]
+    await store.write_many(items)
+    await store.write_many(items)  # a retry after an unknown outcome stores nothing twice
+    got = await store.read(BINANCE_SPOT, 0, 2**62)
+    assert got.height == 10 and got["id"].n_unique() == 10
+    assert (await store.read(BYBIT_LINEAR, 0, 2**62)).height == 3

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, configure logging and run the emulator."""
     parser = argparse.ArgumentParser(
         prog="python -m wadm.emulator",
-        description="Loopback Binance exchange emulator: synthetic trades, replay, fault injection.",
+        description="Loopback Binance/Bybit exchange emulator: synthetic markets, replay, fault injection.",
     )
     add_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")

@@ -14,6 +14,9 @@ Control messages (``SUBSCRIBE``, ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``,
 ``SET_PROPERTY``/``GET_PROPERTY`` of ``combined``) and their error frames
 follow the spot documentation. Trade payloads use the exact key order of the
 real frames; `BinanceTradeSink` encodes synthetic batches from byte templates.
+Depth (``@depth...``) and kline (``@kline_<i>``) streams of symbols with a
+synthetic feed come from `wadm.emulator.binance_streams`; REST from
+`wadm.emulator.rest_binance`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from wadm.emulator.binance_streams import binance_publisher, is_timed_stream, stream_symbol
 from wadm.emulator.connection import Connection, ConnectionPolicy
 from wadm.emulator.frames import TEXT_HEADERS
 from wadm.emulator.hub import Channel, Hub
 from wadm.emulator.market import Instrument, SyntheticFeed, TradeBatch, format_decimal
+from wadm.emulator.streams import Publisher, StreamTiming
 
 __all__ = [
     "MARKETS",
@@ -278,8 +283,9 @@ class BinanceTradeSink:
         """Whether any connection may receive either stream right now."""
         now = time.monotonic()
         for ch in (self.trade_channel, self.agg_channel):
+            muted = ch.muted
             for conn in ch.subscribers:
-                if not conn.closing and conn.silenced_until <= now:
+                if not conn.closing and conn.silenced_until <= now and (not muted or muted.get(conn, 0.0) <= now):
                     return True
         return False
 
@@ -387,15 +393,23 @@ class BinanceVenue:
     markets: tuple[str, ...] = MARKETS
     prefix = "/binance/"
 
-    def __init__(self, hub: Hub, *, policies: Mapping[str, ConnectionPolicy]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        policies: Mapping[str, ConnectionPolicy],
+        timing: StreamTiming | None = None,
+    ) -> None:
         """Create the venue.
 
         Args:
             hub: Channel registry.
             policies: Connection limits per market (``spot``, ``usdm``).
+            timing: Push intervals of the depth and kline streams.
         """
         self.hub = hub
         self.policies = dict(policies)
+        self.timing = timing if timing is not None else StreamTiming()
 
     def urls(self, base: str) -> dict[str, str]:
         """Return the client base URL of each market, e.g. ``ws://h:p/binance/spot``."""
@@ -446,6 +460,22 @@ class BinanceVenue:
     def trade_sink(self, market: str, symbol: str) -> BinanceTradeSink:
         """Return the publisher of a synthetic feed's batches."""
         return BinanceTradeSink(self.hub, market, symbol)
+
+    def timed_stream(self, stream: str) -> bool:
+        """Whether a stream is a depth or kline stream."""
+        return is_timed_stream(stream)
+
+    def publisher(self, channel: Channel, feed: SyntheticFeed) -> Publisher | None:
+        """Return the publisher of a depth or kline stream (None for other streams)."""
+        return binance_publisher(channel, feed, self.timing)
+
+    def stream_symbol(self, stream: str) -> str:
+        """The symbol of a stream name (``btcusdt@trade`` -> ``BTCUSDT``)."""
+        return stream_symbol(stream)
+
+    def trade_ids(self, channel: Channel) -> list[Any]:
+        """Delivered ids of a trade stream (``t`` or ``a`` values)."""
+        return list(channel.delivered)
 
     def shutdown_event(self, combined: bool) -> bytes:
         """Return a ``serverShutdown`` event payload in the requested framing."""

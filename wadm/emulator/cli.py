@@ -4,7 +4,7 @@
 prints one line with the bound URLs and flushes, so a parent process can read
 the port (``--port 0`` picks a free one)::
 
-    emulator listening on ws://127.0.0.1:9443 (binance spot: ws://127.0.0.1:9443/...
+    emulator listening on ws://127.0.0.1:9443 (binance spot: ws://127.0.0.1:9443/..., bybit linear: ...)
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from wadm.emulator.binance import MARKETS, SPOT_POLICY, USDM_POLICY
+from wadm.emulator.bybit import BYBIT_POLICY
+from wadm.emulator.bybit import MARKETS as BYBIT_MARKETS
 from wadm.emulator.market import SyntheticSpec
 from wadm.emulator.replay import ReplaySpec, infer_market
+from wadm.emulator.rest import RestLimits
 from wadm.emulator.server import Emulator
 
 __all__ = ["add_arguments", "build_emulator", "run"]
@@ -54,6 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_csv,
         default=list(MARKETS),
         help="markets of the synthetic symbols (default spot,usdm)",
+    )
+    parser.add_argument(
+        "--bybit-markets",
+        type=_csv,
+        default=[],
+        help="Bybit categories of the synthetic symbols, comma separated: spot,linear (default none)",
+    )
+    parser.add_argument(
+        "--bybit-symbols",
+        type=_csv,
+        default=None,
+        help="synthetic Bybit symbols (default: the --symbols)",
+    )
+    parser.add_argument(
+        "--book",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="order-book model: on first depth/kline need (auto), always, or never (default %(default)s)",
+    )
+    parser.add_argument(
+        "--book-levels",
+        type=int,
+        default=1000,
+        help="price levels per side of each synthetic book (default %(default)s)",
     )
     parser.add_argument(
         "--rate",
@@ -120,6 +147,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="USD-M incoming messages/s per connection (default %(default)s)",
     )
     parser.add_argument(
+        "--bybit-idle-timeout",
+        type=float,
+        default=BYBIT_POLICY.idle_timeout,
+        help="seconds without a client message before Bybit closes a connection (default %(default)s)",
+    )
+    parser.add_argument(
+        "--spot-weight",
+        type=int,
+        default=RestLimits().spot_weight,
+        help="Binance spot REST weight per minute (default %(default)s)",
+    )
+    parser.add_argument(
+        "--usdm-weight",
+        type=int,
+        default=RestLimits().usdm_weight,
+        help="Binance USD-M REST weight per minute (default %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=5.0,
@@ -145,11 +190,18 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
     for market in args.markets:
         if market not in MARKETS:
             raise ValueError(f"unknown market {market!r}; expected one of {', '.join(MARKETS)}")
+    for market in args.bybit_markets:
+        if market not in BYBIT_MARKETS:
+            raise ValueError(f"unknown Bybit market {market!r}; expected one of {', '.join(BYBIT_MARKETS)}")
     symbols = args.symbols if args.symbols is not None else ([] if args.replay else ["BTCUSDT"])
-    synthetic = [
-        SyntheticSpec(market=m, symbol=s.upper(), rate=args.rate, max_fills=args.max_fills)
-        for s in symbols
-        for m in args.markets
+    bybit_symbols = args.bybit_symbols if args.bybit_symbols is not None else symbols
+    book = {"auto": None, "on": True, "off": False}[args.book]
+    common = {"rate": args.rate, "max_fills": args.max_fills, "book": book, "book_levels": args.book_levels}
+    synthetic = [SyntheticSpec(market=m, symbol=s.upper(), **common) for s in symbols for m in args.markets]
+    synthetic += [
+        SyntheticSpec(venue="bybit", market=m, symbol=s.upper(), **common)
+        for s in bybit_symbols
+        for m in args.bybit_markets
     ]
     replays = []
     for path in args.replay:
@@ -165,11 +217,15 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
                 wait_for_subscriber=args.replay_wait,
             )
         )
+    bybit_overrides = {k: v for k, v in overrides.items() if k == "max_lifetime"}
+    bybit = dataclasses.replace(BYBIT_POLICY, idle_timeout=args.bybit_idle_timeout, **bybit_overrides)
     return Emulator(
         host=args.host,
         port=args.port,
         spot_policy=spot,
         usdm_policy=usdm,
+        bybit_policy=bybit,
+        rest_limits=RestLimits(spot_weight=args.spot_weight, usdm_weight=args.usdm_weight),
         synthetic=synthetic,
         replays=replays,
         seed=args.seed,
@@ -185,8 +241,10 @@ async def _serve(emu: Emulator) -> None:
     await emu.start()
     try:
         urls = emu.urls["binance"]
+        bybit = emu.urls["bybit"]
         print(
-            f"emulator listening on {emu.url} (binance spot: {urls['spot']}, binance usdm: {urls['usdm']})",
+            f"emulator listening on {emu.url} (binance spot: {urls['spot']}, binance usdm: {urls['usdm']}, "
+            f"bybit spot: {bybit['spot']}, bybit linear: {bybit['linear']})",
             flush=True,
         )
         await stop.wait()

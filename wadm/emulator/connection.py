@@ -52,13 +52,17 @@ class ConnectionPolicy:
         ping_interval: Seconds between server PING frames; 0 disables pings.
         pong_timeout: Seconds a PING may stay unanswered before the server
             disconnects the client.
-        max_lifetime: Seconds after which the server closes the connection.
+        max_lifetime: Seconds after which the server closes the connection;
+            0 disables.
+        idle_timeout: Seconds without a client text message after which the
+            server closes the connection (Bybit); 0 disables.
     """
 
     max_messages_per_s: int
     ping_interval: float
     pong_timeout: float
     max_lifetime: float = 86_400.0
+    idle_timeout: float = 0.0
 
 
 _ids = itertools.count(1)
@@ -107,6 +111,8 @@ class Connection(WSListener):
         self.shutdown_notified = False
         self.connected_at = 0.0
         self.frames_received = 0
+        self.last_message_at = 0.0
+        """``time.monotonic()`` of the last client text message (or of the connect)."""
         self._raw: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._recv_times: deque[float] = deque()
@@ -137,7 +143,7 @@ class Connection(WSListener):
         self.transport = transport
         self._raw = transport.underlying_transport
         self._loop = loop = asyncio.get_running_loop()
-        self.connected_at = time.monotonic()
+        self.connected_at = self.last_message_at = time.monotonic()
         self.hub.register(self)
         policy = self.policy
         if policy.ping_interval > 0:
@@ -149,6 +155,8 @@ class Connection(WSListener):
                 WSCloseCode.GOING_AWAY,
                 "Connection lifetime expired",
             )
+        if policy.idle_timeout > 0:
+            self.call_later(policy.idle_timeout, self._check_idle)
         self.on_connected()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -186,6 +194,7 @@ class Connection(WSListener):
         elif msg_type == WSMsgType.PONG:
             self._on_pong(frame.get_payload_as_bytes())
         elif msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.last_message_at = now
             self.on_text(frame.get_payload_as_bytes())
 
     def pause_writing(self) -> None:
@@ -354,6 +363,15 @@ class Connection(WSListener):
                 code = WSCloseCode.OK
             transport.send_close(code)
         transport.disconnect(True)
+
+    def _check_idle(self) -> None:
+        if self.closing:
+            return
+        left = self.last_message_at + self.policy.idle_timeout - time.monotonic()
+        if left <= 0.001:
+            self.close(WSCloseCode.GOING_AWAY, "Idle timeout")
+        else:
+            self.call_later(left, self._check_idle)
 
     def _send_ping(self) -> None:
         transport = self.transport

@@ -5,22 +5,34 @@ WebSocket upgrade; answering with a non-101 response sends that response and
 closes the connection. That is all a tiny control API needs.
 
 Every fault endpoint accepts the optional filters ``market``, ``stream`` and
-``venue``. Responses are small JSON objects; errors are ``{"error": ...}``
-with status 400 or 404.
+``venue`` (book and REST faults also ``symbol``). Responses are small JSON
+objects; errors are ``{"error": ...}`` with status 400 or 404.
 
-======================  ===========================================================
-``/control/health``     ``{"ok": true}``
-``/control/stats``      connections, per-stream counters, feeds, replays
-``/control/delivered``  ``stream=`` [``market=``] -> ``{"stream","market","ids"}``
-``/control/drop``       [``graceful=1``] -> ``{"affected": n}``
-``/control/silence``    ``seconds=S``
-``/control/malformed``  ``count=N`` ``kind=`` one of ``invalid_json``,
-                        ``unknown_event``, ``zero_price``, ``missing_field``
-``/control/shutdown``   [``grace=S``] ``serverShutdown``, close after S seconds
-``/control/rate``       ``rate=R`` [``symbol=``] (adds a feed for a new symbol)
-``/control/pause``      [``symbol=``]
-``/control/resume``     [``symbol=``]
-======================  ===========================================================
+============================  =====================================================
+``/control/health``           ``{"ok": true}``
+``/control/stats``            connections, per-stream counters, feeds, replays
+``/control/delivered``        ``stream=`` [``market=``] [``venue=``] -> ``{"stream","market","ids"}``
+``/control/book``             ``venue=`` ``market=`` ``symbol=`` [``depth=``] -> the true book
+                              ``{"bids","asks","update_id"}``
+``/control/drop``             [``graceful=1``] -> ``{"affected": n}``
+``/control/silence``          ``seconds=S``
+``/control/silence_stream``   ``seconds=S`` ``stream=`` (the connections' other streams flow)
+``/control/malformed``        ``count=N`` ``kind=`` one of ``invalid_json``,
+                              ``unknown_event``, ``zero_price``, ``missing_field``
+``/control/shutdown``         [``grace=S``] ``serverShutdown``, close after S seconds
+``/control/gap``              [``count=N``] drop N depth/order-book updates
+``/control/crossed``          the next book update crosses the book
+``/control/restart_book``     Bybit ``u=1`` snapshot
+``/control/slow_snapshots``   ``seconds=S`` [``count=N``] delay REST book snapshots
+``/control/stale_snapshots``  ``updates=U`` [``count=N``] serve books U changes old
+``/control/fail_snapshots``   [``count=N``] [``status=503``]
+``/control/rest_status``      ``status=429|418|...`` [``count=N``] [``retry_after=S``]
+``/control/fail_subscribe``   ``topic=`` [``market=``] [``times=N``] (0 clears)
+``/control/clear_faults``     forget pending book, REST and subscription faults
+``/control/rate``             ``rate=R`` [``symbol=``] (adds a feed for a new symbol)
+``/control/pause``            [``symbol=``]
+``/control/resume``           [``symbol=``]
+============================  =====================================================
 """
 
 from __future__ import annotations
@@ -128,6 +140,42 @@ class ControlApi:
             "rate": self._rate,
             "pause": lambda q: {"affected": self.emu.pause(**self._feed_filters(q))},
             "resume": lambda q: {"affected": self.emu.resume(**self._feed_filters(q))},
+            "book": self._book,
+            "silence_stream": lambda q: {
+                "affected": self.emu.silence_stream(
+                    q.number("seconds"), stream=q.required("stream"), market=q.text("market"), venue=q.text("venue")
+                )
+            },
+            "gap": lambda q: {"affected": self.emu.depth_gap(q.integer("count", 1), **self._book_filters(q))},
+            "crossed": lambda q: {"affected": self.emu.crossed_update(**self._book_filters(q))},
+            "restart_book": lambda q: {
+                "affected": self.emu.restart_book(
+                    market=q.text("market"), symbol=q.text("symbol"), stream=q.text("stream")
+                )
+            },
+            "slow_snapshots": lambda q: {
+                "affected": self.emu.slow_snapshots(q.number("seconds"), q.integer("count", 1), **self._rest_filters(q))
+            },
+            "stale_snapshots": lambda q: {
+                "affected": self.emu.stale_snapshots(
+                    int(q.number("updates")), q.integer("count", 1), **self._rest_filters(q)
+                )
+            },
+            "fail_snapshots": lambda q: {
+                "affected": self.emu.fail_snapshots(
+                    q.integer("count", 1), q.integer("status", 503), **self._rest_filters(q)
+                )
+            },
+            "rest_status": lambda q: {
+                "affected": self.emu.force_rest_status(
+                    int(q.number("status")),
+                    q.integer("count", 1),
+                    retry_after=q.number("retry_after", 1.0),
+                    **self._rest_filters(q),
+                )
+            },
+            "fail_subscribe": self._fail_subscribe,
+            "clear_faults": self._clear_faults,
         }
 
     def respond(self, path: str) -> WSUpgradeResponseWithListener:
@@ -182,6 +230,36 @@ class ControlApi:
             "affected": self.emu.set_rate(rate, **self._feed_filters(q)),
             "rate": rate,
         }
+
+    def _book(self, q: _Query) -> dict[str, Any]:
+        venue, market, symbol = q.required("venue"), q.required("market"), q.required("symbol")
+        depth = q.integer("depth", 0)
+        bids, asks, update_id = self.emu.true_book(venue, market, symbol, depth or None)
+        return {
+            "venue": venue,
+            "market": market,
+            "symbol": symbol.upper(),
+            "bids": bids,
+            "asks": asks,
+            "update_id": update_id,
+        }
+
+    def _fail_subscribe(self, q: _Query) -> dict[str, Any]:
+        times = q.text("times")
+        count = None if times is None else q.integer("times", 0)
+        return {"affected": self.emu.fail_subscribe(q.required("topic"), market=q.text("market"), times=count)}
+
+    def _clear_faults(self, q: _Query) -> dict[str, Any]:
+        self.emu.clear_faults()
+        return {"ok": True}
+
+    @staticmethod
+    def _book_filters(q: _Query) -> dict[str, str | None]:
+        return {**q.filters(), "symbol": q.text("symbol")}
+
+    @staticmethod
+    def _rest_filters(q: _Query) -> dict[str, str | None]:
+        return {"venue": q.text("venue"), "market": q.text("market"), "symbol": q.text("symbol")}
 
     @staticmethod
     def _feed_filters(q: _Query) -> dict[str, str | None]:

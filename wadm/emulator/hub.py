@@ -11,7 +11,7 @@ connection's queued buffers with one transport write.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class Channel:
         "frames_sent",
         "last_id",
         "market",
+        "muted",
         "stream",
         "subscribers",
         "venue",
@@ -102,6 +103,8 @@ class Channel:
         """Frames written, summed over subscribers."""
         self.last_id: int | None = None
         """Highest id offered to the channel (delivered or not)."""
+        self.muted: dict[Connection, float] = {}
+        """Subscribers that do not get this stream until a ``time.monotonic()`` deadline."""
 
     def targets(self, now: float) -> tuple[list[Connection], list[Connection]]:
         """Split the subscribers that may receive data now by framing.
@@ -114,11 +117,20 @@ class Channel:
         """
         combined: list[Connection] = []
         raw: list[Connection] = []
+        muted = self.muted
         for conn in self.subscribers:
             if conn.closing or conn.silenced_until > now:
                 continue
+            if muted and muted.get(conn, 0.0) > now:
+                continue
             (combined if conn.combined else raw).append(conn)
         return combined, raw
+
+    def receives(self, conn: Connection, now: float) -> bool:
+        """Whether ``conn`` would get this stream's data right now."""
+        if conn.closing or conn.silenced_until > now or conn not in self.subscribers:
+            return False
+        return not self.muted or self.muted.get(conn, 0.0) <= now
 
     def deliver(
         self,
@@ -162,6 +174,7 @@ class Hub:
     def __init__(
         self,
         *,
+        on_subscribe: Callable[[Connection, Channel], None] | None = None,
         max_send_buffer: int = 64 << 20,
         backlog_limit: int = 4 << 20,
         slow_consumer_timeout: float = 5.0,
@@ -169,6 +182,8 @@ class Hub:
         """Create an empty hub.
 
         Args:
+            on_subscribe: Called after a connection starts receiving a stream
+                (the emulator starts depth and kline publishers with it).
             max_send_buffer: Unsent bytes a connection may accumulate before it
                 is dropped as a slow consumer.
             backlog_limit: Unsent bytes above which a connection counts as
@@ -176,6 +191,7 @@ class Hub:
             slow_consumer_timeout: Seconds a connection may stay backlogged
                 before it is dropped as a slow consumer.
         """
+        self.on_subscribe = on_subscribe
         self.max_send_buffer = max_send_buffer
         self.backlog_limit = backlog_limit
         self.slow_consumer_timeout = slow_consumer_timeout
@@ -214,12 +230,15 @@ class Hub:
             event = self._subscribed.get((conn.venue, conn.market))
             if event is not None:
                 event.set()
+            if self.on_subscribe is not None:
+                self.on_subscribe(conn, ch)
 
     def unsubscribe(self, conn: Connection, stream: str) -> None:
         """Remove a subscription of ``conn`` (a no-op when absent)."""
         ch = conn.subscriptions.pop(stream, None)
         if ch is not None:
             ch.subscribers.pop(conn, None)
+            ch.muted.pop(conn, None)
 
     def has_receivers(self, venue: str, market: str) -> bool:
         """Whether any open connection receives some stream of a venue market."""
@@ -260,6 +279,7 @@ class Hub:
         self.connections.pop(conn.conn_id, None)
         for ch in conn.subscriptions.values():
             ch.subscribers.pop(conn, None)
+            ch.muted.pop(conn, None)
 
     def select(
         self,

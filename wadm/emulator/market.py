@@ -9,7 +9,13 @@ connection subscribed to the same stream sees the same ids.
 PERF: price and quantity strings are preformatted bytes (a small quantity
 pool, a price cache), and one ``getrandbits`` call drives the price step, the
 maker flag and the quantity of a trade. When nobody can receive the stream the
-feed only advances its ids.
+feed only advances its ids and records a `SkippedRun` in its history (the
+trades are generated if a REST query ever asks for them).
+
+Market mode: once a `wadm.emulator.model.MarketModel` is attached
+(``feed.model``), trades come from the model instead (they consume a synthetic
+order book and build klines); the fast random walk above is used only while no
+depth, kline or book query needed a book (see `SyntheticSpec.book`).
 """
 
 from __future__ import annotations
@@ -20,14 +26,39 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from wadm.emulator.history import SkippedRun, TradeHistory
+
+if TYPE_CHECKING:
+    from wadm.emulator.model import MarketModel
 
 __all__ = [
+    "Clock",
     "Instrument",
     "SyntheticFeed",
     "SyntheticSpec",
     "TradeBatch",
     "format_decimal",
+    "strip_zeros",
+    "wall_clock_ms",
 ]
+
+Clock = Callable[[], int]
+"""Returns the current time in ms since the epoch (injectable for tests)."""
+
+
+def wall_clock_ms() -> int:
+    """The system clock in ms since the epoch (the default `Clock`)."""
+    return time.time_ns() // 1_000_000
+
+
+def strip_zeros(text: bytes) -> bytes:
+    """Drop trailing fractional zeros (and a bare dot): ``b"65140.00"`` -> ``b"65140"``."""
+    if b"." not in text:
+        return text
+    return text.rstrip(b"0").rstrip(b".")
+
 
 _QTY_POOL_BITS = 9
 _MAX_CATCH_UP_S = 0.05
@@ -70,6 +101,7 @@ class Instrument:
         qty_decimals: Decimals printed in quantities.
         start_price: Initial price of the random walk.
         max_lots: Largest single-trade quantity, in lots.
+        strip: Print prices and quantities without trailing zeros (Bybit spot).
     """
 
     tick_decimals: int
@@ -78,6 +110,17 @@ class Instrument:
     qty_decimals: int
     start_price: float
     max_lots: int = 100_000
+    strip: bool = False
+
+    def price_text(self, ticks: int) -> bytes:
+        """Format a price given in ticks."""
+        text = format_decimal(ticks, self.tick_decimals, self.price_decimals)
+        return strip_zeros(text) if self.strip else text
+
+    def qty_text(self, lots: int) -> bytes:
+        """Format a quantity given in lots."""
+        text = format_decimal(lots, self.lot_decimals, self.qty_decimals)
+        return strip_zeros(text) if self.strip else text
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,6 +136,15 @@ class SyntheticSpec:
             with 1 every trade is also one aggregate trade.
         start_price: Overrides the venue's default start price.
         instrument: Overrides the venue's default price/quantity grid.
+        book: Order-book model. None (default): attached on first need (a
+            depth, order-book or kline subscriber, a REST depth or kline
+            query, `Emulator.true_book`, a book fault). True: from the start.
+            False: never; a pure trade feed (depth and kline streams stay
+            silent, REST depth and klines are empty).
+        book_levels: Price levels per side of the synthetic book.
+        book_updates: Book changes per second besides the trades (orders
+            added and cancelled around the top of the book).
+        history: Trades kept for REST backfill; 0 keeps none.
     """
 
     market: str
@@ -102,6 +154,10 @@ class SyntheticSpec:
     max_fills: int = 1
     start_price: float | None = None
     instrument: Instrument | None = None
+    book: bool | None = None
+    book_levels: int = 1000
+    book_updates: float = 20.0
+    history: int = 200_000
 
 
 @dataclass(slots=True)
@@ -159,6 +215,7 @@ class SyntheticFeed:
         listening: Listening,
         backlogged: Backlogged | None = None,
         batch_interval: float = 0.005,
+        clock: Clock = wall_clock_ms,
     ) -> None:
         """Create a stopped feed.
 
@@ -174,6 +231,7 @@ class SyntheticFeed:
                 second behind it restarts its schedule (the achieved rate then
                 drops below the target: the sockets set the pace).
             batch_interval: Shortest time between two ticks, in seconds.
+            clock: Source of trade timestamps (ms since the epoch).
         """
         self.spec = spec
         self.market = spec.market
@@ -186,9 +244,19 @@ class SyntheticFeed:
         self._batch_interval = batch_interval
         self._rate = float(spec.rate)
         self._max_fills = max(1, spec.max_fills)
-        self._ticks = max(1, round(instrument.start_price * 10**instrument.tick_decimals))
-        self._price_cache: dict[int, bytes] = {}
+        self.clock = clock
+        self.ticks = max(1, round(instrument.start_price * 10**instrument.tick_decimals))
+        """Last trade price in ticks."""
+        self.price_cache: dict[int, bytes] = {}
+        """Formatted prices by ticks (read directly by the market model's hot loop)."""
+        self.qty_cache: dict[int, bytes] = {}
+        """Formatted quantities by lots."""
         self._qty_pool = self._make_qty_pool()
+        self.lot_pool = [self._lots_of[q] for q in self._qty_pool]
+        """Trade sizes in lots, drawn uniformly (the model uses the same sizes)."""
+        self.history = TradeHistory(spec.history, self._materialize) if spec.history > 0 else None
+        self.model: MarketModel | None = None
+        """The order-book model, once attached (market mode)."""
         self.next_trade_id = 1_000_000_000 + rng.randrange(1_000_000)
         self.next_agg_id = 100_000_000 + rng.randrange(1_000_000)
         self.generated = 0
@@ -266,7 +334,21 @@ class SyntheticFeed:
 
     def current_price(self) -> bytes:
         """The last traded price, formatted."""
-        return self._price(self._ticks)
+        return self._price(self.ticks)
+
+    def price_text(self, ticks: int) -> bytes:
+        """Format a price in ticks (cached)."""
+        return self._price(ticks)
+
+    def qty_text(self, lots: int) -> bytes:
+        """Format a quantity in lots (cached)."""
+        cache = self.qty_cache
+        text = cache.get(lots)
+        if text is None:
+            if len(cache) > 8192:
+                cache.clear()
+            text = cache[lots] = self.instrument.qty_text(lots)
+        return text
 
     def achieved_rate(self) -> float:
         """Average trades per second since start."""
@@ -292,7 +374,7 @@ class SyntheticFeed:
         getrandbits = self._rng.getrandbits
         pool = self._qty_pool
         price_of = self._price
-        ticks = self._ticks
+        ticks = self.ticks
         price = price_of(ticks)
         prices: list[bytes] = []
         qtys: list[bytes] = []
@@ -335,28 +417,80 @@ class SyntheticFeed:
                     prices.append(price)
                     qtys.append(q)
                     makers.append(maker)
-                qty = format_decimal(lots, inst.lot_decimals, inst.qty_decimals)
+                qty = inst.qty_text(lots)
                 aggs.append((i, i + fills - 1, qty))
                 i += fills
             self.next_agg_id += len(aggs)
-        self._ticks = ticks
+        self.ticks = ticks
         self.next_trade_id += count
         self.generated += count
         return TradeBatch(ts_ms, first_id, prices, qtys, makers, first_agg, aggs)
 
-    def _skip(self, count: int) -> None:
-        """Advance ids (and the price, once) for trades nobody can receive."""
+    def _skip(self, count: int, ts_ms: int) -> None:
+        """Advance ids (and the price, once) for trades nobody can receive.
+
+        The history records how to regenerate them (`SkippedRun`).
+        """
+        aggs = count if self._max_fills == 1 else max(1, count * 2 // (self._max_fills + 1))
+        if self.history is not None:
+            self.history.add(
+                SkippedRun(
+                    ts_ms,
+                    self.next_trade_id,
+                    count,
+                    self.next_agg_id,
+                    aggs,
+                    self.ticks,
+                    self._rng.getrandbits(32),
+                )
+            )
         self.next_trade_id += count
-        if self._max_fills == 1:
-            self.next_agg_id += count
-        else:
-            self.next_agg_id += max(1, count * 2 // (self._max_fills + 1))
+        self.next_agg_id += aggs
         self.generated += count
         step = self._rng.getrandbits(2)
-        if step == 0 and self._ticks > 1:
-            self._ticks -= 1
+        if step == 0 and self.ticks > 1:
+            self.ticks -= 1
         elif step == 3:
-            self._ticks += 1
+            self.ticks += 1
+
+    def _materialize(self, run: SkippedRun) -> TradeBatch:
+        """Generate the trades of a skipped run (same result for the same run)."""
+        rng = random.Random(run.seed)
+        pool = self._qty_pool
+        ticks = run.ticks
+        prices: list[bytes] = []
+        qtys: list[bytes] = []
+        makers: list[bool] = []
+        for _ in range(run.count):
+            r = rng.getrandbits(_QTY_POOL_BITS + 3)
+            step = r & 3
+            if step == 0 and ticks > 1:
+                ticks -= 1
+            elif step == 3:
+                ticks += 1
+            prices.append(self._price(ticks))
+            qtys.append(pool[r >> 3])
+            makers.append(bool(r & 4))
+        aggs: list[tuple[int, int, bytes]] | None = None
+        if run.agg_count != run.count:
+            sizes = [1] * run.agg_count
+            for _ in range(run.count - run.agg_count):
+                sizes[rng.randrange(run.agg_count)] += 1
+            aggs = []
+            first = 0
+            for size in sizes:
+                last = first + size - 1
+                for i in range(first + 1, last + 1):
+                    prices[i], makers[i] = prices[first], makers[first]
+                lots = sum(self._lots_of[q] for q in qtys[first : last + 1])
+                aggs.append((first, last, self.qty_text(lots)))
+                first = last + 1
+        return TradeBatch(run.ts_ms, run.first_id, prices, qtys, makers, run.first_agg_id, aggs)
+
+    def record(self, batch: TradeBatch) -> None:
+        """Keep a generated batch for REST backfill (when the history is on)."""
+        if self.history is not None:
+            self.history.add(batch)
 
     def _restart_schedule(self) -> None:
         loop = self._loop
@@ -390,23 +524,30 @@ class SyntheticFeed:
             due = cap
         if due > 0:
             self._since_origin += due
-            if self._listening():
-                self._sink(self.generate(due, time.time_ns() // 1_000_000))
+            model = self.model
+            if model is not None:
+                batch = model.generate(due, self.clock())
+                self.record(batch)
+                if self._listening():
+                    self._sink(batch)
+            elif self._listening():
+                batch = self.generate(due, self.clock())
+                self.record(batch)
+                self._sink(batch)
             else:
-                self._skip(due)
+                self._skip(due, self.clock())
         next_at = self._origin + (self._since_origin + 1) / rate
         self._handle = loop.call_at(max(next_at, now + self._batch_interval), self._tick)
 
     # ------------------------------------------------------------ helpers
 
     def _price(self, ticks: int) -> bytes:
-        cache = self._price_cache
+        cache = self.price_cache
         text = cache.get(ticks)
         if text is None:
             if len(cache) > 4096:
                 cache.clear()
-            inst = self.instrument
-            text = cache[ticks] = format_decimal(ticks, inst.tick_decimals, inst.price_decimals)
+            text = cache[ticks] = self.instrument.price_text(ticks)
         return text
 
     def _make_qty_pool(self) -> list[bytes]:
@@ -417,7 +558,7 @@ class SyntheticFeed:
         top = math.log(max(2, inst.max_lots))
         for _ in range(1 << _QTY_POOL_BITS):
             lots = max(1, int(math.exp(rng.uniform(0.0, top))))
-            text = format_decimal(lots, inst.lot_decimals, inst.qty_decimals)
+            text = inst.qty_text(lots)
             pool.append(text)
             self._lots_of[text] = lots
         return pool

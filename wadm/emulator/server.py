@@ -1,50 +1,58 @@
-"""The emulator process: one picows server, venues routed by path prefix.
+"""The emulator process: one listening port, venues routed by path prefix.
 
 `Emulator` binds one port and serves:
 
-- ``/binance/...``: Binance WebSocket market streams (`wadm.emulator.binance`);
-- ``/control/...``: plain HTTP GET endpoints for stats, the delivered log and
-  fault injection (`wadm.emulator.control`);
+- ``/binance/...``: Binance WebSocket market streams (`wadm.emulator.binance`)
+  and REST market data (``/binance/spot/api/v3/...``, ``/binance/usdm/fapi/v1/...``);
+- ``/bybit/...``: Bybit v5 public WebSocket (`wadm.emulator.bybit`) and REST
+  market data (``/bybit/v5/market/...``);
+- ``/control/...``: plain HTTP GET endpoints for stats, the delivered log, the
+  true book and fault injection (`wadm.emulator.control`);
 - anything else: 404.
 
-It owns the synthetic feeds and replays, and exposes every fault as a method,
-so tests can drive it in-process or over HTTP from another process.
+It owns the synthetic feeds (each with its market model once needed: book,
+klines; see `wadm.emulator.model`), the timed-stream scheduler and replays,
+and exposes every fault as a method (`wadm.emulator.faults`), so tests can
+drive it in-process or over HTTP from another process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
-from picows import (
-    WSCloseCode,
-    WSListener,
-    WSUpgradeRequest,
-    WSUpgradeResponseWithListener,
-    ws_create_server,
-)
+from picows import WSCloseCode, WSListener, WSUpgradeRequest, WSUpgradeResponseWithListener
 
+from wadm.emulator import rest_binance, rest_bybit
 from wadm.emulator.binance import SPOT_POLICY, USDM_POLICY, BinanceVenue
+from wadm.emulator.book import ASK, BID
+from wadm.emulator.bybit import BYBIT_POLICY, BybitVenue
 from wadm.emulator.connection import Connection, ConnectionPolicy
 from wadm.emulator.control import ControlApi, json_response
-from wadm.emulator.hub import Hub
-from wadm.emulator.market import SyntheticFeed, SyntheticSpec
+from wadm.emulator.faults import MALFORMED_KINDS, FaultInjection
+from wadm.emulator.gateway import Gateway, ws_protocol_factory
+from wadm.emulator.hub import Channel, Hub
+from wadm.emulator.market import Clock, SyntheticFeed, SyntheticSpec, wall_clock_ms
+from wadm.emulator.model import MarketModel, attach_model
 from wadm.emulator.replay import ReplayHandle, ReplaySpec
+from wadm.emulator.rest import HttpResponse, RestApi, RestFaults, RestLimits, WeightLimiter
+from wadm.emulator.streams import Publisher, Scheduler, StreamTiming
 from wadm.emulator.venue import Venue
 
 __all__ = ["MALFORMED_KINDS", "Emulator"]
 
+_UID_JUMPS = {("binance", "usdm"): 40}
+"""Largest step between book update ids per venue market (USD-M ids are not contiguous)."""
 
-MALFORMED_KINDS = ("invalid_json", "unknown_event", "zero_price", "missing_field")
+Book = tuple[list[tuple[str, str]], list[tuple[str, str]], int]
 
 
-class Emulator:
-    """A loopback exchange emulator (Binance spot and USD-M for now).
+class Emulator(FaultInjection):
+    """A loopback exchange emulator: Binance spot/USD-M and Bybit spot/linear.
 
     Usage::
 
@@ -60,6 +68,7 @@ class Emulator:
         port: int = 0,
         spot_policy: ConnectionPolicy = SPOT_POLICY,
         usdm_policy: ConnectionPolicy = USDM_POLICY,
+        bybit_policy: ConnectionPolicy = BYBIT_POLICY,
         synthetic: Iterable[SyntheticSpec] = (),
         replays: Iterable[ReplaySpec] = (),
         seed: int | None = None,
@@ -67,6 +76,9 @@ class Emulator:
         batch_interval: float = 0.005,
         max_send_buffer: int = 64 << 20,
         slow_consumer_timeout: float = 5.0,
+        clock: Clock = wall_clock_ms,
+        timing: StreamTiming | None = None,
+        rest_limits: RestLimits | None = None,
     ) -> None:
         """Configure the emulator; nothing runs before `start`.
 
@@ -75,6 +87,8 @@ class Emulator:
             port: TCP port; 0 picks a free one (see `port` after `start`).
             spot_policy: Binance spot connection limits (rate, ping, lifetime).
             usdm_policy: Binance USD-M connection limits.
+            bybit_policy: Bybit connection limits (both categories; its
+                ``idle_timeout`` closes connections without client messages).
             synthetic: Trade generators to run.
             replays: Recordings to replay from `start` on.
             seed: Seed of the random generators (None: unpredictable).
@@ -85,20 +99,45 @@ class Emulator:
             slow_consumer_timeout: Seconds a connection may keep more than
                 4 MiB unsent (synthetic feeds hold back meanwhile) before it
                 is dropped as a slow consumer.
+            clock: Wall clock in ms for every timestamp, bar and weight window
+                (tests shift it to reach a minute boundary quickly).
+            timing: Push intervals of depth, order-book and kline streams.
+            rest_limits: Binance REST weight budgets and ban rules.
         """
         self.host = host
         self.requested_port = port
         self.shutdown_grace = shutdown_grace
         self.batch_interval = batch_interval
-        self.hub = Hub(max_send_buffer=max_send_buffer, slow_consumer_timeout=slow_consumer_timeout)
-        self.binance = BinanceVenue(self.hub, policies={"spot": spot_policy, "usdm": usdm_policy})
-        self.venues: dict[str, Venue] = {self.binance.name: self.binance}
-        self.control = ControlApi(self)
-        self._rng = random.Random(seed)
+        self.clock = clock
+        self.timing = timing if timing is not None else StreamTiming()
+        self.rest_limits = rest_limits if rest_limits is not None else RestLimits()
+        self.hub = Hub(
+            on_subscribe=self._on_subscribe,
+            max_send_buffer=max_send_buffer,
+            slow_consumer_timeout=slow_consumer_timeout,
+        )
         self.feeds: dict[tuple[str, str, str], SyntheticFeed] = {}
+        self.binance = BinanceVenue(self.hub, policies={"spot": spot_policy, "usdm": usdm_policy}, timing=self.timing)
+        self.bybit = BybitVenue(
+            self.hub,
+            policies={"spot": bybit_policy, "linear": bybit_policy},
+            listed=lambda market, symbol: ("bybit", market, symbol) in self.feeds,
+            timing=self.timing,
+        )
+        self.venues: dict[str, Venue] = {self.binance.name: self.binance, self.bybit.name: self.bybit}
+        self.scheduler = Scheduler(self.hub, tick=self.timing.tick, clock=clock)
+        self.control = ControlApi(self)
+        self.rest = RestApi(self, binance=rest_binance.respond, bybit=rest_bybit.respond)
+        self.rest_faults = RestFaults()
+        self.limiters = {
+            "spot": WeightLimiter(self.rest_limits.spot_weight, self.rest_limits, clock),
+            "usdm": WeightLimiter(self.rest_limits.usdm_weight, self.rest_limits, clock),
+        }
+        self._rng = random.Random(seed)
         self.replays: list[ReplayHandle] = []
         self._pending_replays = list(replays)
         self._server: asyncio.Server | None = None
+        self._gateways: set[Gateway] = set()
         self._port = 0
         self._started_at = 0.0
         for spec in synthetic:
@@ -118,35 +157,48 @@ class Emulator:
 
     @property
     def http_url(self) -> str:
-        """Base HTTP URL of the control endpoints, ``http://HOST:PORT``."""
+        """Base HTTP URL of the control and REST endpoints, ``http://HOST:PORT``."""
         return f"http://{self.host}:{self._port}"
 
     @property
     def urls(self) -> dict[str, dict[str, str]]:
-        """Client base URL per venue and market."""
+        """WebSocket URL per venue and market.
+
+        Binance: the base a client appends ``/stream?...`` or ``/ws/...`` to.
+        Bybit: the full endpoint, ``ws://HOST:PORT/bybit/v5/public/<category>``
+        (a client configured with a base URL uses ``ws://HOST:PORT/bybit``).
+        """
         return {name: venue.urls(self.url) for name, venue in self.venues.items()}
 
+    @property
+    def rest_urls(self) -> dict[str, dict[str, str]]:
+        """REST base URL per venue and market (clients append ``/api/v3/...``, ``/v5/market/...``)."""
+        base = self.http_url
+        return {
+            "binance": {"spot": f"{base}/binance/spot", "usdm": f"{base}/binance/usdm"},
+            "bybit": {"spot": f"{base}/bybit", "linear": f"{base}/bybit"},
+        }
+
     async def start(self) -> int:
-        """Bind the port and start feeds and replays.
+        """Bind the port and start feeds, timed streams and replays.
 
         Returns:
             The bound port.
         """
         if self._server is not None:
             return self._port
-        self._server = await ws_create_server(
-            self._on_request,
+        loop = asyncio.get_running_loop()
+        ws_factory = ws_protocol_factory(self._on_request, max_frame_size=1 << 20)
+        self._server = await loop.create_server(
+            lambda: Gateway(self._http, ws_factory, self._gateways),
             self.host,
             self.requested_port,
-            enable_auto_ping=False,
-            enable_auto_pong=False,
-            max_frame_size=1 << 20,
-            logger_name=logging.getLogger(__name__ + ".ws"),
         )
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._started_at = time.monotonic()
         for feed in self.feeds.values():
             feed.start()
+        self.scheduler.start()
         for spec in self._pending_replays:
             self.add_replay(spec)
         self._pending_replays.clear()
@@ -156,6 +208,7 @@ class Emulator:
         """Stop feeds and replays, close every connection and the listening socket."""
         for feed in self.feeds.values():
             feed.stop()
+        self.scheduler.stop()
         for replay in self.replays:
             await replay.stop()
         server = self._server
@@ -163,6 +216,8 @@ class Emulator:
             return
         self._server = None
         server.close()
+        for gateway in list(self._gateways):
+            gateway.close()
         waits = []
         for conn in list(self.hub.connections.values()):
             transport = conn.transport
@@ -203,6 +258,18 @@ class Emulator:
                     return conn
         return json_response(404, {"error": "not found", "path": path})
 
+    def _http(self, path: str, first: bool) -> HttpResponse | None:
+        """Answer a plain HTTP request; None hands a first request to picows."""
+        if self.rest.handles(path):
+            return self.rest.respond(path)
+        if first:
+            return None
+        if path == "/control" or path.startswith(("/control/", "/control?")):
+            answer = self.control.respond(path).response
+        else:
+            answer = json_response(404, {"error": "not found", "path": path}).response
+        return HttpResponse(int(answer.status), answer.body or b"", dict(answer.headers))
+
     # -------------------------------------------------------------- sources
 
     def add_synthetic(self, spec: SyntheticSpec) -> SyntheticFeed:
@@ -233,11 +300,73 @@ class Emulator:
             listening=sink.listening,
             backlogged=sink.backlogged,
             batch_interval=self.batch_interval,
+            clock=self.clock,
         )
         self.feeds[key] = feed
+        if spec.book:
+            self.engage(feed)
+        for (v, m, stream), ch in list(self.hub.channels.items()):
+            if v == spec.venue and m == spec.market and venue.stream_symbol(stream) == key[2]:
+                self._ensure_publisher(ch)
         if self._server is not None:
             feed.start()
         return feed
+
+    def engage(self, feed: SyntheticFeed) -> MarketModel | None:
+        """Attach a market model (book, klines) to a feed unless it has one.
+
+        Returns:
+            The feed's model; None for a pure trade feed (``book=False``).
+        """
+        key = (feed.spec.venue, feed.market)
+        return attach_model(feed, seed=self._rng.getrandbits(64), uid_jump=_UID_JUMPS.get(key, 1))
+
+    def _on_subscribe(self, conn: Connection, channel: Channel) -> None:
+        publisher = self._ensure_publisher(channel)
+        if publisher is not None:
+            publisher.on_subscribe(conn)
+
+    def _ensure_publisher(self, channel: Channel) -> Publisher | None:
+        pub = self.scheduler.get(channel.venue, channel.market, channel.stream)
+        if pub is not None:
+            return pub
+        venue = self.venues[channel.venue]
+        feed = self.feeds.get((channel.venue, channel.market, venue.stream_symbol(channel.stream)))
+        if feed is None or not venue.timed_stream(channel.stream) or self.engage(feed) is None:
+            return None
+        pub = venue.publisher(channel, feed)
+        if pub is not None:
+            self.scheduler.add(pub)
+        return pub
+
+    def true_book(self, venue: str, market: str, symbol: str, depth: int | None = None) -> Book:
+        """The emulator's true book of a symbol (attaching a model if needed).
+
+        Args:
+            venue: Venue name.
+            market: Venue market.
+            symbol: Symbol.
+            depth: Levels per side (None: all).
+
+        Returns:
+            ``(bids, asks, update_id)``: ``[(price, qty), ...]`` best first,
+            formatted as the venue prints them; the update id of the last
+            change (Binance ``lastUpdateId`` semantics).
+
+        Raises:
+            ValueError: For a symbol without a feed, or a pure trade feed.
+        """
+        feed = self.feeds.get((venue, market, symbol.upper()))
+        if feed is None:
+            raise ValueError(f"no synthetic feed for {venue}/{market}/{symbol}")
+        model = self.engage(feed)
+        if model is None:
+            raise ValueError(f"{venue}/{market}/{symbol} is a pure trade feed (book=False)")
+        book = model.book
+        price, qty = feed.price_text, feed.qty_text
+        bids = [(price(t).decode(), qty(q).decode()) for t, q in book.top(BID, depth)]
+        asks = [(price(t).decode(), qty(q).decode()) for t, q in book.top(ASK, depth)]
+        return bids, asks, book.uid
 
     def add_replay(self, spec: ReplaySpec) -> ReplayHandle:
         """Start replaying a recording (the emulator must be running).
@@ -269,125 +398,6 @@ class Emulator:
             for (v, m, s), feed in self.feeds.items()
             if (venue is None or v == venue) and (market is None or m == market) and (sym is None or s == sym)
         ]
-
-    # --------------------------------------------------------------- faults
-
-    def drop(
-        self,
-        *,
-        graceful: bool = False,
-        market: str | None = None,
-        stream: str | None = None,
-        venue: str | None = None,
-    ) -> int:
-        """Cut matching connections: a TCP reset, or a close frame when graceful.
-
-        Returns:
-            Number of connections affected.
-        """
-        conns = self.hub.select(venue=venue, market=market, stream=stream)
-        for conn in conns:
-            conn.drop(graceful=graceful)
-        return len(conns)
-
-    def silence(
-        self,
-        seconds: float,
-        *,
-        market: str | None = None,
-        stream: str | None = None,
-        venue: str | None = None,
-    ) -> int:
-        """Withhold data frames from matching connections for ``seconds``.
-
-        The connections stay open, answer pings and control messages; trades
-        generated meanwhile are not sent to them.
-
-        Returns:
-            Number of connections affected.
-        """
-        conns = self.hub.select(venue=venue, market=market, stream=stream)
-        for conn in conns:
-            conn.silence(seconds)
-        return len(conns)
-
-    def send_malformed(
-        self,
-        kind: str,
-        count: int = 1,
-        *,
-        market: str | None = None,
-        stream: str | None = None,
-        venue: str | None = None,
-    ) -> int:
-        """Send ``count`` malformed frames to matching connections.
-
-        Each connection gets frames of ``stream`` (or of its first deliverable
-        trade stream). ``zero_price`` frames carry a fresh trade id taken from
-        the stream's synthetic feed, shared by every receiver and never
-        recorded as delivered; other kinds consume no id.
-
-        Args:
-            kind: One of `MALFORMED_KINDS`.
-            count: Frames per connection.
-            market: Market filter.
-            stream: Stream filter (and the stream the frames pretend to be).
-            venue: Venue filter.
-
-        Returns:
-            Number of connections that received frames.
-
-        Raises:
-            ValueError: For an unknown kind.
-        """
-        if kind not in MALFORMED_KINDS:
-            raise ValueError(f"unknown malformed kind {kind!r}; expected one of {MALFORMED_KINDS}")
-        groups: dict[tuple[str, str, str], list[Connection]] = {}
-        for conn in self.hub.select(venue=venue, market=market, stream=stream):
-            v = self.venues[conn.venue]
-            target = stream if stream is not None else v.pick_stream(conn)
-            if target is None or conn not in conn.subscriptions[target].subscribers:
-                continue
-            groups.setdefault((conn.venue, conn.market, target), []).append(conn)
-        for (v_name, mkt, target), conns in groups.items():
-            v = self.venues[v_name]
-            ch = self.hub.channel(v_name, mkt, target)
-            feed = self.feeds.get((v_name, mkt, target.partition("@")[0].upper()))
-            for _ in range(count):
-                raw, combined = v.malformed(kind, ch, feed)
-                for conn in conns:
-                    conn.send_text(combined if conn.combined else raw)
-        return sum(len(c) for c in groups.values())
-
-    def shutdown(
-        self,
-        grace: float | None = None,
-        *,
-        market: str | None = None,
-        stream: str | None = None,
-        venue: str | None = None,
-    ) -> int:
-        """Send ``serverShutdown`` to matching connections, close them after ``grace``.
-
-        Data keeps flowing during the grace period, so a client can open its
-        replacement connection first (make-before-break).
-
-        Args:
-            grace: Seconds until close (default: the constructor's ``shutdown_grace``).
-            market: Market filter.
-            stream: Stream filter.
-            venue: Venue filter.
-
-        Returns:
-            Number of connections notified.
-        """
-        delay = self.shutdown_grace if grace is None else grace
-        conns = self.hub.select(venue=venue, market=market, stream=stream)
-        for conn in conns:
-            conn.send_text(self.venues[conn.venue].shutdown_event(conn.combined))
-            conn.shutdown_notified = True
-            conn.call_later(delay, conn.close, WSCloseCode.GOING_AWAY, "Server shutdown")
-        return len(conns)
 
     def set_rate(
         self,
@@ -456,11 +466,13 @@ class Emulator:
             return found[0]
         raise ValueError(f"market is required for stream {stream!r}" + (" (ambiguous)" if found else ""))
 
-    def delivered(self, stream: str, market: str | None = None, venue: str = "binance") -> list[int]:
+    def delivered(self, stream: str, market: str | None = None, venue: str = "binance") -> list[Any]:
         """Ids of a trade stream written to at least one socket, in order, unique.
 
         Args:
-            stream: ``<symbol>@trade`` (``t`` ids) or ``<symbol>@aggTrade`` (``a`` ids).
+            stream: Binance ``<symbol>@trade`` (``t`` ids, ints) or
+                ``<symbol>@aggTrade`` (``a`` ids); Bybit ``publicTrade.<SYMBOL>``
+                (the ``i`` strings: UUIDs on linear, numeric on spot).
             market: Market; may be omitted when only one market has the stream.
             venue: Venue name.
 
@@ -469,7 +481,7 @@ class Emulator:
         """
         mkt = self.resolve_market(stream, market, venue)
         ch = self.hub.find_channel(venue, mkt, stream)
-        return list(ch.delivered) if ch is not None else []
+        return self.venues[venue].trade_ids(ch) if ch is not None else []
 
     def subscribers(self, stream: str, market: str, venue: str = "binance") -> int:
         """Number of open connections that receive a stream (route permitting)."""
@@ -509,6 +521,9 @@ class Emulator:
                     "paused": feed.paused,
                     "next_trade_id": feed.next_trade_id,
                     "next_agg_id": feed.next_agg_id,
+                    "book": feed.model is not None,
+                    "book_update_id": feed.model.book.uid if feed.model is not None else None,
+                    "history": len(feed.history) if feed.history is not None else 0,
                 }
                 for (v, m, s), feed in self.feeds.items()
             ],

@@ -1,4 +1,4 @@
-"""What the emulator core needs from a venue module (Binance now, Bybit later).
+"""What the emulator core needs from a venue module (`binance`, `bybit`).
 
 A venue owns a URL prefix (``/binance/``), turns request paths into
 `Connection` objects that speak its control protocol, encodes synthetic trade
@@ -8,12 +8,13 @@ delivered log, limits, faults, HTTP control) is shared.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from wadm.emulator.connection import Connection
     from wadm.emulator.hub import Channel
     from wadm.emulator.market import Instrument, SyntheticFeed, TradeBatch
+    from wadm.emulator.streams import Publisher
 
 __all__ = ["TradePublisher", "Venue"]
 
@@ -53,8 +54,20 @@ class Venue(Protocol):
     def trade_sink(self, market: str, symbol: str) -> TradePublisher:
         """The publisher of a synthetic feed for a symbol."""
 
+    def timed_stream(self, stream: str) -> bool:
+        """Whether a stream is a timed one (depth, order book, kline) that needs a book."""
+
+    def publisher(self, channel: Channel, feed: SyntheticFeed) -> Publisher | None:
+        """The publisher of a timed stream (the feed has a model), or None."""
+
+    def stream_symbol(self, stream: str) -> str:
+        """The upper-case symbol a stream belongs to."""
+
+    def trade_ids(self, channel: Channel) -> list[Any]:
+        """The delivered log of a trade stream in the venue's id form."""
+
     def shutdown_event(self, combined: bool) -> bytes:
-        """A server-shutdown notice payload in the requested framing."""
+        """A server-shutdown notice payload in the requested framing (b"": none)."""
 
     def pick_stream(self, conn: Connection) -> str | None:
         """The stream a fault frame for ``conn`` pretends to belong to."""

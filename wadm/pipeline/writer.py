@@ -29,6 +29,10 @@ __all__ = ["Writer", "WriterStats"]
 
 log = logging.getLogger(__name__)
 
+# One store call writes at most this much of the queue (one transaction / one bulk insert).
+MAX_GROUP_BATCHES = 256
+MAX_GROUP_ROWS = 1_000_000
+
 
 @dataclass
 class WriterStats:
@@ -81,6 +85,7 @@ class Writer:
         self.pending_rows = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self._inflight = 0  # batches at the front of the queue that a store call is writing
         self._last_cut = {s: clock() for s in self.streams}
         self._keys = {s: BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
         self._rejected_logged: dict[TradeStream, float] = {}
@@ -128,8 +133,10 @@ class Writer:
     def _enqueue(self, key: BatchKey, batch: Batch) -> None:
         self._pending.append((key, batch))
         self.pending_rows += batch.count
-        while self.pending_rows > self.max_pending_rows and len(self._pending) > 1:
-            old_key, old = self._pending.popleft()
+        # Drop the oldest batches that are not being written right now.
+        while self.pending_rows > self.max_pending_rows and len(self._pending) > self._inflight + 1:
+            old_key, old = self._pending[self._inflight]
+            del self._pending[self._inflight]
             self.pending_rows -= old.count
             self.stats.dropped_rows["store_backlog"] += old.count
             log.error(
@@ -169,30 +176,41 @@ class Writer:
         self._wake.set()
 
     async def _write_one(self) -> bool:
-        key, batch = self._pending[0]
+        """Write the oldest queued batches in one store call; True on success."""
+        group: list[tuple[BatchKey, Batch]] = []
+        rows = 0
+        for key, batch in self._pending:
+            if group and (len(group) >= MAX_GROUP_BATCHES or rows + batch.count > MAX_GROUP_ROWS):
+                break
+            group.append((key, batch))
+            rows += batch.count
+        self._inflight = len(group)
         started = self.clock()
         try:
-            await self.store.write(key, batch)
+            await self.store.write_many(group)
         except StoreError as exc:
             self.stats.store_errors += 1
             self.stats.store_ok = False
             self.stats.last_error = str(exc)[:300]
             if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
                 log.warning("Store write failed (%s); %d batches wait and will be retried", exc,
-                            len(self._pending), extra={"key": str(key)})
+                            len(self._pending), extra={"key": str(group[0][0])})
             return False
+        finally:
+            self._inflight = 0
         elapsed = self.clock() - started
-        if self._pending and self._pending[0][1] is batch:
+        for _ in group:
             self._pending.popleft()
-            self.pending_rows -= batch.count
+        self.pending_rows -= rows
         st = self.stats
         if not st.store_ok:
-            log.warning("Store writes recovered", extra={"key": str(key)})
+            log.warning("Store writes recovered", extra={"key": str(group[0][0])})
         st.store_ok = True
-        st.batches += 1
-        st.rows += batch.count
+        st.batches += len(group)
+        st.rows += rows
         st.flush_seconds += elapsed
         st.last_write = time.time()
         if self.on_batch is not None:
-            self.on_batch(key, batch.count, elapsed)
+            for key, batch in group:
+                self.on_batch(key, batch.count, elapsed / len(group))
         return True

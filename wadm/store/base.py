@@ -47,6 +47,14 @@ class Store(Protocol):
         """Store one batch. Raises :class:`~wadm.errors.StoreError`; the caller retries."""
         ...
 
+    async def write_many(self, items: Sequence[tuple[BatchKey, Batch]]) -> None:
+        """Store several batches in one round trip.
+
+        Idempotent per batch ``uid``: when it raises :class:`~wadm.errors.StoreError` the caller
+        retries all of them, and batches that were stored already are not stored twice.
+        """
+        ...
+
     async def read(self, key: BatchKey, start: int, end: int, *, max_rows: int | None = None) -> pl.DataFrame:
         """Rows of the batches of ``key`` that overlap ``[start, end]`` (ns), in batch order.
 

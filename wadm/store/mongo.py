@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 import polars as pl
-from bson import Binary
+from bson import Binary, ObjectId
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from wadm.errors import StoreError, UsageError
 from wadm.records import BatchKey
@@ -56,6 +56,25 @@ _DRIVER_ERRORS = (PyMongoError, BSONError, OverflowError)
 _INDEX_CONFLICT_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
 # PERF: above this many encoded bytes, decoding moves off the event loop.
 _DECODE_INLINE_BYTES = 256 * 1024
+
+
+_DUPLICATE_KEY = 11000
+
+
+def _document(key: BatchKey, batch: Batch) -> Document:
+    return {
+        "_id": ObjectId(batch.uid),
+        "venue": key.venue.value,
+        "market": key.market.value,
+        "symbol": key.symbol,
+        "start": batch.start,
+        "end": batch.end,
+        "count": batch.count,
+        "first_id": batch.first_id,
+        "last_id": batch.last_id,
+        "data": Binary(batch.data),
+        TTL_FIELD: _EPOCH + timedelta(microseconds=batch.end // 1000),  # BSON keeps ms
+    }
 
 
 class MongoStore:
@@ -167,29 +186,32 @@ class MongoStore:
             await client.close()
 
     async def write(self, key: BatchKey, batch: Batch) -> None:
-        """Insert one batch as one document.
+        """Insert one batch as one document; see :meth:`write_many`."""
+        await self.write_many([(key, batch)])
+
+    async def write_many(self, items: Sequence[tuple[BatchKey, Batch]]) -> None:
+        """Insert batches with unordered bulk inserts, one per table.
+
+        Each document's ``_id`` is the batch ``uid``, so a retry after an unknown outcome meets
+        duplicate-key errors for what was stored already; those count as success.
 
         Raises:
-            StoreError: the insert (or the table's first index creation) failed; the caller keeps
-                the batch and retries.
+            StoreError: an insert (or a table's first index creation) failed; the caller keeps
+                the batches and retries.
         """
-        await self._ensure_indexes(key.table)
-        doc: Document = {
-            "venue": key.venue.value,
-            "market": key.market.value,
-            "symbol": key.symbol,
-            "start": batch.start,
-            "end": batch.end,
-            "count": batch.count,
-            "first_id": batch.first_id,
-            "last_id": batch.last_id,
-            "data": Binary(batch.data),
-            TTL_FIELD: _EPOCH + timedelta(microseconds=batch.end // 1000),  # BSON keeps ms
-        }
-        try:
-            await self._collection(key.table).insert_one(doc)
-        except _DRIVER_ERRORS as exc:
-            raise self._error(f"writing a batch of {key}", exc) from exc
+        by_table: dict[str, list[Document]] = {}
+        for key, batch in items:
+            by_table.setdefault(key.table, []).append(_document(key, batch))
+        for table, docs in by_table.items():
+            await self._ensure_indexes(table)
+            try:
+                await self._collection(table).insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
+                    raise self._error(f"writing {len(docs)} batches of {table}", exc) from exc
+            except _DRIVER_ERRORS as exc:
+                raise self._error(f"writing {len(docs)} batches of {table}", exc) from exc
 
     async def read(self, key: BatchKey, start: int, end: int, *, max_rows: int | None = None) -> pl.DataFrame:
         """Rows of the batches of ``key`` overlapping ``[start, end]``; see :class:`~wadm.store.base.Store`.

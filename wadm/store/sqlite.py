@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +30,7 @@ T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
+    uid BLOB NOT NULL UNIQUE,
     tbl TEXT NOT NULL,
     venue TEXT NOT NULL,
     market TEXT NOT NULL,
@@ -113,24 +114,25 @@ class SqliteStore:
 
     async def write(self, key: BatchKey, batch: Batch) -> None:
         """Insert one batch."""
+        await self.write_many([(key, batch)])
+
+    async def write_many(self, items: Sequence[tuple[BatchKey, Batch]]) -> None:
+        """Insert batches in one transaction; a batch whose ``uid`` is stored already is skipped."""
+        rows = [
+            (batch.uid, key.table, key.venue.value, key.market.value, key.symbol, batch.start, batch.end,
+             batch.count, batch.first_id, batch.last_id, batch.data)
+            for key, batch in items
+        ]
 
         def insert() -> None:
-            self._conn().execute(
-                'INSERT INTO batches (tbl, venue, market, symbol, start, "end", count, first_id, last_id, data)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.table,
-                    key.venue.value,
-                    key.market.value,
-                    key.symbol,
-                    batch.start,
-                    batch.end,
-                    batch.count,
-                    batch.first_id,
-                    batch.last_id,
-                    batch.data,
-                ),
-            )
+            conn = self._conn()
+            with conn:  # one transaction: all or nothing
+                conn.execute("BEGIN")
+                conn.executemany(
+                    'INSERT OR IGNORE INTO batches (uid, tbl, venue, market, symbol, start, "end", count, first_id,'
+                    " last_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
 
         await self._run(self._writer, insert)
 

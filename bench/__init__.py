@@ -1,0 +1,1 @@
+"""WADM benchmarks (pytest-benchmark); see README.md."""
