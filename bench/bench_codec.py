@@ -11,7 +11,7 @@ Variants:
 
 * ``Arrow IPC, uncompressed (baseline)``: ``write_ipc``/``read_ipc`` (IPC file format) without
   compression: columns are copied as they sit in memory.
-* ``wadm: Arrow IPC lz4``: the shipped :func:`encode_batch` / :func:`decode_frame`.
+* ``wadm: Arrow IPC stream, zstd``: the shipped :func:`encode_batch` / :func:`decode_frame`.
 * ``Arrow IPC zstd``.
 * ``Arrow IPC stream format, lz4`` / ``zstd``: the same columns and compression written with
   ``write_ipc_stream`` / read with ``read_ipc_stream`` (no file footer). Measured because the
@@ -46,7 +46,7 @@ from wadm.venues.binance import plan_trade_connections
 SIZES = (20_000, 500)
 Compression = Literal["uncompressed", "lz4", "zstd"]
 BASELINE = "Arrow IPC, uncompressed (baseline)"
-WADM = "wadm: Arrow IPC lz4"
+WADM = "wadm: Arrow IPC stream, zstd"
 
 
 def _batch_frame(rows: int) -> pl.DataFrame:

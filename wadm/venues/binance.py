@@ -161,11 +161,12 @@ class BinanceProtocol:
         st.messages += 1
         tid = d.id  # type: ignore[union-attr]
         last = st.last_id
-        if tid <= last:
-            st.duplicates += 1
-            return None
-        if tid != last + 1 and last >= 0:
-            st.missing_ids += tid - last - 1
+        if tid != last + 1:  # PERF: one comparison on the usual path
+            if tid <= last:
+                st.duplicates += 1
+                return None
+            if last >= 0:
+                st.missing_ids += tid - last - 1
         st.last_id = tid
         items = st.items
         if len(items) >= st.max_rows:
