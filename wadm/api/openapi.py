@@ -148,7 +148,6 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "connections": {"type": "array", "items": {"type": "object"}},
                         "store": {"type": "object"},
                         "collectors": {"type": "object"},
-                        "unsupported": {"type": "array", "items": {"type": "object"}},
                     },
                 },
             }

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from wadm.config import Settings, StreamTarget
+from wadm.config import Settings
 from wadm.errors import StoreError
 from wadm.records import TRADES, Market, Venue
 from wadm.store.base import Store
@@ -32,10 +32,9 @@ SWEEP_EVERY = 60.0
 STOP_DEADLINE = 25.0
 
 
-def build_plans(settings: Settings) -> tuple[list[ConnectionPlan], list[StreamTarget]]:
-    """Plan every connection the settings ask for; also return targets no venue module serves yet."""
+def build_plans(settings: Settings) -> list[ConnectionPlan]:
+    """Plan every connection the settings ask for."""
     plans: list[ConnectionPlan] = []
-    unsupported: list[StreamTarget] = []
     urls = {Market.SPOT: settings.binance_spot_ws_url, Market.USDM: settings.binance_usdm_ws_url}
     for target in settings.targets:
         if target.venue is Venue.BINANCE:
@@ -46,13 +45,11 @@ def build_plans(settings: Settings) -> tuple[list[ConnectionPlan], list[StreamTa
                 trade_stream=settings.binance_trade_stream,
                 max_rows=settings.buffer_max_rows,
             )
-        elif target.venue is Venue.BYBIT:
+        else:
             plans += bybit.plan_trade_connections(
                 target.market, target.symbols, settings.bybit_ws_url, max_rows=settings.buffer_max_rows
             )
-        else:
-            unsupported.append(target)
-    return plans, unsupported
+    return plans
 
 
 class Service:
@@ -77,12 +74,11 @@ class Service:
 
         self.settings = settings
         self.store = store
-        planned, self.unsupported = build_plans(settings)
-        plans = planned if plans is None else plans
+        plans = build_plans(settings) if plans is None else plans
         if not settings.collectors_enabled:
             plans = []
-        # What the API may answer for: everything configured that a venue module serves.
-        self.collected = [t for t in settings.targets if t not in self.unsupported]
+        # What the API answers for: everything configured (collected now or stored earlier).
+        self.collected = list(settings.targets)
         self.links = [
             WsLink(
                 plan,
@@ -294,15 +290,6 @@ class Service:
             "store": store,
             "streams": streams,
             "connections": connections,
-            "unsupported": [
-                {
-                    "exchange": str(t.venue),
-                    "market": str(t.market),
-                    "symbols": list(t.symbols),
-                    "reason": f"{t.venue} collection is not available in this version",
-                }
-                for t in self.unsupported
-            ],
         }
         return status == "ok", body
 

@@ -68,9 +68,4 @@ class SymbolsResource:
                     "collecting": found is not None,
                     "since": since if found and found[0].state.connects else None,
                 })
-        unsupported = [
-            {"exchange": str(t.venue), "market": str(t.market), "symbols": list(t.symbols),
-             "reason": f"{t.venue} collection is not available in this version"}
-            for t in svc.unsupported
-        ]
-        send_json(resp, {"symbols": rows, "count": len(rows), "unsupported": unsupported})
+        send_json(resp, {"symbols": rows, "count": len(rows)})
