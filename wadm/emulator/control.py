@@ -40,10 +40,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+
+from wadm.emulator.query import QueryParams
 
 if TYPE_CHECKING:
     from wadm.emulator.server import Emulator
@@ -72,25 +74,15 @@ def json_response(status: int, body: Any) -> WSUpgradeResponseWithListener:
     return WSUpgradeResponseWithListener(response, None)
 
 
-class _Query:
-    def __init__(self, query: str) -> None:
-        self._q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-    def text(self, name: str) -> str | None:
-        value = self._q.get(name)
-        return value if value else None
-
-    def required(self, name: str) -> str:
-        value = self.text(name)
-        if value is None:
-            raise BadRequest(f"missing parameter {name!r}")
-        return value
+class _Query(QueryParams):
+    def missing(self, name: str) -> Exception:
+        return BadRequest(f"missing parameter {name!r}")
 
     def number(self, name: str, default: float | None = None) -> float:
         text = self.text(name)
         if text is None:
             if default is None:
-                raise BadRequest(f"missing parameter {name!r}")
+                raise self.missing(name)
             return default
         try:
             value = float(text)

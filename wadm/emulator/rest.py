@@ -24,9 +24,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from wadm.emulator.market import Clock
+from wadm.emulator.query import QueryParams
 
 if TYPE_CHECKING:
     from wadm.emulator.server import Emulator
@@ -194,23 +195,12 @@ class BadParam(Exception):
         self.missing = missing
 
 
-class Params:
+class Params(QueryParams):
     """Query parameters (last value wins) with typed getters."""
 
-    def __init__(self, query: str) -> None:
-        self._q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-    def text(self, name: str) -> str | None:
-        """A parameter, or None when absent or empty."""
-        value = self._q.get(name)
-        return value if value else None
-
-    def required(self, name: str) -> str:
-        """A parameter that must be present."""
-        value = self.text(name)
-        if value is None:
-            raise BadParam(name, missing=True)
-        return value
+    def missing(self, name: str) -> Exception:
+        """A missing parameter is reported in the venue's error shape."""
+        return BadParam(name, missing=True)
 
     def integer(self, name: str, default: int | None = None) -> int | None:
         """An integer parameter (``default`` when absent)."""
