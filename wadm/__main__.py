@@ -54,7 +54,7 @@ def make_asgi_app() -> Any:
     """Granian's factory target: settings from the environment, a store, a service and the app."""
     from wadm.api.app import create_app
     from wadm.pipeline.service import Service
-    from wadm.records import TRADES
+    from wadm.records import GAPS, TRADES
     from wadm.store import make_store
 
     settings = _settings_or_exit()
@@ -63,7 +63,8 @@ def make_asgi_app() -> Any:
         import dataclasses
 
         settings = dataclasses.replace(settings, collectors_enabled=False)
-    store = make_store(settings.mongodb_uri, settings.data_dir, {TRADES: settings.retention_raw_trades})
+    retention = {TRADES: settings.retention_raw_trades, GAPS: settings.retention_gaps}
+    store = make_store(settings.mongodb_uri, settings.data_dir, retention)
     service = Service(settings, store)
     return create_app(service)
 

@@ -77,6 +77,7 @@ class Settings:
     retention_raw_trades: int = 3600
     retention_aggregates_1m: int = 86400
     retention_aggregates_1h: int = 604800
+    retention_gaps: int = 604800
     host: str = "0.0.0.0"
     port: int = 8920
     data_dir: Path = Path("data")
@@ -218,6 +219,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("RETENTION_RAW_TRADES", "retention_raw_trades", 60, 30 * 86400, True),
         ("RETENTION_AGGREGATES_1M", "retention_aggregates_1m", 60, 365 * 86400, True),
         ("RETENTION_AGGREGATES_1H", "retention_aggregates_1h", 3600, 5 * 365 * 86400, True),
+        ("RETENTION_GAPS", "retention_gaps", 3600, 5 * 365 * 86400, True),
         ("WADM_PORT", "port", 0, 65535, True),
         ("WADM_STALE_AFTER", "stale_after", 1, 86400, False),
         ("WADM_ROTATE_AFTER", "rotate_after", 10, 24 * 3600 - 60, False),

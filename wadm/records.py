@@ -15,6 +15,8 @@ import polars as pl
 
 __all__ = [
     "BatchKey",
+    "GAPS",
+    "GAP_SCHEMA",
     "Market",
     "TRADES",
     "TRADE_SCHEMA_INT_ID",
@@ -45,6 +47,7 @@ VENUE_MARKETS: dict[Venue, tuple[Market, ...]] = {
 }
 
 TRADES = "trades"
+GAPS = "gaps"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -76,3 +79,17 @@ TRADE_SCHEMA_STR_ID: dict[str, pl.DataType] = {**TRADE_SCHEMA_INT_ID, "id": pl.S
 def trade_schema(venue: Venue) -> dict[str, pl.DataType]:
     """Return the stored trade schema for a venue (the id type differs)."""
     return TRADE_SCHEMA_INT_ID if venue is Venue.BINANCE else TRADE_SCHEMA_STR_ID
+
+
+# A window of missing or unverified data on one stream. ``ts_event`` is the window's start (the
+# last good record before it, ns) and ``end`` the first good record after it; ``missing`` is the
+# number of records known to be missing (skipped trade ids), null when unknown (a disconnect on a
+# venue without contiguous ids).
+GAP_SCHEMA: dict[str, pl.DataType] = {
+    "ts_event": pl.Int64(),
+    "end": pl.Int64(),
+    "stream": pl.String(),
+    "reason": pl.String(),
+    "missing": pl.Int64(),
+    "ts_recv": pl.Int64(),
+}

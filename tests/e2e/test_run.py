@@ -108,6 +108,16 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     wait_for(caught_up, 30, "every delivered trade to be stored", setup.app, interval=0.5)
     assert stored == delivered  # exactly once, in order
 
+    # Trades the emulator generated while we were cut off are recorded as gaps (ids skipped);
+    # the zero-price frames spent two ids that were delivered but are not trades.
+    expected_missing = delivered[-1] - delivered[0] + 1 - len(delivered) - 2
+    gaps = httpx.get(setup.api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"}, timeout=10).json()
+    assert expected_missing > 0
+    assert sum(g["missing"] for g in gaps["gaps"]) == expected_missing, gaps
+    assert {g["reason"] for g in gaps["gaps"]} == {"missing_ids"}
+    page = httpx.get(setup.api + "/api/v1/trades/BTCUSDT", params={"window": "1h", "limit": 10}, timeout=10).json()
+    assert page["data_complete"] is False and page["gaps"] == gaps["gaps"]
+
     body = setup.health().json()
     conn = body["connections"][0]
     assert conn["rotations"] >= 1, conn  # serverShutdown was handled make-before-break

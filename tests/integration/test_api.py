@@ -136,7 +136,7 @@ def test_writes_are_refused_as_json(api: str) -> None:
 def test_openapi_describes_the_served_paths(api: str) -> None:
     doc = _get(api, "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/health", "/metrics", "/api/v1/symbols", "/api/v1/trades/{symbol}"):
+    for path in ("/health", "/metrics", "/api/v1/symbols", "/api/v1/trades/{symbol}", "/api/v1/gaps"):
         assert path in doc["paths"]
         r = _get(api, path.replace("{symbol}", "BTCUSDT"), market="spot")
         assert r.status_code in (200, 503), path

@@ -12,7 +12,7 @@ from wadm.config import Settings, StreamTarget
 from wadm.emulator import Emulator
 from wadm.emulator.market import SyntheticSpec
 from wadm.pipeline.service import Service
-from wadm.records import TRADES, BatchKey, Market, Venue
+from wadm.records import GAPS, TRADES, BatchKey, Market, Venue
 from wadm.store import SqliteStore
 
 pytestmark = pytest.mark.asyncio
@@ -62,6 +62,10 @@ async def test_bybit_trades_are_stored_once_through_drops(tmp_path: Path) -> Non
             assert len(delivered) > 200
             assert sorted(frame["id"].to_list()) == sorted(str(i) for i in delivered)
             assert frame["id"].n_unique() == frame.height
+            # Bybit ids cannot prove completeness: the disconnect window is recorded as a gap.
+            gaps = await store.read(BatchKey(GAPS, Venue.BYBIT, Market(market), symbol), 0, 2**62)
+            assert gaps.height == 1 and gaps["reason"].to_list() == ["disconnected"], gaps
+            assert gaps["missing"].to_list() == [None] and gaps["end"][0] >= gaps["ts_event"][0]
         await store.close()
 
 

@@ -68,7 +68,11 @@ def test_missing_ids_are_counted() -> None:
     proto = _protocol(Market.SPOT)
     for frame in recorded[:40] + recorded[45:]:
         proto.feed(frame, 0)
-    assert proto.streams["btcusdt@trade"].missing_ids == 5
+    st = proto.streams["btcusdt@trade"]
+    assert st.missing_ids == 5
+    before, after = (orjson.loads(recorded[i])["data"]["T"] * 1_000_000 for i in (39, 45))
+    assert st.take_gaps() == [(before, after, "missing_ids", 5)]
+    assert st.take_gaps() == []
 
 
 def test_agg_trades_and_side_mapping() -> None:

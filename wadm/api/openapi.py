@@ -87,6 +87,26 @@ def openapi_document(version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/gaps": {
+                "get": {
+                    "summary": "Known windows of missing or unverified data, oldest first.",
+                    "parameters": [
+                        _param("symbol", "query", "Only this symbol.", {"type": "string"}),
+                        *_SERIES[1:],
+                        *_RANGE,
+                        _param("limit", "query", "Rows, 1 to 10000 (default 1000).",
+                               {"type": "integer", "minimum": 1, "maximum": 10000}),
+                    ],
+                    "responses": {
+                        "200": {"description": "Gaps.", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {
+                                "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
+                                "count": {"type": "integer"}, "truncated": {"type": "boolean"},
+                                "start": {"type": "integer"}, "end": {"type": "integer"}}}}}},
+                        **_errors(400, 404),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -111,6 +131,21 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "side": {"type": "string", "enum": ["buy", "sell"], "description": "The aggressor."},
                     },
                 },
+                "Gap": {
+                    "type": "object",
+                    "required": ["exchange", "market", "symbol", "stream", "start", "end", "reason", "missing"],
+                    "properties": {
+                        "exchange": {"type": "string"},
+                        "market": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "stream": {"type": "string"},
+                        "start": {"type": "integer", "description": "Last good record before the gap, epoch ms."},
+                        "end": {"type": "integer", "description": "First good record after the gap, epoch ms."},
+                        "reason": {"type": "string", "enum": ["missing_ids", "disconnected", "store_backlog"]},
+                        "missing": {"type": ["integer", "null"], "description": "Records known missing; null "
+                                    "when unknown."},
+                    },
+                },
                 "TradesPage": {
                     "type": "object",
                     "required": ["exchange", "market", "symbol", "start", "end", "count", "trades", "next"],
@@ -124,6 +159,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "trades": {"type": "array", "items": {"$ref": "#/components/schemas/Trade"}},
                         "next": {"type": ["string", "null"],
                                  "description": "Cursor of the next page; null on the last."},
+                        "data_complete": {"type": "boolean",
+                                          "description": "False when known gaps overlap the range."},
+                        "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
                     },
                 },
                 "Symbols": {

@@ -18,7 +18,7 @@ from typing import Any
 
 from wadm.config import Settings
 from wadm.errors import StoreError
-from wadm.records import TRADES, Market, Venue
+from wadm.records import GAPS, TRADES, Market, Venue
 from wadm.store.base import Store
 from wadm.transport.ws import Backoff, WsLink
 from wadm.venues import binance, bybit
@@ -178,18 +178,19 @@ class Service:
                 await asyncio.sleep(delay)
 
     async def _sweep_forever(self) -> None:
+        retention = {TRADES: self.settings.retention_raw_trades, GAPS: self.settings.retention_gaps}
         while True:
             await asyncio.sleep(min(SWEEP_EVERY, self.settings.retention_raw_trades / 10))
             if not self.store_open:
                 continue
-            cutoff = time.time_ns() - self.settings.retention_raw_trades * 1_000_000_000
-            try:
-                deleted = await self.store.sweep(TRADES, cutoff)
-            except StoreError as exc:
-                log.warning("Retention sweep failed (%s); will retry", exc)
-                continue
-            if deleted:
-                log.debug("retention removed %d trade batches", deleted)
+            for table, seconds in retention.items():
+                try:
+                    deleted = await self.store.sweep(table, time.time_ns() - seconds * 1_000_000_000)
+                except StoreError as exc:
+                    log.warning("Retention sweep of %s failed (%s); will retry", table, exc)
+                    continue
+                if deleted:
+                    log.debug("retention removed %d %s batches", deleted, table)
 
     async def stop(self, deadline: float = STOP_DEADLINE) -> None:
         """Close the connections, write everything buffered, close the store."""

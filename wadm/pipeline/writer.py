@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from wadm.errors import StoreError
-from wadm.records import TRADES, BatchKey
+from wadm.records import GAP_SCHEMA, GAPS, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.store.codec import Batch, encode_batch
 from wadm.venues.base import TradeStream
@@ -89,6 +89,8 @@ class Writer:
         self._last_cut = {s: clock() for s in self.streams}
         self._keys = {s: BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
         self._rejected_logged: dict[TradeStream, float] = {}
+        # Gaps waiting for the gaps table: (series, stream, (start, end, reason, missing)).
+        self._lost: list[tuple[BatchKey, str, tuple[int, int, str, int | None]]] = []
 
     @property
     def pending_batches(self) -> int:
@@ -100,6 +102,8 @@ class Writer:
         now = self.clock()
         queued = 0
         for st in self.streams:
+            if st.gaps:
+                self._lost += [(self._keys[st], st.spec.name, gap) for gap in st.take_gaps()]
             n = len(st.items)
             if not n:
                 self._last_cut[st] = now
@@ -117,7 +121,21 @@ class Writer:
             self._note_latency(key, frame)
             self._enqueue(key, encode_batch(frame))
             queued += frame.height
+        if self._lost:
+            self._enqueue_gaps()
         return queued
+
+    def _enqueue_gaps(self) -> None:
+        """Queue the gaps found since the last cut, one batch per series, for the ``gaps`` table."""
+        lost, self._lost = self._lost, []
+        now = time.time_ns()
+        by_key: dict[BatchKey, list[tuple[int, int, str, str, int | None, int]]] = {}
+        for key, stream, (start, end, reason, missing) in lost:
+            gap_key = BatchKey(GAPS, key.venue, key.market, key.symbol)
+            by_key.setdefault(gap_key, []).append((start, end, stream, reason, missing, now))
+        for gap_key, rows in by_key.items():
+            frame = pl.DataFrame(rows, schema=GAP_SCHEMA, orient="row").sort("ts_event")
+            self._enqueue(gap_key, encode_batch(frame))
 
     def _log_rejected(self, st: TradeStream, key: BatchKey, count: int, now: float) -> None:
         if now - self._rejected_logged.get(st, -60.0) >= 60.0:
@@ -133,11 +151,17 @@ class Writer:
     def _enqueue(self, key: BatchKey, batch: Batch) -> None:
         self._pending.append((key, batch))
         self.pending_rows += batch.count
-        # Drop the oldest batches that are not being written right now.
-        while self.pending_rows > self.max_pending_rows and len(self._pending) > self._inflight + 1:
-            old_key, old = self._pending[self._inflight]
-            del self._pending[self._inflight]
+        # Drop the oldest trade batches that are not being written right now; the loss is
+        # recorded as a gap (gap batches themselves are small and never dropped).
+        index = self._inflight
+        while self.pending_rows > self.max_pending_rows and index < len(self._pending) - 1:
+            old_key, old = self._pending[index]
+            if old_key.table != TRADES:
+                index += 1
+                continue
+            del self._pending[index]
             self.pending_rows -= old.count
+            self._lost.append((old_key, old_key.table, (old.start, old.end, "store_backlog", old.count)))
             self.stats.dropped_rows["store_backlog"] += old.count
             log.error(
                 "Dropped %d trades of %s: the store is %s behind (backlog over %d rows)",

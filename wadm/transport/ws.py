@@ -254,6 +254,8 @@ class WsLink:
                 listener.close()
                 self.current = None
                 self._mark_disconnected()
+                for st in self.plan.protocol.streams.values():
+                    st.gap_open = True  # venues without contiguous ids record the window on the next trade
                 if reason == "stale":
                     self.state.stale_reconnects += 1
                     log.warning("%s: a stream went silent for %.0f s; reconnecting", self.plan, self.stale_after,

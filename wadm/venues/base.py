@@ -67,6 +67,11 @@ class TradeStream:
     dropped: int = 0  # pending buffer full
     trades: int = 0  # trades cut into batches
     rejected: int = 0  # trades the venue sent with a zero price or quantity
+    last_ts: int = 0  # ns, trade time of the newest trade cut into a batch
+    # Windows of missing data found on this stream, waiting to be stored:
+    # (start ns, end ns, reason, missing count or None).
+    gaps: list[tuple[int, int, str, int | None]] = field(default_factory=list)
+    gap_open: bool = False  # the connection was lost; the next trade closes the window
 
     def take(self) -> pl.DataFrame | None:
         """Cut the pending trades into a DataFrame and reset the buffer; ``None`` if empty."""
@@ -77,7 +82,18 @@ class TradeStream:
         frame = self.to_frame(items, ts_recv)
         self.rejected += len(items) - frame.height
         self.trades += frame.height
+        if frame.height:
+            self.last_ts = frame["ts_event"][-1]
         return frame
+
+    def newest_ts(self) -> int:
+        """Trade time (ns) of the newest trade accepted, pending or cut; 0 before any."""
+        return self.items[-1].T * 1_000_000 if self.items else self.last_ts
+
+    def take_gaps(self) -> list[tuple[int, int, str, int | None]]:
+        """Hand over the gaps found since the last call."""
+        gaps, self.gaps = self.gaps, []
+        return gaps
 
     @property
     def pending(self) -> int:

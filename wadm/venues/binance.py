@@ -167,6 +167,7 @@ class BinanceProtocol:
                 return None
             if last >= 0:
                 st.missing_ids += tid - last - 1
+                st.gaps.append((st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1))  # type: ignore[union-attr]
         st.last_id = tid
         items = st.items
         if len(items) >= st.max_rows:

@@ -152,6 +152,12 @@ class BybitProtocol:
             except msgspec.DecodeError as exc:
                 raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
             st.messages += 1
+            if st.gap_open and trades:
+                # The connection was lost: trades between our newest one and this frame may be
+                # missing, and Bybit ids cannot tell (recent-trade backfill comes later).
+                st.gap_open = False
+                if st.newest_ts():
+                    st.gaps.append((st.newest_ts(), trades[0].T * _MS, "disconnected", None))
             recent = self._recent[msg.topic]
             items = st.items
             for trade in trades:

@@ -16,6 +16,7 @@ import polars as pl
 
 from wadm.api.json import send_json
 from wadm.api.params import parse_limit, parse_time, parse_window, resolve_series
+from wadm.api.resources.gaps import gaps_between
 from wadm.config import Settings, StreamTarget
 from wadm.errors import QueryError
 from wadm.records import TRADES, BatchKey, Venue, trade_schema
@@ -86,6 +87,7 @@ class TradesResource:
             qty="qty",
             side=pl.when(pl.col("side") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
         ).to_dicts()
+        gaps = await gaps_between(self.store, venue, market, symbol, start, end)
         send_json(resp, {
             "exchange": str(venue),
             "market": str(market),
@@ -95,6 +97,8 @@ class TradesResource:
             "count": len(trades),
             "trades": trades,
             "next": nxt,
+            "data_complete": not gaps,
+            "gaps": gaps,
         })
 
     async def _page(
