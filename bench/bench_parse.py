@@ -161,14 +161,14 @@ class _ColumnsProtocol:
         st = self.streams.get(name)
         if st is None:
             raise VenueProtocolError("unknown_stream", name[:60])
-        st.messages += 1
         tid = d["t"] if d["e"] == "trade" else d["a"]
         last = st.last_id
-        if tid <= last:
-            st.duplicates += 1
-            return
-        if tid != last + 1 and last >= 0:
-            st.missing_ids += tid - last - 1
+        if tid != last + 1:
+            if tid <= last:
+                st.duplicates += 1
+                return
+            if last >= 0:
+                st.missing_ids += tid - last - 1
         st.last_id = tid
         t_col, id_col, p_col, q_col, m_col = self.cols[name]
         if len(t_col) >= st.max_rows:

@@ -158,7 +158,6 @@ class BinanceProtocol:
             if type(d) is Shutdown:
                 return ServerShutdown(d.E * _MS)
             raise VenueProtocolError("unknown_stream", msg.stream[:60])
-        st.messages += 1
         tid = d.id  # type: ignore[union-attr]
         last = st.last_id
         if tid != last + 1:  # PERF: one comparison on the usual path

@@ -151,7 +151,7 @@ class BybitProtocol:
                 trades = _decode_trades(msg.data)
             except msgspec.DecodeError as exc:
                 raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
-            st.messages += 1
+            st.frames += 1
             if st.gap_open and trades:
                 # The connection was lost: trades between our newest one and this frame may be
                 # missing, and Bybit ids cannot tell (recent-trade backfill comes later).
