@@ -14,7 +14,7 @@ from wadm.config import StreamTarget
 from wadm.errors import QueryError
 from wadm.records import Market, Venue
 
-__all__ = ["parse_limit", "parse_time", "parse_window", "resolve_series"]
+__all__ = ["parse_limit", "parse_range", "parse_time", "parse_window", "resolve_series"]
 
 _WINDOW_RE = re.compile(r"^(\d{1,6})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -51,6 +51,27 @@ def parse_window(raw: str | None) -> int | None:
         raise QueryError("window", f"window must be a number and a unit s/m/h/d between 1s and 30d "
                                    f"(e.g. 15m, 1h, 4h, 24h, 7d), got {raw!r}")
     return seconds * 1_000_000_000
+
+
+def parse_range(
+    start_raw: str | None, end_raw: str | None, window_raw: str | None, *, now: int, default_span: int
+) -> tuple[int, int]:
+    """Resolve ``start``/``end`` or ``window`` into ``(start, end)`` epoch ns.
+
+    ``end`` defaults to ``now`` and ``start`` to ``default_span`` ns before ``end``.
+    """
+    start = parse_time("start", start_raw)
+    end = parse_time("end", end_raw)
+    window = parse_window(window_raw)
+    if window is not None:
+        if start is not None or end is not None:
+            raise QueryError("window", "give either window or start/end, not both")
+        start, end = now - window, now
+    end = now if end is None else end
+    start = end - default_span if start is None else start
+    if start > end:
+        raise QueryError("start", "start must not be after end")
+    return start, end
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:

@@ -9,9 +9,8 @@ import falcon.asgi
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_time, parse_window, resolve_series
+from wadm.api.params import parse_limit, parse_range, resolve_series
 from wadm.config import Settings, StreamTarget
-from wadm.errors import QueryError
 from wadm.records import GAPS, BatchKey, Market, Venue
 from wadm.store.base import Store
 
@@ -55,18 +54,10 @@ class GapsResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         symbol = req.get_param("symbol")
         exchange, market = req.get_param("exchange"), req.get_param("market")
-        now = time.time_ns()
-        start = parse_time("start", req.get_param("start"))
-        end = parse_time("end", req.get_param("end"))
-        window = parse_window(req.get_param("window"))
-        if window is not None:
-            if start is not None or end is not None:
-                raise QueryError("window", "give either window or start/end, not both")
-            start, end = now - window, now
-        end = now if end is None else end
-        start = end - self.settings.retention_gaps * 1_000_000_000 if start is None else start
-        if start > end:
-            raise QueryError("start", "start must not be after end")
+        start, end = parse_range(
+            req.get_param("start"), req.get_param("end"), req.get_param("window"),
+            now=time.time_ns(), default_span=self.settings.retention_gaps * 1_000_000_000,
+        )
         limit = parse_limit(req.get_param("limit"), default=1000, maximum=MAX_LIMIT)
         if symbol:
             venue, mkt = resolve_series(self.targets, symbol, exchange, market)

@@ -15,7 +15,7 @@ import orjson
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_time, parse_window, resolve_series
+from wadm.api.params import parse_limit, parse_range, resolve_series
 from wadm.api.resources.gaps import gaps_between
 from wadm.config import Settings, StreamTarget
 from wadm.errors import QueryError
@@ -56,18 +56,10 @@ class TradesResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         venue, market = resolve_series(self.targets, symbol, req.get_param("exchange"), req.get_param("market"))
         symbol = symbol.upper()
-        now = time.time_ns()
-        start = parse_time("start", req.get_param("start"))
-        end = parse_time("end", req.get_param("end"))
-        window = parse_window(req.get_param("window"))
-        if window is not None:
-            if start is not None or end is not None:
-                raise QueryError("window", "give either window or start/end, not both")
-            start, end = now - window, now
-        end = now if end is None else end
-        start = end - self.settings.retention_raw_trades * 1_000_000_000 if start is None else start
-        if start > end:
-            raise QueryError("start", "start must not be after end")
+        start, end = parse_range(
+            req.get_param("start"), req.get_param("end"), req.get_param("window"),
+            now=time.time_ns(), default_span=self.settings.retention_raw_trades * 1_000_000_000,
+        )
         limit = parse_limit(req.get_param("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
         raw_cursor = req.get_param("cursor")
         after = _decode_cursor(raw_cursor, venue) if raw_cursor else None
