@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING
 
 from wadm.emulator.book import ASK, BID
 from wadm.emulator.klines import BINANCE_INTERVALS, Bar, Interval, bar_text
-from wadm.emulator.streams import Publisher, StreamTiming, publish
+from wadm.emulator.streams import KlineCycle, Publisher, StreamTiming, feed_model, publish
 
 if TYPE_CHECKING:
     from wadm.emulator.connection import Connection
     from wadm.emulator.hub import Channel
     from wadm.emulator.market import SyntheticFeed
-    from wadm.emulator.model import MarketModel
 
 __all__ = [
     "BinanceDepthPublisher",
@@ -63,12 +62,6 @@ def format_levels(feed: SyntheticFeed, levels: list[tuple[int, int]]) -> bytes:
     return b"[" + b",".join([b'["%s","%s"]' % (price(t), qty(q)) for t, q in levels]) + b"]"
 
 
-def _model(feed: SyntheticFeed) -> MarketModel:
-    model = feed.model
-    assert model is not None, "publishers need a market model"
-    return model
-
-
 class BinanceDepthPublisher:
     """A diff or partial depth stream of one symbol."""
 
@@ -86,7 +79,7 @@ class BinanceDepthPublisher:
         self.interval = interval
         self.levels = levels
         self.usdm = channel.market == "usdm"
-        self.cursor = _model(feed).book.uid
+        self.cursor = feed_model(feed).book.uid
         """Update id of the last event (sent or dropped)."""
         self._symbol = feed.symbol.upper().encode()
         self._next_due = 0.0
@@ -101,7 +94,7 @@ class BinanceDepthPublisher:
         update id: changes nobody could receive are not folded into one event.
         """
         if len(self.channel.subscribers) == 1:
-            self.cursor = _model(self.feed).book.uid
+            self.cursor = feed_model(self.feed).book.uid
             self._next_due = 0.0
 
     def inject_gap(self, count: int) -> None:
@@ -126,7 +119,7 @@ class BinanceDepthPublisher:
         if mono < self._next_due:
             return
         self._next_due = mono + self.interval
-        book = _model(self.feed).book
+        book = feed_model(self.feed).book
         changes = book.changes_since(self.cursor)
         if self.levels is not None:
             self._partial(mono, now_ms, changes[0][0] if changes else book.uid)
@@ -176,7 +169,7 @@ class BinanceDepthPublisher:
         publish(self.channel, payload, mono)
 
     def _partial(self, mono: float, now_ms: int, first: int) -> None:
-        book = _model(self.feed).book
+        book = feed_model(self.feed).book
         assert self.levels is not None
         top_bids = book.top(BID, self.levels)
         top_asks = book.top(ASK, self.levels)
@@ -207,50 +200,20 @@ class BinanceDepthPublisher:
         publish(self.channel, payload, mono)
 
 
-class BinanceKlinePublisher:
-    """A ``<sym>@kline_<interval>`` stream."""
+class BinanceKlinePublisher(KlineCycle):
+    """A ``<sym>@kline_<interval>`` stream: one frame per bar, the closed one first at a boundary."""
 
     def __init__(self, channel: Channel, feed: SyntheticFeed, *, interval: Interval, every: float) -> None:
-        """Create the publisher.
-
-        Args:
-            channel: The stream.
-            feed: The symbol's feed (with a model).
-            interval: Candle interval.
-            every: Seconds between updates of the open bar.
-        """
-        self.channel = channel
-        self.feed = feed
-        self.interval = interval
-        self.every = every
+        """Create the publisher (see `KlineCycle`)."""
+        super().__init__(channel, feed, interval=interval, every=every)
         self._symbol = feed.symbol.upper().encode()
-        self._open: int | None = None
-        self._next_push = 0.0
 
-    def on_subscribe(self, conn: Connection) -> None:
-        """Klines start with the next update (the first subscriber restarts the cycle)."""
-        if len(self.channel.subscribers) == 1:
-            self._open = None
-            self._next_push = 0.0
-
-    def poll(self, mono: float, now_ms: int) -> None:
-        """Send the closed bar at a boundary, the open bar every interval."""
-        bars = _model(self.feed).bars
-        bars.roll(now_ms)
-        start = self.interval.start_of(now_ms)
-        if self._open is None:
-            self._open = start
-        if start != self._open:
-            closed = bars.candle(self.interval, self._open)
-            if closed is not None:
-                self._send(closed, True, mono, now_ms)
-            self._open = start
-            self._next_push = mono
-        if mono >= self._next_push:
-            bar = bars.candle(self.interval, start)
-            if bar is not None:
-                self._send(bar, False, mono, now_ms)
-            self._next_push = mono + self.every
+    def emit(self, closed: Bar | None, current: Bar | None, mono: float, now_ms: int) -> None:
+        """Send the closed bar (``x:true``), then the open one."""
+        if closed is not None:
+            self._send(closed, True, mono, now_ms)
+        if current is not None:
+            self._send(current, False, mono, now_ms)
 
     def _send(self, bar: Bar, closed: bool, mono: float, now_ms: int) -> None:
         inst = self.feed.instrument

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING
 
 from wadm.emulator.binance_streams import format_levels
 from wadm.emulator.book import ASK, BID
-from wadm.emulator.klines import BYBIT_INTERVALS, Bar, Interval, bar_text
-from wadm.emulator.streams import Publisher, StreamTiming, publish
+from wadm.emulator.klines import BYBIT_INTERVALS, Bar, bar_text
+from wadm.emulator.streams import KlineCycle, Publisher, StreamTiming, feed_model, publish
 
 if TYPE_CHECKING:
     from wadm.emulator.connection import Connection
     from wadm.emulator.hub import Channel
     from wadm.emulator.market import SyntheticFeed
-    from wadm.emulator.model import MarketModel
 
 __all__ = ["DEPTHS", "BybitBookPublisher", "BybitKlinePublisher", "bybit_publisher", "is_timed_topic"]
 
@@ -39,12 +38,6 @@ DEPTHS = (1, 50, 200, 1000)
 _DEPTH_NAMES = frozenset(str(d) for d in DEPTHS)
 
 View = tuple[dict[int, int], dict[int, int]]
-
-
-def _model(feed: SyntheticFeed) -> MarketModel:
-    model = feed.model
-    assert model is not None, "publishers need a market model"
-    return model
 
 
 class BybitBookPublisher:
@@ -73,7 +66,7 @@ class BybitBookPublisher:
         self.depth = depth
         self.interval = interval
         self.repush = repush
-        model = _model(feed)
+        model = feed_model(feed)
         self.u = model.rng.randrange(1_000_000, 50_000_000)
         """Update id of the last push (sent or dropped)."""
         self.view: View = self._top()
@@ -192,7 +185,7 @@ class BybitBookPublisher:
         publish(self.channel, self._frame(kind, view, now_ms), mono, wrap=False)
 
     def _frame(self, kind: bytes, view: View, now_ms: int) -> bytes:
-        model = _model(self.feed)
+        model = feed_model(self.feed)
         bids = format_levels(self.feed, sorted(view[BID].items(), reverse=True))
         asks = format_levels(self.feed, sorted(view[ASK].items()))
         head = self._head % ((kind, now_ms) if self._linear else (now_ms, kind))
@@ -206,59 +199,17 @@ class BybitBookPublisher:
         )
 
     def _top(self) -> View:
-        book = _model(self.feed).book
+        book = feed_model(self.feed).book
         return dict(book.top(BID, self.depth)), dict(book.top(ASK, self.depth))
 
 
-class BybitKlinePublisher:
-    """One ``kline.{interval}.{symbol}`` topic."""
+class BybitKlinePublisher(KlineCycle):
+    """One ``kline.{interval}.{symbol}`` topic: at a boundary one frame carries both candles."""
 
-    def __init__(self, channel: Channel, feed: SyntheticFeed, *, interval: Interval, every: float) -> None:
-        """Create the publisher.
-
-        Args:
-            channel: The topic.
-            feed: The symbol's feed (with a model).
-            interval: Candle interval.
-            every: Seconds between updates of the open candle.
-        """
-        self.channel = channel
-        self.feed = feed
-        self.interval = interval
-        self.every = every
-        self._open: int | None = None
-        self._next_push = 0.0
-
-    def on_subscribe(self, conn: Connection) -> None:
-        """Candles start with the next push (the first subscriber restarts the cycle)."""
-        if len(self.channel.subscribers) == 1:
-            self._open = None
-            self._next_push = 0.0
-
-    def poll(self, mono: float, now_ms: int) -> None:
-        """Send the open candle when due; both candles at a boundary."""
-        bars = _model(self.feed).bars
-        bars.roll(now_ms)
-        start = self.interval.start_of(now_ms)
-        if self._open is None:
-            self._open = start
-        if start != self._open:
-            closed = bars.candle(self.interval, self._open)
-            current = bars.candle(self.interval, start)
-            self._open = start
-            self._next_push = mono + self.every
-            items = []
-            if closed is not None:
-                items.append(self._item(closed, True, now_ms))
-            if current is not None:
-                items.append(self._item(current, False, now_ms))
-            self._send(items, mono, now_ms)
-            return
-        if mono >= self._next_push:
-            self._next_push = mono + self.every
-            bar = bars.candle(self.interval, start)
-            if bar is not None:
-                self._send([self._item(bar, False, now_ms)], mono, now_ms)
+    def emit(self, closed: Bar | None, current: Bar | None, mono: float, now_ms: int) -> None:
+        """Send the closed candle (``confirm:true``) and the open one in one frame."""
+        items = [self._item(bar, bar is closed, now_ms) for bar in (closed, current) if bar is not None]
+        self._send(items, mono, now_ms)
 
     def _item(self, bar: Bar, confirm: bool, now_ms: int) -> bytes:
         text = bar_text(bar, self.feed.instrument)

@@ -21,9 +21,11 @@ from wadm.emulator.market import Clock, wall_clock_ms
 if TYPE_CHECKING:
     from wadm.emulator.connection import Connection
     from wadm.emulator.hub import Channel, Hub
+    from wadm.emulator.klines import Bar, Interval
     from wadm.emulator.market import SyntheticFeed
+    from wadm.emulator.model import MarketModel
 
-__all__ = ["BookPublisher", "Publisher", "Scheduler", "StreamTiming", "publish"]
+__all__ = ["BookPublisher", "KlineCycle", "Publisher", "Scheduler", "StreamTiming", "feed_model", "publish"]
 
 _log = logging.getLogger(__name__)
 
@@ -167,3 +169,59 @@ class Scheduler:
             self.hub.flush()
         finally:
             self._arm()
+
+
+def feed_model(feed: SyntheticFeed) -> MarketModel:
+    """The market model of a feed that serves book or kline streams."""
+    model = feed.model
+    assert model is not None, "publishers need a market model"
+    return model
+
+
+class KlineCycle:
+    """The timing every kline stream shares: the open bar every ``every`` s, the closed one at a boundary.
+
+    Venues subclass it and format frames in :meth:`emit`.
+    """
+
+    def __init__(self, channel: Channel, feed: SyntheticFeed, *, interval: Interval, every: float) -> None:
+        """Create the publisher.
+
+        Args:
+            channel: The stream or topic.
+            feed: The symbol's feed (with a model).
+            interval: Candle interval.
+            every: Seconds between updates of the open bar.
+        """
+        self.channel = channel
+        self.feed = feed
+        self.interval = interval
+        self.every = every
+        self._open: int | None = None
+        self._next_push = 0.0
+
+    def on_subscribe(self, conn: Connection) -> None:
+        """Klines start with the next update (the first subscriber restarts the cycle)."""
+        if len(self.channel.subscribers) == 1:
+            self._open = None
+            self._next_push = 0.0
+
+    def poll(self, mono: float, now_ms: int) -> None:
+        """At a boundary emit the closed bar and the new one; else the open bar when due."""
+        bars = feed_model(self.feed).bars
+        bars.roll(now_ms)
+        start = self.interval.start_of(now_ms)
+        if self._open is None:
+            self._open = start
+        if start != self._open:
+            closed = bars.candle(self.interval, self._open)
+            self._open = start
+            self._next_push = mono + self.every
+            self.emit(closed, bars.candle(self.interval, start), mono, now_ms)
+        elif mono >= self._next_push:
+            self._next_push = mono + self.every
+            self.emit(None, bars.candle(self.interval, start), mono, now_ms)
+
+    def emit(self, closed: Bar | None, current: Bar | None, mono: float, now_ms: int) -> None:
+        """Send the just-closed bar (at a boundary) and the open one, in the venue's frames."""
+        raise NotImplementedError
