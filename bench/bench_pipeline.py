@@ -329,6 +329,7 @@ def _settings(emu: EmulatorProc) -> Settings:
         collectors_start_delay=0,
         targets=(StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=SYMBOLS),),
         binance_spot_ws_url=emu.spot_url,
+        channels=("trades",),
     )
 
 

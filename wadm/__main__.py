@@ -40,6 +40,7 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("picows").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 def _settings_or_exit() -> Settings:
@@ -54,7 +55,6 @@ def make_asgi_app() -> Any:
     """Granian's factory target: settings from the environment, a store, a service and the app."""
     from wadm.api.app import create_app
     from wadm.pipeline.service import Service
-    from wadm.records import GAPS, TRADES
     from wadm.store import make_store
 
     settings = _settings_or_exit()
@@ -63,8 +63,7 @@ def make_asgi_app() -> Any:
         import dataclasses
 
         settings = dataclasses.replace(settings, collectors_enabled=False)
-    retention = {TRADES: settings.retention_raw_trades, GAPS: settings.retention_gaps}
-    store = make_store(settings.mongodb_uri, settings.data_dir, retention)
+    store = make_store(settings.mongodb_uri, settings.data_dir, settings.retention())
     service = Service(settings, store)
     return create_app(service)
 

@@ -48,6 +48,8 @@ DEFAULT_URLS: dict[str, str] = {
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 BINANCE_TRADE_STREAMS = ("aggTrade", "trade")
+CHANNELS = ("trades", "book", "klines")
+BYBIT_BOOK_DEPTHS = (1, 50, 200, 1000)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -78,6 +80,13 @@ class Settings:
     retention_aggregates_1m: int = 86400
     retention_aggregates_1h: int = 604800
     retention_gaps: int = 604800
+    retention_book_snapshots: int = 3600
+    channels: tuple[str, ...] = CHANNELS
+    book_depth: int = 1000
+    bybit_book_depth: int = 200
+    book_snapshot_interval: float = 1.0
+    book_snapshot_depth: int = 100
+    backfill_deadline: float = 600.0
     host: str = "0.0.0.0"
     port: int = 8920
     data_dir: Path = Path("data")
@@ -98,6 +107,15 @@ class Settings:
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 60.0
     log_level: str = "INFO"
+
+    def retention(self) -> dict[str, int]:
+        """Seconds each table keeps its rows (event time)."""
+        return {
+            "trades": self.retention_raw_trades,
+            "book_snapshots": self.retention_book_snapshots,
+            "klines": self.retention_aggregates_1m,
+            "gaps": self.retention_gaps,
+        }
 
     def symbols(self, venue: Venue, market: Market) -> tuple[str, ...]:
         """Return the symbols collected on one (venue, market), possibly empty."""
@@ -220,6 +238,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("RETENTION_AGGREGATES_1M", "retention_aggregates_1m", 60, 365 * 86400, True),
         ("RETENTION_AGGREGATES_1H", "retention_aggregates_1h", 3600, 5 * 365 * 86400, True),
         ("RETENTION_GAPS", "retention_gaps", 3600, 5 * 365 * 86400, True),
+        ("RETENTION_BOOK_SNAPSHOTS", "retention_book_snapshots", 60, 365 * 86400, True),
+        ("BOOK_DEPTH", "book_depth", 5, 5000, True),
+        ("BOOK_SNAPSHOT_INTERVAL", "book_snapshot_interval", 0.1, 3600, False),
+        ("BOOK_SNAPSHOT_DEPTH", "book_snapshot_depth", 1, 1000, True),
+        ("WADM_BACKFILL_DEADLINE", "backfill_deadline", 1, 86400, False),
         ("WADM_PORT", "port", 0, 65535, True),
         ("WADM_STALE_AFTER", "stale_after", 1, 86400, False),
         ("WADM_ROTATE_AFTER", "rotate_after", 10, 24 * 3600 - 60, False),
@@ -249,6 +272,16 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         if raw not in BINANCE_TRADE_STREAMS:
             raise ConfigError("WADM_BINANCE_TRADE_STREAM", raw, f"one of {', '.join(BINANCE_TRADE_STREAMS)}")
         kw["binance_trade_stream"] = raw
+    if (raw := get("BYBIT_BOOK_DEPTH")) is not None:
+        depth = _number("BYBIT_BOOK_DEPTH", raw, minimum=1, maximum=1000, integer=True)
+        if depth not in BYBIT_BOOK_DEPTHS:
+            raise ConfigError("BYBIT_BOOK_DEPTH", raw, f"one of {', '.join(map(str, BYBIT_BOOK_DEPTHS))}")
+        kw["bybit_book_depth"] = depth
+    if (raw := get("WADM_CHANNELS")) is not None:
+        channels = tuple(dict.fromkeys(c.strip().lower() for c in raw.split(",") if c.strip()))
+        if not channels or any(c not in CHANNELS for c in channels):
+            raise ConfigError("WADM_CHANNELS", raw, f"a comma-separated list of {', '.join(CHANNELS)}")
+        kw["channels"] = channels
     if (raw := get("WADM_LOG_LEVEL")) is not None:
         if raw.upper() not in LOG_LEVELS:
             raise ConfigError("WADM_LOG_LEVEL", raw, f"one of {', '.join(LOG_LEVELS)}")

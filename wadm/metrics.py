@@ -14,8 +14,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from wadm.book.sync import BookState
 from wadm.pipeline.service import Service
 from wadm.records import BatchKey
+from wadm.venues.base import TradeStream
+from wadm.venues.streams import BookStream, KlineStream
 
 __all__ = ["Metrics"]
 
@@ -28,30 +31,62 @@ class _ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
-        per_stream = {
-            "messages": ("wadm_collector_messages_total", "Frames received with data, per stream."),
+        messages = CounterMetricFamily("wadm_collector_messages_total", "Frames received with data, per stream.",
+                                       labels=_STREAM_LABELS)
+        per_trade_stream = {
             "trades": ("wadm_collector_trades_total", "Trades accepted (de-duplicated), per stream."),
             "duplicates": ("wadm_collector_duplicate_trades_total", "Trades received twice (connection overlap)."),
             "missing_ids": ("wadm_collector_missing_trades_total", "Trades skipped in the venue's id sequence."),
             "rejected": ("wadm_collector_rejected_trades_total", "Trades with zero price or quantity."),
+            "backfilled": ("wadm_collector_backfilled_trades_total", "Trades recovered over REST."),
         }
-        families = {k: CounterMetricFamily(n, h, labels=_STREAM_LABELS) for k, (n, h) in per_stream.items()}
-        pending = GaugeMetricFamily("wadm_buffer_rows", "Trades waiting in a stream buffer.", labels=_STREAM_LABELS)
-        capacity = GaugeMetricFamily("wadm_buffer_capacity_rows", "Bound of a stream buffer.", labels=_STREAM_LABELS)
+        families = {k: CounterMetricFamily(n, h, labels=_STREAM_LABELS) for k, (n, h) in per_trade_stream.items()}
+        pending = GaugeMetricFamily("wadm_buffer_rows", "Rows waiting in a stream buffer.", labels=_STREAM_LABELS)
         dropped = CounterMetricFamily(
             "wadm_buffer_dropped_rows_total", "Rows dropped, by reason.", labels=[*_STREAM_LABELS, "reason"]
         )
+        rest_failures = CounterMetricFamily("wadm_recovery_rest_failures_total",
+                                            "Failed REST attempts (snapshots, backfill), per stream.",
+                                            labels=_STREAM_LABELS)
+        book_live = GaugeMetricFamily("wadm_book_live", "1 while the book is exact, 0 while it resyncs.",
+                                      labels=_STREAM_LABELS)
+        resyncs = CounterMetricFamily("wadm_book_resyncs_total", "Books discarded and rebuilt, by reason.",
+                                      labels=[*_STREAM_LABELS, "reason"])
+        snapshots = CounterMetricFamily("wadm_book_snapshots_total", "Book snapshots applied (REST or in-band).",
+                                        labels=_STREAM_LABELS)
+        kline_backfill = CounterMetricFamily("wadm_collector_backfilled_klines_total",
+                                             "Closed klines recovered over REST.", labels=_STREAM_LABELS)
         for _, st in svc.streams:
             labels = [str(st.venue), str(st.market), st.spec.symbol, st.spec.channel]
-            for attr, fam in families.items():
-                fam.add_metric(labels, getattr(st, attr) + (st.pending if attr == "trades" else 0))
+            messages.add_metric(labels, st.messages)
             pending.add_metric(labels, st.pending)
-            capacity.add_metric(labels, st.max_rows)
-            dropped.add_metric([*labels, "buffer_full"], st.dropped)
+            dropped.add_metric([*labels, "buffer_full"], getattr(st, "dropped", 0))
+            rest_failures.add_metric(labels, svc.recovery.failures.get(st.spec.name, 0))
+            if isinstance(st, TradeStream):
+                for attr, fam in families.items():
+                    fam.add_metric(labels, getattr(st, attr) + (st.pending if attr == "trades" else 0))
+            elif isinstance(st, BookStream):
+                book_live.add_metric(labels, 1.0 if st.state is BookState.LIVE else 0.0)
+                snapshots.add_metric(labels, st.snapshots)
+                for reason, count in st.sync.resyncs.items():
+                    resyncs.add_metric([*labels, reason], count)
+            elif isinstance(st, KlineStream):
+                kline_backfill.add_metric(labels, st.backfilled)
+        yield messages
         yield from families.values()
-        yield pending
-        yield capacity
-        yield dropped
+        yield from (pending, dropped, rest_failures, book_live, resyncs, snapshots, kline_backfill)
+
+        budget_labels = ["host"]
+        throttled = CounterMetricFamily("wadm_rest_throttled_total", "429 answers (rate limited).",
+                                        labels=budget_labels)
+        banned = CounterMetricFamily("wadm_rest_banned_total", "418 answers (IP ban).", labels=budget_labels)
+        requests = CounterMetricFamily("wadm_rest_requests_total", "REST requests sent.", labels=budget_labels)
+        for client in {id(c): c for c in svc.recovery.clients.values()}.values():
+            host = [client.base_url]
+            throttled.add_metric(host, client.budget.throttled)
+            banned.add_metric(host, client.budget.banned)
+            requests.add_metric(host, client.requests)
+        yield from (throttled, banned, requests)
 
         conn_labels = ["connection"]
         connected = GaugeMetricFamily("wadm_transport_connected", "1 while the connection is open.", labels=conn_labels)

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import polars as pl
 
 __all__ = [
+    "BANDS",
+    "BOOK_SNAPSHOTS",
     "BatchKey",
+    "KLINES",
+    "KLINE_SCHEMA",
+    "band_name",
+    "book_snapshot_schema",
     "GAPS",
     "GAP_SCHEMA",
     "Market",
@@ -48,6 +54,8 @@ VENUE_MARKETS: dict[Venue, tuple[Market, ...]] = {
 
 TRADES = "trades"
 GAPS = "gaps"
+BOOK_SNAPSHOTS = "book_snapshots"
+KLINES = "klines"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -92,4 +100,58 @@ GAP_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "missing": pl.Int64(),
     "ts_recv": pl.Int64(),
+}
+
+
+# Bands around mid, as fractions, in which book depth and imbalance are measured.
+BANDS: tuple[float, ...] = (0.001, 0.005, 0.01)
+
+
+def band_name(band: float) -> str:
+    """Column suffix of a band: 0.001 -> ``0.1pct``."""
+    return f"{band * 100:g}pct"
+
+
+def book_snapshot_schema(bands: tuple[float, ...] = BANDS) -> dict[str, pl.DataType]:
+    """A stored book snapshot: when it was taken, the book's top levels and derived metrics.
+
+    ``ts_event`` is when the snapshot was taken (local clock, ns); ``ts_update`` the exchange time
+    of the last update applied to the book and ``ts_recv`` when that update was received.
+    Levels are list columns, bids best (highest) first and asks best (lowest) first.
+    """
+    schema: dict[str, pl.DataType] = {
+        "ts_event": pl.Int64(),
+        "ts_update": pl.Int64(),
+        "ts_recv": pl.Int64(),
+        "update_id": pl.Int64(),
+        "mid": pl.Float64(),
+        "spread": pl.Float64(),
+    }
+    for band in bands:
+        name = band_name(band)
+        schema |= {f"bid_depth_{name}": pl.Float64(), f"ask_depth_{name}": pl.Float64(),
+                   f"imbalance_{name}": pl.Float64()}
+    schema |= {
+        "bid_price": pl.List(pl.Float64()),
+        "bid_qty": pl.List(pl.Float64()),
+        "ask_price": pl.List(pl.Float64()),
+        "ask_qty": pl.List(pl.Float64()),
+    }
+    return schema
+
+
+# A closed one-minute kline as the venue published it. ``ts_event`` is the bar's open time (ns).
+# ``trades`` and the taker-buy volumes are null where the venue does not publish them (Bybit).
+KLINE_SCHEMA: dict[str, pl.DataType] = {
+    "ts_event": pl.Int64(),
+    "ts_recv": pl.Int64(),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "quote_volume": pl.Float64(),
+    "trades": pl.Int64(),
+    "taker_buy_volume": pl.Float64(),
+    "taker_buy_quote": pl.Float64(),
 }

@@ -31,6 +31,9 @@ def _env(emulator_port: int, data: Path) -> dict[str, str]:
         "BYBIT_SYMBOLS": "",
         "BYBIT_SPOT_SYMBOLS": "",
         "WADM_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{emulator_port}/binance/spot",
+        "WADM_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{emulator_port}/binance/spot",
+        "WADM_CHANNELS": "trades",
+        "WADM_BACKFILL_DEADLINE": "2",
         "COLLECTORS_START_DELAY": "0",
         "WADM_STALE_AFTER": str(STALE_AFTER),
         "WADM_RECONNECT_MIN_DELAY": "0.05",
@@ -80,6 +83,9 @@ def _all_trades(api: str) -> list[int]:
 
 
 def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> None:
+    # The venue's REST API is down for this test: nothing can be backfilled, so every trade
+    # missed while cut off must show up in /api/v1/gaps.
+    setup.control("rest_status", status=503, count=1_000_000, market="spot")
     time.sleep(1.0)
     dropped = setup.control("drop")["affected"]
     time.sleep(1.5)
@@ -115,8 +121,15 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     # Trades the emulator generated while we were cut off are recorded as gaps (ids skipped);
     # the zero-price frames spent two ids that were delivered but are not trades.
     expected_missing = delivered[-1] - delivered[0] + 1 - len(delivered) - zero_delivered
-    gaps = httpx.get(setup.api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"}, timeout=10).json()
     assert expected_missing > 0
+    gaps: dict[str, Any] = {}
+
+    def all_gaps_recorded() -> bool:
+        gaps.update(httpx.get(setup.api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"},
+                              timeout=10).json())
+        return sum(g["missing"] for g in gaps["gaps"]) >= expected_missing
+
+    wait_for(all_gaps_recorded, 30, "the backfills to give up and record the gaps", setup.app, interval=0.5)
     assert sum(g["missing"] for g in gaps["gaps"]) == expected_missing, gaps
     assert {g["reason"] for g in gaps["gaps"]} == {"missing_ids"}
     page = httpx.get(setup.api + "/api/v1/trades/BTCUSDT", params={"window": "1h", "limit": 10}, timeout=10).json()
@@ -139,6 +152,37 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     assert 'wadm_collector_errors_total{connection="binance/spot/trades/0",kind="invalid_json"} 3.0' in metrics
     rejected = 'wadm_collector_rejected_trades_total{channel="trades",market="spot",symbol="BTCUSDT",venue="binance"}'
     assert f"{rejected} {float(zero_delivered)}" in metrics
+
+
+def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
+    time.sleep(1.0)
+    dropped = 0
+    for _ in range(3):
+        dropped += setup.control("drop")["affected"]
+        time.sleep(1.0)
+    wait_for(lambda: setup.health().status_code == 200, 30, "the stream to recover", setup.app)
+    time.sleep(1.0)
+    setup.control("pause")
+    time.sleep(0.5)
+    delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+    assert dropped == 3 and len(delivered) > 500
+    expected = list(range(delivered[0], delivered[-1] + 1))  # aggTrade ids are contiguous
+    assert len(expected) > len(delivered)  # trades were generated while we were cut off
+    stored: list[int] = []
+
+    def complete() -> bool:
+        stored[:] = _all_trades(setup.api)
+        return len(stored) >= len(expected)
+
+    wait_for(complete, 30, "the missed trades to be backfilled", setup.app, interval=0.5)
+    assert stored == expected  # complete, each trade once, in order
+    stream = setup.health().json()["streams"][0]
+    assert stream["backfilled_trades"] == len(expected) - len(delivered)
+    assert stream["missing_trades"] == stream["backfilled_trades"]
+    gaps = httpx.get(setup.api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"}, timeout=10).json()
+    assert gaps["gaps"] == []
+    page = httpx.get(setup.api + "/api/v1/trades/BTCUSDT", params={"window": "1h", "limit": 10}, timeout=10).json()
+    assert page["data_complete"] is True
 
 
 def test_silent_stream_turns_health_503_then_recovers(setup: Setup) -> None:

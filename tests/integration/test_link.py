@@ -34,6 +34,8 @@ def _settings(emu: Emulator, **kw: object) -> Settings:
         "collectors_start_delay": 0.0,
         "targets": (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT", "ETHUSDT")),),
         "binance_spot_ws_url": emu.urls["binance"]["spot"],
+        "binance_spot_rest_url": emu.rest_urls["binance"]["spot"],
+        "channels": ("trades",),
         "stale_after": 3.0,
         "flush_interval": 0.1,
         "reconnect_min_delay": 0.05,

@@ -62,6 +62,8 @@ def _settings(emu: Emulator, **kw: object) -> Settings:
         collectors_start_delay=0.0,
         targets=(StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),),
         binance_spot_ws_url=emu.urls["binance"]["spot"],
+        binance_spot_rest_url=emu.rest_urls["binance"]["spot"],
+        channels=("trades",),
         flush_interval=0.1,
         **kw,
     )

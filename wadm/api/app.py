@@ -11,7 +11,9 @@ import falcon.asgi
 
 from wadm import __version__
 from wadm.api.json import error_body, send_json
+from wadm.api.resources.book import BookHistoryResource, BookResource
 from wadm.api.resources.gaps import GapsResource
+from wadm.api.resources.klines import KlinesResource
 from wadm.api.resources.system import HealthResource, MetricsResource, OpenApiResource, SymbolsResource
 from wadm.api.resources.trades import TradesResource
 from wadm.errors import QueryError, StoreError
@@ -82,6 +84,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> falcon.asgi.
     app.add_route("/api/v1/symbols", SymbolsResource(service))
     app.add_route("/api/v1/trades/{symbol}", TradesResource(service.settings, service.collected, service.store))
     app.add_route("/api/v1/gaps", GapsResource(service.settings, service.collected, service.store))
+    app.add_route("/api/v1/klines/{symbol}", KlinesResource(service))
+    app.add_route("/api/v1/orderbook/{symbol}", BookResource(service))
+    app.add_route("/api/v1/orderbook/{symbol}/history", BookHistoryResource(service))
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(QueryError, _query_error)

@@ -96,6 +96,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                         *_RANGE,
                         _param("limit", "query", "Rows, 1 to 10000 (default 1000).",
                                {"type": "integer", "minimum": 1, "maximum": 10000}),
+                        _param("channel", "query", "Only gaps of this channel.",
+                               {"type": "string", "enum": ["trades", "book", "klines"]}),
                     ],
                     "responses": {
                         "200": {"description": "Gaps.", "content": {"application/json": {"schema": {
@@ -104,6 +106,65 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "count": {"type": "integer"}, "truncated": {"type": "boolean"},
                                 "start": {"type": "integer"}, "end": {"type": "integer"}}}}}},
                         **_errors(400, 404),
+                    },
+                }
+            },
+            "/api/v1/klines/{symbol}": {
+                "get": {
+                    "summary": "The venue's bars; longer intervals are built from 1-minute bars. The open bar is "
+                               "included with closed=false. With start: the oldest bars from start; without: "
+                               "the newest up to end.",
+                    "parameters": [
+                        *_SERIES,
+                        *_RANGE,
+                        _param("interval", "query", "Bar length (default 1m).",
+                               {"type": "string", "enum": ["1m", "5m", "15m", "1h", "4h"]}),
+                        _param("limit", "query", "Bars, 1 to 1500 (default 500).",
+                               {"type": "integer", "minimum": 1, "maximum": 1500}),
+                    ],
+                    "responses": {
+                        "200": {"description": "Bars, oldest first.", "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/Klines"}}}},
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/api/v1/orderbook/{symbol}": {
+                "get": {
+                    "summary": "The live order book, exact or marked resyncing (then without levels).",
+                    "parameters": [
+                        *_SERIES,
+                        _param("depth", "query", "Levels per side, 1 to 1000 (default 20).",
+                               {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ],
+                    "responses": {
+                        "200": {"description": "The book.", "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/OrderBook"}}}},
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/api/v1/orderbook/{symbol}/history": {
+                "get": {
+                    "summary": "Stored book snapshots (top levels, mid, spread, band depth and imbalance) in a "
+                               "range, oldest first, with cursor paging.",
+                    "parameters": [
+                        *_SERIES,
+                        *_RANGE,
+                        _param("depth", "query", "Levels per side in each snapshot (default 20; at most what "
+                               "was stored, BOOK_SNAPSHOT_DEPTH).", {"type": "integer", "minimum": 1}),
+                        _param("limit", "query", "Snapshots per page, 1 to 3600 (default 60).",
+                               {"type": "integer", "minimum": 1, "maximum": 3600}),
+                        _param("cursor", "query", "The `next` of the previous page.", {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": {"description": "Snapshots.", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {
+                                "snapshots": {"type": "array", "items": {"type": "object"}},
+                                "next": {"type": ["string", "null"]},
+                                "data_complete": {"type": "boolean"},
+                                "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}}}}}}},
+                        **_errors(400, 404, 503),
                     },
                 }
             },
@@ -141,7 +202,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "stream": {"type": "string"},
                         "start": {"type": "integer", "description": "Last good record before the gap, epoch ms."},
                         "end": {"type": "integer", "description": "First good record after the gap, epoch ms."},
-                        "reason": {"type": "string", "enum": ["missing_ids", "disconnected", "store_backlog"]},
+                        "channel": {"type": "string", "enum": ["trades", "book", "klines"]},
+                        "reason": {"type": "string", "description": "missing_ids (skipped trade ids), "
+                                   "disconnected (a disconnect window), store_backlog (dropped for a failing "
+                                   "store), klines_missing (closed bars not recovered), book_<why> (the book "
+                                   "was not exact: gap, crossed, disconnected)."},
                         "missing": {"type": ["integer", "null"], "description": "Records known missing; null "
                                     "when unknown."},
                     },
@@ -161,6 +226,48 @@ def openapi_document(version: str) -> dict[str, Any]:
                                  "description": "Cursor of the next page; null on the last."},
                         "data_complete": {"type": "boolean",
                                           "description": "False when known gaps overlap the range."},
+                        "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
+                    },
+                },
+                "OrderBook": {
+                    "type": "object",
+                    "required": ["exchange", "market", "symbol", "ts", "state", "bids", "asks", "mid", "spread"],
+                    "properties": {
+                        "exchange": {"type": "string"},
+                        "market": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "ts": {"type": ["integer", "null"], "description": "Exchange time of the last update."},
+                        "state": {"type": "string", "enum": ["live", "resyncing"]},
+                        "bids": {"type": "array", "description": "[price, qty], best (highest) first.",
+                                 "items": {"type": "array", "items": {"type": "number"}}},
+                        "asks": {"type": "array", "description": "[price, qty], best (lowest) first.",
+                                 "items": {"type": "array", "items": {"type": "number"}}},
+                        "mid": {"type": ["number", "null"]},
+                        "spread": {"type": ["number", "null"]},
+                        "update_id": {"type": ["integer", "null"]},
+                        "bands": {"type": "object", "description": "bid_depth_/ask_depth_/imbalance_ within "
+                                  "0.1pct, 0.5pct and 1pct of mid."},
+                    },
+                },
+                "Klines": {
+                    "type": "object",
+                    "properties": {
+                        "exchange": {"type": "string"},
+                        "market": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "interval": {"type": "string"},
+                        "klines": {"type": "array", "items": {"type": "object", "properties": {
+                            "ts": {"type": "integer", "description": "Open time, epoch ms."},
+                            "open": {"type": "number"}, "high": {"type": "number"}, "low": {"type": "number"},
+                            "close": {"type": "number"}, "volume": {"type": "number"},
+                            "quote_volume": {"type": "number"},
+                            "trades": {"type": ["integer", "null"]},
+                            "taker_buy_volume": {"type": ["number", "null"], "description": "Binance only."},
+                            "taker_buy_quote": {"type": ["number", "null"]},
+                            "closed": {"type": "boolean"},
+                            "minutes": {"type": "integer", "description": "1-minute bars merged."},
+                        }}},
+                        "data_complete": {"type": "boolean"},
                         "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
                     },
                 },

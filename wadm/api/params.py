@@ -14,7 +14,7 @@ from wadm.config import StreamTarget
 from wadm.errors import QueryError
 from wadm.records import Market, Venue
 
-__all__ = ["parse_limit", "parse_range", "parse_time", "parse_window", "resolve_series"]
+__all__ = ["parse_choice", "parse_limit", "parse_range", "parse_time", "parse_window", "resolve_series"]
 
 _WINDOW_RE = re.compile(r"^(\d{1,6})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -74,8 +74,8 @@ def parse_range(
     return start, end
 
 
-def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
-    """Parse ``limit``: an integer from 1 to ``maximum``."""
+def parse_limit(raw: str | None, *, default: int, maximum: int, name: str = "limit") -> int:
+    """Parse ``limit`` (or another count parameter): an integer from 1 to ``maximum``."""
     if raw is None or raw == "":
         return default
     try:
@@ -83,8 +83,18 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= maximum:
-        raise QueryError("limit", f"limit must be an integer from 1 to {maximum}, got {raw!r}")
+        raise QueryError(name, f"{name} must be an integer from 1 to {maximum}, got {raw!r}")
     return value
+
+
+def parse_choice(name: str, raw: str | None, choices: Iterable[str], default: str) -> str:
+    """Parse a parameter that must be one of ``choices``."""
+    if raw is None or raw == "":
+        return default
+    allowed = list(choices)
+    if raw not in allowed:
+        raise QueryError(name, f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
 
 
 def resolve_series(

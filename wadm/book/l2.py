@@ -9,7 +9,10 @@ twice the book. ``bench/bench_book.py`` measured this against a sorted container
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Sequence
+
+from wadm.records import BANDS, band_name
 
 __all__ = ["L2Book", "book_metrics"]
 
@@ -89,32 +92,40 @@ class L2Book:
         bid, ask = self.best_bid(), self.best_ask()
         return bid is not None and ask is not None and bid >= ask
 
-    def top(self, depth: int) -> tuple[list[Level], list[Level]]:
-        """The best ``depth`` levels per side: bids descending, asks ascending."""
-        bids = [(p, self.bids[p]) for p in heapq.nlargest(depth, self.bids)]
-        asks = [(p, self.asks[p]) for p in heapq.nsmallest(depth, self.asks)]
+    def top(
+        self, depth: int, bid_floor: float = -math.inf, ask_ceiling: float = math.inf
+    ) -> tuple[list[Level], list[Level]]:
+        """The best ``depth`` levels per side within the trusted bounds: bids descending, asks ascending."""
+        bids = [(p, self.bids[p]) for p in heapq.nlargest(depth, self.bids) if p >= bid_floor]
+        asks = [(p, self.asks[p]) for p in heapq.nsmallest(depth, self.asks) if p <= ask_ceiling]
         return bids, asks
 
 
 def book_metrics(
-    book: L2Book, bands: Sequence[float] = (0.001, 0.005, 0.01)
+    book: L2Book, bands: Sequence[float] = BANDS, bid_floor: float = -math.inf, ask_ceiling: float = math.inf
 ) -> tuple[float | None, float | None, dict[str, float]]:
     """Mid, spread, and per band around mid: bid depth, ask depth and imbalance.
 
-    Imbalance is ``(bid - ask) / (bid + ask)`` of the quantities within the band, in [-1, 1].
-    Band keys look like ``bid_depth_0.1pct``.
+    Only levels within the trusted bounds count. Imbalance is ``(bid - ask) / (bid + ask)`` of
+    the quantities within the band, in [-1, 1]. Keys look like ``bid_depth_0.1pct``.
     """
     bid, ask = book.best_bid(), book.best_ask()
     if bid is None or ask is None:
         return None, None, {}
     mid = (bid + ask) / 2
+    widest = max(bands)
+    # PERF: one pass per side collects the levels inside the widest band; narrower bands reuse them.
+    lo, hi = max(mid * (1 - widest), bid_floor), min(mid * (1 + widest), ask_ceiling)
+    near_bids = [(p, q) for p, q in book.bids.items() if p >= lo]
+    near_asks = [(p, q) for p, q in book.asks.items() if p <= hi]
     out: dict[str, float] = {}
     for band in bands:
-        lo, hi = mid * (1 - band), mid * (1 + band)
-        b = sum(q for p, q in book.bids.items() if p >= lo)
-        a = sum(q for p, q in book.asks.items() if p <= hi)
-        name = f"{band * 100:g}pct"
-        out[f"bid_depth_{name}"] = b
-        out[f"ask_depth_{name}"] = a
-        out[f"imbalance_{name}"] = (b - a) / (b + a) if b + a else 0.0
-    return mid, ask - bid, out
+        blo, ahi = mid * (1 - band), mid * (1 + band)
+        b = sum(q for p, q in near_bids if p >= blo)
+        a = sum(q for p, q in near_asks if p <= ahi)
+        name = band_name(band)
+        # Sums of decimal quantities carry float noise; 10 decimals is far below any venue's step.
+        out[f"bid_depth_{name}"] = round(b, 10)
+        out[f"ask_depth_{name}"] = round(a, 10)
+        out[f"imbalance_{name}"] = round((b - a) / (b + a), 10) if b + a else 0.0
+    return round(mid, 10), round(ask - bid, 10), out

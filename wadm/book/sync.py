@@ -94,6 +94,8 @@ class BinanceBookSync:
         self.buffer_overflows = 0
         self.duplicates = 0
         self.snapshot_requested = False
+        self.epoch = 0  # bumped whenever the book is discarded: answers to older requests are void
+        self.last_reason = ""
         self._prev = -1  # USD-M: u of the last applied diff; -1 until the first after a snapshot
 
     def on_diff(
@@ -125,6 +127,17 @@ class BinanceBookSync:
                 return self._resync(problem, diff)
         return None
 
+    def reset(self, reason: str) -> None:
+        """Discard the book and the buffer (the connection was lost): diffs in flight are gone."""
+        if self.state is BookState.LIVE:
+            self.resyncs[reason] += 1
+            self.last_reason = reason
+        self.state = BookState.RESYNCING
+        self.book.clear()
+        self.buffer.clear()
+        self.snapshot_requested = False
+        self.epoch += 1
+
     def _buffer(self, diff: _Diff) -> NeedSnapshot | None:
         if len(self.buffer) == self.buffer.maxlen:
             self.buffer_overflows += 1
@@ -137,6 +150,8 @@ class BinanceBookSync:
 
     def _resync(self, reason: str, diff: _Diff) -> NeedSnapshot:
         self.resyncs[reason] += 1
+        self.last_reason = reason
+        self.epoch += 1
         self.state = BookState.RESYNCING
         self.book.clear()
         self.buffer.clear()
@@ -179,6 +194,9 @@ class BybitBookSync:
         self.resyncs: Counter[str] = Counter()
         self.duplicates = 0
         self.resets = 0  # snapshots with u == 1 (service restarts) and snapshots after the first
+        self.last_reason = ""
+        self.snapshot_requested = False  # never: Bybit snapshots come in-band
+        self.epoch = 0  # bumped whenever the book is discarded
         self._snapshots = 0
 
     def on_message(
@@ -207,8 +225,19 @@ class BybitBookSync:
     def _check_crossed(self) -> Resubscribe | None:
         return self._resync("crossed") if self.book.crossed() else None
 
+    def reset(self, reason: str) -> None:
+        """Discard the book (the connection was lost); the next subscription brings a snapshot."""
+        if self.state is BookState.LIVE:
+            self.resyncs[reason] += 1
+            self.last_reason = reason
+        self.state = BookState.RESYNCING
+        self.book.clear()
+        self.epoch += 1
+
     def _resync(self, reason: str) -> Resubscribe:
         self.resyncs[reason] += 1
+        self.last_reason = reason
+        self.epoch += 1
         self.state = BookState.RESYNCING
         self.book.clear()
         return Resubscribe(self.symbol, reason)

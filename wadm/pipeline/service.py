@@ -16,13 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
+
+from wadm.book.sync import BookState
 from wadm.config import Settings
 from wadm.errors import StoreError
-from wadm.records import GAPS, TRADES, Market, Venue
+from wadm.pipeline.recovery import Recovery
+from wadm.records import Market, Venue
 from wadm.store.base import Store
 from wadm.transport.ws import Backoff, WsLink
 from wadm.venues import binance, bybit
-from wadm.venues.base import ConnectionPlan, TradeStream
+from wadm.venues.base import ConnectionPlan, Stream, TradeStream
+from wadm.venues.streams import BookStream, KlineStream
 
 __all__ = ["Service", "build_plans"]
 
@@ -33,22 +38,33 @@ STOP_DEADLINE = 25.0
 
 
 def build_plans(settings: Settings) -> list[ConnectionPlan]:
-    """Plan every connection the settings ask for."""
+    """Plan every connection the settings ask for: per market, one group each for trades, book, klines."""
     plans: list[ConnectionPlan] = []
     urls = {Market.SPOT: settings.binance_spot_ws_url, Market.USDM: settings.binance_usdm_ws_url}
+    channels = settings.channels
     for target in settings.targets:
+        market, symbols = target.market, target.symbols
         if target.venue is Venue.BINANCE:
-            plans += binance.plan_trade_connections(
-                target.market,
-                target.symbols,
-                urls[target.market],
-                trade_stream=settings.binance_trade_stream,
-                max_rows=settings.buffer_max_rows,
-            )
+            url = urls[market]
+            if "trades" in channels:
+                plans += binance.plan_trade_connections(
+                    market, symbols, url, trade_stream=settings.binance_trade_stream, max_rows=settings.buffer_max_rows
+                )
+            if "book" in channels:
+                plans += binance.plan_book_connections(
+                    market, symbols, url, snapshot_depth=settings.book_snapshot_depth
+                )
+            if "klines" in channels:
+                plans += binance.plan_kline_connections(market, symbols, url)
         else:
-            plans += bybit.plan_trade_connections(
-                target.market, target.symbols, settings.bybit_ws_url, max_rows=settings.buffer_max_rows
-            )
+            url = settings.bybit_ws_url
+            if "trades" in channels:
+                plans += bybit.plan_trade_connections(market, symbols, url, max_rows=settings.buffer_max_rows)
+            if "book" in channels:
+                plans += bybit.plan_book_connections(market, symbols, url, depth=settings.bybit_book_depth,
+                                                     snapshot_depth=settings.book_snapshot_depth)
+            if "klines" in channels:
+                plans += bybit.plan_kline_connections(market, symbols, url)
     return plans
 
 
@@ -60,6 +76,7 @@ class Service:
         store: an unopened store; the service opens and closes it.
         use_aiofastnet: picows transport choice for the links (None: picows' default).
         plans: connection plans to use instead of those the settings describe (tests, benchmarks).
+        rest_transport: httpx transport of the REST clients (default: the network).
     """
 
     def __init__(
@@ -69,6 +86,7 @@ class Service:
         *,
         use_aiofastnet: bool | None = None,
         plans: list[ConnectionPlan] | None = None,
+        rest_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         from wadm.pipeline.writer import Writer  # local: keeps import order simple for the API module
 
@@ -89,7 +107,7 @@ class Service:
             )
             for plan in plans
         ]
-        self.streams: list[tuple[WsLink, TradeStream]] = [
+        self.streams: list[tuple[WsLink, Stream]] = [
             (link, st) for link in self.links for st in link.plan.protocol.streams.values()
         ]
         self.on_batch: list[Callable[[Any, int, float], None]] = []
@@ -101,6 +119,14 @@ class Service:
             max_pending_rows=settings.writer_max_pending_rows,
             on_batch=self._on_batch,
         )
+        self.recovery = Recovery(settings, self.links, self.writer, transport=rest_transport)
+        self.books: dict[tuple[Venue, Market, str], BookStream] = {}
+        self.klines: dict[tuple[Venue, Market, str], KlineStream] = {}
+        for _, st in self.streams:
+            if isinstance(st, BookStream):
+                self.books[(st.venue, st.market, st.spec.symbol)] = st
+            elif isinstance(st, KlineStream):
+                self.klines[(st.venue, st.market, st.spec.symbol)] = st
         self.started_at = time.time()
         self.collectors_started = False
         self.restarts: dict[str, int] = {}
@@ -127,6 +153,9 @@ class Service:
         self._drain_task = self._spawn("writer-drain", self.writer.run_drain, restart=True)
         self._spawn("retention", self._sweep_forever, restart=True)
         if self.links:
+            self._spawn("recovery", self.recovery.run, restart=True)
+            if self.books:
+                self._spawn("book-snapshots", self._sample_books, restart=True)
             self._spawn("collectors", self._start_collectors, restart=False)
 
     async def _open_store_later(self) -> None:
@@ -177,10 +206,23 @@ class Service:
                 log.error("%s failed unexpectedly: %r; restarting in %.1f s", name, exc, delay, exc_info=exc)
                 await asyncio.sleep(delay)
 
-    async def _sweep_forever(self) -> None:
-        retention = {TRADES: self.settings.retention_raw_trades, GAPS: self.settings.retention_gaps}
+    async def _sample_books(self) -> None:
+        """Queue a snapshot of every live book each ``BOOK_SNAPSHOT_INTERVAL``, on the interval's grid."""
+        step = int(self.settings.book_snapshot_interval * 1_000_000_000)
+        last = 0
         while True:
-            await asyncio.sleep(min(SWEEP_EVERY, self.settings.retention_raw_trades / 10))
+            await asyncio.sleep((step - time.time_ns() % step) / 1e9)
+            tick = round(time.time_ns() / step) * step  # the grid point we woke for (timers may be early)
+            if tick <= last:
+                continue
+            last = tick
+            for book in self.books.values():
+                book.sample(tick)
+
+    async def _sweep_forever(self) -> None:
+        retention = self.settings.retention()
+        while True:
+            await asyncio.sleep(min(SWEEP_EVERY, min(retention.values()) / 10))
             if not self.store_open:
                 continue
             for table, seconds in retention.items():
@@ -198,6 +240,7 @@ class Service:
             link.stop()
         if self._link_tasks:
             await asyncio.wait(self._link_tasks, timeout=5)
+        await self.recovery.close()
         self.writer.close()
         if self._drain_task is not None:
             done, _ = await asyncio.wait([self._drain_task], timeout=deadline)
@@ -221,27 +264,23 @@ class Service:
         for link in self.links:
             link.check_progress()
         for link, st in self.streams:
-            state = self._stream_state(link, st, now)
             last = link.last_message_at.get(st.spec.name)
-            streams.append(
-                {
-                    "exchange": str(st.venue),
-                    "market": str(st.market),
-                    "symbol": st.spec.symbol,
-                    "stream": st.spec.name,
-                    "channel": st.spec.channel,
-                    "state": state,
-                    "connected": link.state.connected,
-                    "last_message_age_s": None if last is None else round(now - last, 3),
-                    "messages": st.messages,
-                    "trades": st.trades + st.pending,
-                    "duplicates": st.duplicates,
-                    "missing_trades": st.missing_ids,
-                    "dropped": st.dropped,
-                    "reconnects": link.state.reconnects,
-                    "error": link.failed_streams.get(st.spec.name),
-                }
-            )
+            entry: dict[str, Any] = {
+                "exchange": str(st.venue),
+                "market": str(st.market),
+                "symbol": st.spec.symbol,
+                "stream": st.spec.name,
+                "channel": st.spec.channel,
+                "state": self._stream_state(link, st, now),
+                "connected": link.state.connected,
+                "last_message_age_s": None if last is None else round(now - last, 3),
+                "messages": st.messages,
+                "reconnects": link.state.reconnects,
+                "rest_failures": self.recovery.failures.get(st.spec.name, 0),
+                "error": link.failed_streams.get(st.spec.name),
+            }
+            entry |= _channel_detail(st)
+            streams.append(entry)
         wst = self.writer.stats
         store = {
             "name": self.store.name,
@@ -294,7 +333,7 @@ class Service:
         }
         return status == "ok", body
 
-    def _stream_state(self, link: WsLink, st: TradeStream, now: float) -> str:
+    def _stream_state(self, link: WsLink, st: Stream, now: float) -> str:
         if link.state.failed:
             return "failed"
         if st.spec.name in link.failed_streams:
@@ -307,4 +346,41 @@ class Service:
         if last is None:
             since = link.state.connected_since or now
             return "stale" if now - since >= link.stale_after else "waiting"
-        return "live" if now - last < link.stale_after else "stale"
+        if now - last >= link.stale_after:
+            return "stale"
+        if isinstance(st, BookStream) and st.state is not BookState.LIVE:
+            return "resyncing"  # a book that is not exact is not live, however fresh its messages
+        return "live"
+
+
+def _channel_detail(st: Stream) -> dict[str, Any]:
+    """The counters health shows for one kind of stream."""
+    if isinstance(st, TradeStream):
+        return {
+            "trades": st.trades + st.pending,
+            "duplicates": st.duplicates,
+            "missing_trades": st.missing_ids,
+            "backfilled_trades": st.backfilled,
+            "dropped": st.dropped,
+        }
+    if isinstance(st, BookStream):
+        sync = st.sync
+        return {
+            "book_state": str(st.state),
+            "update_id": sync.book.update_id if st.state is BookState.LIVE else None,
+            "levels": [len(sync.book.bids), len(sync.book.asks)],
+            "resyncs": sum(sync.resyncs.values()),
+            "resync_reasons": dict(sync.resyncs),
+            "snapshots": st.snapshots,
+            "resubscribes": st.resubscribes,
+            "duplicates": sync.duplicates,
+            "dropped": st.dropped,
+        }
+    if isinstance(st, KlineStream):
+        return {
+            "open_bar": None if st.open_bar is None else st.open_bar[0] // 1_000_000,
+            "last_closed": st.last_closed if st.last_closed >= 0 else None,
+            "backfilled_klines": st.backfilled,
+            "dropped": st.dropped,
+        }
+    return {}

@@ -1,8 +1,8 @@
 """Cuts stream buffers into columnar batches and writes them to the store.
 
-The receive path appends to :class:`~wadm.venues.base.TradeStream` buffers and never waits on
+The receive path appends to stream buffers (trades, book snapshots, klines) and never waits on
 the store. The writer's ``cut`` loop turns a buffer into a batch when it holds ``flush_rows``
-trades or ``flush_interval`` seconds have passed; batches queue (bounded by rows) for the
+rows or ``flush_interval`` seconds have passed; batches queue (bounded by rows) for the
 ``drain`` loop, which writes them in order and retries a failing store with backoff. Retries are
 not drops. When the backlog passes its bound the oldest batch is dropped, counted and logged as
 an ERROR: that is data loss.
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from wadm.errors import StoreError
-from wadm.records import GAP_SCHEMA, GAPS, TRADES, BatchKey
+from wadm.records import GAP_SCHEMA, GAPS, KLINES, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.store.codec import Batch, encode_batch
-from wadm.venues.base import TradeStream
+from wadm.venues.base import Gap, Stream
 
 __all__ = ["Writer", "WriterStats"]
 
@@ -65,7 +65,7 @@ class Writer:
     def __init__(
         self,
         store: Store,
-        streams: Sequence[TradeStream],
+        streams: Sequence[Stream],
         *,
         flush_rows: int,
         flush_interval: float,
@@ -87,10 +87,10 @@ class Writer:
         self._closing = False
         self._inflight = 0  # batches at the front of the queue that a store call is writing
         self._last_cut = {s: clock() for s in self.streams}
-        self._keys = {s: BatchKey(TRADES, s.venue, s.market, s.spec.symbol) for s in self.streams}
-        self._rejected_logged: dict[TradeStream, float] = {}
-        # Gaps waiting for the gaps table: (series, stream, (start, end, reason, missing)).
-        self._lost: list[tuple[BatchKey, str, tuple[int, int, str, int | None]]] = []
+        self._keys = {s: BatchKey(s.table, s.venue, s.market, s.spec.symbol) for s in self.streams}
+        self._rejected_logged: dict[Stream, float] = {}
+        # Gaps waiting for the gaps table: (series, stream, gap).
+        self._lost: list[tuple[BatchKey, str, Gap]] = []
 
     @property
     def pending_batches(self) -> int:
@@ -102,45 +102,54 @@ class Writer:
         now = self.clock()
         queued = 0
         for st in self.streams:
-            if st.gaps:
-                self._lost += [(self._keys[st], st.spec.name, gap) for gap in st.take_gaps()]
-            n = len(st.items)
+            n = st.pending
             if not n:
                 self._last_cut[st] = now
                 continue
             if not (force or n >= self.flush_rows or now - self._last_cut[st] >= self.flush_interval):
                 continue
             self._last_cut[st] = now
-            rejected = st.rejected
+            rejected = getattr(st, "rejected", 0)
             frame = st.take()
             key = self._keys[st]
-            if st.rejected > rejected:
-                self._log_rejected(st, key, st.rejected - rejected, now)
+            if (total := getattr(st, "rejected", 0)) > rejected:
+                self._log_rejected(st, key, total - rejected, total, now)
             if frame is None or frame.height == 0:
                 continue
-            self._note_latency(key, frame)
+            if key.table == TRADES:
+                self._note_latency(key, frame)
             self._enqueue(key, encode_batch(frame))
             queued += frame.height
         if self._lost:
             self._enqueue_gaps()
         return queued
 
+    def record_gaps(self, key: BatchKey, stream: str, gaps: Sequence[Gap]) -> None:
+        """Queue windows of missing data of one series for the ``gaps`` table."""
+        self._lost += [(key, stream, gap) for gap in gaps]
+        self._wake.set()
+
+    def add_frame(self, key: BatchKey, frame: pl.DataFrame) -> None:
+        """Queue rows that did not come through a stream buffer (REST backfill)."""
+        if frame.height:
+            self._enqueue(key, encode_batch(frame))
+
     def _enqueue_gaps(self) -> None:
         """Queue the gaps found since the last cut, one batch per series, for the ``gaps`` table."""
         lost, self._lost = self._lost, []
         now = time.time_ns()
         by_key: dict[BatchKey, list[tuple[int, int, str, str, int | None, int]]] = {}
-        for key, stream, (start, end, reason, missing) in lost:
+        for key, stream, (start, end, reason, missing, *_) in lost:
             gap_key = BatchKey(GAPS, key.venue, key.market, key.symbol)
             by_key.setdefault(gap_key, []).append((start, end, stream, reason, missing, now))
         for gap_key, rows in by_key.items():
             frame = pl.DataFrame(rows, schema=GAP_SCHEMA, orient="row").sort("ts_event")
             self._enqueue(gap_key, encode_batch(frame))
 
-    def _log_rejected(self, st: TradeStream, key: BatchKey, count: int, now: float) -> None:
+    def _log_rejected(self, st: Stream, key: BatchKey, count: int, total: int, now: float) -> None:
         if now - self._rejected_logged.get(st, -60.0) >= 60.0:
             self._rejected_logged[st] = now
-            log.warning("%s: dropped %d trades with a zero price or quantity (%d in all)", key, count, st.rejected,
+            log.warning("%s: dropped %d trades with a zero price or quantity (%d in all)", key, count, total,
                         extra={"key": str(key), "kind": "zero_price"})
 
     def _note_latency(self, key: BatchKey, frame: pl.DataFrame) -> None:
@@ -151,17 +160,17 @@ class Writer:
     def _enqueue(self, key: BatchKey, batch: Batch) -> None:
         self._pending.append((key, batch))
         self.pending_rows += batch.count
-        # Drop the oldest trade batches that are not being written right now; the loss is
-        # recorded as a gap (gap batches themselves are small and never dropped).
+        # Drop the oldest trade or book batches that are not being written right now; the loss
+        # is recorded as a gap (gaps and klines are small and never dropped).
         index = self._inflight
         while self.pending_rows > self.max_pending_rows and index < len(self._pending) - 1:
             old_key, old = self._pending[index]
-            if old_key.table != TRADES:
+            if old_key.table in (GAPS, KLINES):
                 index += 1
                 continue
             del self._pending[index]
             self.pending_rows -= old.count
-            self._lost.append((old_key, old_key.table, (old.start, old.end, "store_backlog", old.count)))
+            self._lost.append((old_key, old_key.table, Gap(old.start, old.end, "store_backlog", old.count)))
             self.stats.dropped_rows["store_backlog"] += old.count
             log.error(
                 "Dropped %d trades of %s: the store is %s behind (backlog over %d rows)",

@@ -153,11 +153,20 @@ class RestClient:
         await self._client.aclose()
 
     async def get(self, path: str, params: Mapping[str, str | int], *, weight: int = 1) -> Any:
-        """GET ``path`` and return the decoded JSON.
+        """GET ``path`` and return the decoded JSON (see :meth:`get_raw`)."""
+        payload = await self.get_raw(path, params, weight=weight)
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            self.failures += 1
+            raise RestError(f"GET {self.base_url}{path} returned invalid JSON: {exc}") from exc
+
+    async def get_raw(self, path: str, params: Mapping[str, str | int], *, weight: int = 1) -> bytes:
+        """GET ``path`` and return the body, after waiting for ``weight`` in the budget.
 
         Raises:
-            RestError: network failure, timeout, invalid JSON, or a non-2xx status (with
-                ``retry_after`` for 429/418; the budget then blocks further requests meanwhile).
+            RestError: network failure, timeout, or a non-2xx status (with ``retry_after`` for
+                429/418; the budget then blocks further requests meanwhile).
         """
         await self.budget.acquire(weight)
         self.requests += 1
@@ -178,8 +187,4 @@ class RestClient:
                 status=resp.status_code,
                 retry_after=retry,
             )
-        try:
-            return orjson.loads(resp.content)
-        except orjson.JSONDecodeError as exc:
-            self.failures += 1
-            raise RestError(f"GET {self.base_url}{path} returned invalid JSON: {exc}") from exc
+        return resp.content

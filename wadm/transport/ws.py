@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import picows
 
 from wadm.errors import VenueProtocolError
-from wadm.venues.base import ConnectionPlan, Event, ServerShutdown, VenueErrorReply
+from wadm.venues.base import ConnectionPlan, Event, SendFrames, ServerShutdown, VenueErrorReply
 
 __all__ = ["Backoff", "LinkState", "WsLink"]
 
@@ -196,7 +196,11 @@ class WsLink:
 
     def on_event(self, listener: _Listener, event: Event) -> None:
         """Act on a control event from the venue."""
-        if isinstance(event, ServerShutdown):
+        if isinstance(event, SendFrames):
+            if listener.transport is not None and not listener.disconnected.is_set():
+                for frame in event.frames:
+                    listener.transport.send(picows.WSMsgType.TEXT, frame)
+        elif isinstance(event, ServerShutdown):
             listener.shutdown_notice.set()
         elif isinstance(event, VenueErrorReply):
             self.state.errors["venue_error"] += 1
@@ -210,6 +214,15 @@ class WsLink:
             else:
                 self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan,
                                   event.message[:200])
+
+    def send(self, frames: tuple[bytes, ...]) -> bool:
+        """Send frames on the current connection; False when there is none."""
+        listener = self.current
+        if listener is None or listener.transport is None or listener.disconnected.is_set():
+            return False
+        for frame in frames:
+            listener.transport.send(picows.WSMsgType.TEXT, frame)
+        return True
 
     def _log_limited(self, kind: str, msg: str, *args: object) -> None:
         now = self.clock()
@@ -254,8 +267,9 @@ class WsLink:
                 listener.close()
                 self.current = None
                 self._mark_disconnected()
+                lost_at = time.time_ns()
                 for st in self.plan.protocol.streams.values():
-                    st.gap_open = True  # venues without contiguous ids record the window on the next trade
+                    st.connection_lost(lost_at)  # books resync; trade windows are recorded on the next trade
                 if reason == "stale":
                     self.state.stale_reconnects += 1
                     log.warning("%s: a stream went silent for %.0f s; reconnecting", self.plan, self.stale_after,
@@ -268,6 +282,9 @@ class WsLink:
             if self.current is not None:
                 self.current.close()
                 self.current = None
+                lost_at = time.time_ns()
+                for st in self.plan.protocol.streams.values():
+                    st.connection_lost(lost_at)
             self._mark_disconnected()
 
     def _mark_disconnected(self) -> None:

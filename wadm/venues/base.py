@@ -14,18 +14,21 @@ client pings and batches trades in arrays; both fit these types.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import polars as pl
 
-from wadm.records import Market, Venue
+from wadm.records import TRADES, Market, Venue
 
 __all__ = [
     "Ack",
     "ConnectionPlan",
     "Event",
+    "Gap",
+    "Stream",
+    "SendFrames",
     "ServerShutdown",
     "StreamSpec",
     "TradeStream",
@@ -33,12 +36,64 @@ __all__ = [
     "VenueProtocol",
 ]
 
+class Gap(NamedTuple):
+    """A window of missing data on one stream, waiting to be backfilled or stored.
+
+    ``start`` is the time (ns) of the last good record before the window and ``end`` of the
+    first good one after it. ``missing`` counts the records known to be missing (null when
+    unknown); ``first_id``/``last_id`` bound the missing ids where the venue's ids are contiguous.
+    """
+
+    start: int
+    end: int
+    reason: str
+    missing: int | None = None
+    first_id: int | None = None
+    last_id: int | None = None
+
+
+class Stream(Protocol):
+    """What the transport, writer and health read from any stream (trades, book, klines)."""
+
+    venue: Venue
+    market: Market
+    spec: StreamSpec
+    gaps: list[Gap]
+
+    @property
+    def messages(self) -> int:
+        """Frames with data so far: the watchdog's progress counter."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be cut into a batch."""
+        ...
+
+    @property
+    def table(self) -> str:
+        """The table this stream's rows go to."""
+        ...
+
+    def take(self) -> pl.DataFrame | None:
+        """Cut the pending rows into a DataFrame; ``None`` if there are none."""
+        ...
+
+    def take_gaps(self) -> list[Gap]:
+        """Hand over the gaps found since the last call."""
+        ...
+
+    def connection_lost(self, ts_recv: int) -> None:
+        """The connection carrying this stream broke at ``ts_recv`` (ns): data may be missing."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
     """One venue stream: its wire name and what it carries."""
 
     name: str  # the venue's stream or topic name, e.g. "btcusdt@aggTrade"
-    channel: str  # "trades" (books and klines come with their own channels)
+    channel: str  # "trades", "book" or "klines"
     symbol: str  # as the venue writes it, e.g. "BTCUSDT"
 
 
@@ -68,10 +123,18 @@ class TradeStream:
     trades: int = 0  # trades cut into batches
     rejected: int = 0  # trades the venue sent with a zero price or quantity
     last_ts: int = 0  # ns, trade time of the newest trade cut into a batch
-    # Windows of missing data found on this stream, waiting to be stored:
-    # (start ns, end ns, reason, missing count or None).
-    gaps: list[tuple[int, int, str, int | None]] = field(default_factory=list)
+    backfilled: int = 0  # trades recovered over REST
+    gaps: list[Gap] = field(default_factory=list)  # windows of missing data found on this stream
     gap_open: bool = False  # the connection was lost; the next trade closes the window
+
+    @property
+    def table(self) -> str:
+        """Trades go to the ``trades`` table."""
+        return TRADES
+
+    def connection_lost(self, ts_recv: int) -> None:
+        """Venues without contiguous ids record the window when the next trade arrives."""
+        self.gap_open = True
 
     def take(self) -> pl.DataFrame | None:
         """Cut the pending trades into a DataFrame and reset the buffer; ``None`` if empty."""
@@ -90,7 +153,7 @@ class TradeStream:
         """Trade time (ns) of the newest trade accepted, pending or cut; 0 before any."""
         return self.items[-1].T * 1_000_000 if self.items else self.last_ts
 
-    def take_gaps(self) -> list[tuple[int, int, str, int | None]]:
+    def take_gaps(self) -> list[Gap]:
         """Hand over the gaps found since the last call."""
         gaps, self.gaps = self.gaps, []
         return gaps
@@ -137,13 +200,24 @@ class ServerShutdown:
     ts_event: int
 
 
-Event = Ack | VenueErrorReply | ServerShutdown
+@dataclass(frozen=True, slots=True)
+class SendFrames:
+    """Send these frames on the connection that delivered the frame (e.g. a Bybit resubscription)."""
+
+    frames: tuple[bytes, ...]
+    reason: str = ""
+
+
+Event = Ack | VenueErrorReply | ServerShutdown | SendFrames
 
 
 class VenueProtocol(Protocol):
     """What the transport drives: one protocol object per connection plan, shared by rotations."""
 
-    streams: dict[str, TradeStream]
+    @property
+    def streams(self) -> Mapping[str, Stream]:
+        """The streams of the plan, by wire name."""
+        ...
 
     def feed(self, payload: bytes, ts_recv: int) -> Event | None:
         """Take one frame; trades land in ``streams``; control frames come back as events."""

@@ -12,6 +12,7 @@ take a slower fallback that classifies them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -19,22 +20,34 @@ import msgspec
 import orjson
 import polars as pl
 
+from wadm.book.sync import BinanceBookSync
 from wadm.errors import VenueProtocolError
 from wadm.records import Market, Venue
 from wadm.venues.base import (
     Ack,
     ConnectionPlan,
     Event,
+    Gap,
     ServerShutdown,
     StreamSpec,
     TradeStream,
     VenueErrorReply,
+    VenueProtocol,
 )
+from wadm.venues.streams import BookStream, KlineRow, KlineStream
 
 __all__ = [
     "MAX_STREAMS_PER_CONNECTION",
+    "BinanceBookProtocol",
+    "BinanceKlineProtocol",
     "BinanceProtocol",
+    "decode_agg_trades",
+    "decode_klines",
+    "decode_snapshot",
+    "plan_book_connections",
+    "plan_kline_connections",
     "plan_trade_connections",
+    "snapshot_weight",
     "stream_route",
     "trades_to_frame",
 ]
@@ -166,7 +179,7 @@ class BinanceProtocol:
                 return None
             if last >= 0:
                 st.missing_ids += tid - last - 1
-                st.gaps.append((st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1))  # type: ignore[union-attr]
+                st.gaps.append(Gap(st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1, last + 1, tid - 1))  # type: ignore[union-attr]
         st.last_id = tid
         items = st.items
         if len(items) >= st.max_rows:
@@ -199,7 +212,7 @@ def _decode_other(payload: bytes) -> Event | None:
         return ServerShutdown(data["E"] * _MS)
     if "stream" not in obj:
         raise VenueProtocolError("unknown_event", "not a combined-stream frame")
-    if event in ("trade", "aggTrade"):
+    if event in ("trade", "aggTrade", "depthUpdate", "kline"):
         raise VenueProtocolError("missing_field", f"{event} frame lacks or mistypes a field")
     raise VenueProtocolError("unknown_event", f"event {str(event)[:40]!r}")
 
@@ -212,6 +225,200 @@ def stream_route(market: Market, stream: str) -> str:
     if kind.startswith(("depth", "bookTicker", "trade")):
         return "/public"
     return "/market"
+
+
+class DepthUpdate(msgspec.Struct, tag_field="e", tag="depthUpdate", frozen=True, gc=False):
+    """``<symbol>@depth@100ms``: the book changes of one interval. ``pu`` exists on USD-M only."""
+
+    E: int  # event time, ms
+    U: int  # first update id in the event
+    u: int  # last update id in the event
+    b: list[tuple[float, float]]  # bid levels (price, absolute quantity; 0 deletes)
+    a: list[tuple[float, float]]  # ask levels
+    pu: int = -1  # USD-M: u of the previous event
+
+
+class KlineBar(msgspec.Struct, frozen=True, gc=False):
+    """The bar inside a ``kline`` event. Fields we do not use (``T``, ``s``, ``i``, ``f``, ``L``, ``B``) are skipped."""
+
+    t: int  # open time, ms
+    open: float = msgspec.field(name="o")
+    high: float = msgspec.field(name="h")
+    low: float = msgspec.field(name="l")
+    close: float = msgspec.field(name="c")
+    volume: float = msgspec.field(name="v")
+    quote: float = msgspec.field(name="q")
+    trades: int = msgspec.field(name="n")
+    buy_volume: float = msgspec.field(name="V")  # taker-buy base volume
+    buy_quote: float = msgspec.field(name="Q")  # taker-buy quote volume
+    closed: bool = msgspec.field(name="x")
+
+
+class Kline(msgspec.Struct, tag_field="e", tag="kline", frozen=True, gc=False):
+    """``<symbol>@kline_1m``: the current bar, pushed while open and once more when closed."""
+
+    E: int
+    k: KlineBar
+
+
+class CombinedDepth(msgspec.Struct, frozen=True, gc=False):
+    """The combined-stream wrapper of a depth connection."""
+
+    stream: str
+    data: DepthUpdate | Shutdown
+
+
+class CombinedKline(msgspec.Struct, frozen=True, gc=False):
+    """The combined-stream wrapper of a kline connection."""
+
+    stream: str
+    data: Kline | Shutdown
+
+
+_decode_depth = msgspec.json.Decoder(CombinedDepth, strict=False).decode
+_decode_kline = msgspec.json.Decoder(CombinedKline, strict=False).decode
+
+
+class BinanceBookProtocol:
+    """Decodes diff-depth frames into the book streams of one connection plan."""
+
+    def __init__(self, streams: dict[str, BookStream]) -> None:
+        self.streams = streams
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
+        try:
+            msg = _decode_depth(payload)
+        except msgspec.DecodeError:
+            return _decode_other(payload)
+        d = msg.data
+        if type(d) is Shutdown:
+            return ServerShutdown(d.E * _MS)
+        st = self.streams.get(msg.stream)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.stream[:60])
+        st.on_diff(d.U, d.u, d.pu, d.b, d.a, d.E * _MS, ts_recv)  # type: ignore[union-attr]
+        return None
+
+
+class BinanceKlineProtocol:
+    """Decodes kline frames into the kline streams of one connection plan."""
+
+    def __init__(self, streams: dict[str, KlineStream]) -> None:
+        self.streams = streams
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
+        try:
+            msg = _decode_kline(payload)
+        except msgspec.DecodeError:
+            return _decode_other(payload)
+        d = msg.data
+        if type(d) is Shutdown:
+            return ServerShutdown(d.E * _MS)
+        st = self.streams.get(msg.stream)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.stream[:60])
+        st.bars += 1
+        st.on_bar(_kline_row(d.k, ts_recv), d.k.closed)  # type: ignore[union-attr]
+        return None
+
+
+def _kline_row(k: KlineBar, ts_recv: int) -> KlineRow:
+    return (k.t * _MS, ts_recv, k.open, k.high, k.low, k.close, k.volume, k.quote, k.trades, k.buy_volume,
+            k.buy_quote)
+
+
+# -- REST answers -----------------------------------------------------------------------------
+
+
+class RestDepth(msgspec.Struct, frozen=True, gc=False):
+    """``GET /api/v3/depth`` and ``/fapi/v1/depth``."""
+
+    lastUpdateId: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class RestAggTrade(msgspec.Struct, frozen=True, gc=False):
+    """One row of ``GET /api/v3/aggTrades`` (the stream's fields without the event wrapper)."""
+
+    id: int = msgspec.field(name="a")
+    p: float
+    q: float
+    T: int
+    m: bool
+
+
+RestKline = tuple[int, float, float, float, float, float, int, float, int, float, float, Any]
+_decode_rest_depth = msgspec.json.Decoder(RestDepth, strict=False).decode
+_decode_rest_trades = msgspec.json.Decoder(list[RestAggTrade], strict=False).decode
+_decode_rest_klines = msgspec.json.Decoder(list[RestKline], strict=False).decode
+
+
+def _rest(decode: Any, payload: bytes, what: str) -> Any:
+    try:
+        return decode(payload)
+    except msgspec.DecodeError as exc:
+        raise VenueProtocolError("invalid_rest_answer", f"{what}: {exc}") from exc
+
+
+def decode_snapshot(payload: bytes) -> RestDepth:
+    """Decode a REST depth snapshot.
+
+    Raises:
+        VenueProtocolError: kind ``invalid_rest_answer``.
+    """
+    return _rest(_decode_rest_depth, payload, "depth")  # type: ignore[no-any-return]
+
+
+def decode_agg_trades(payload: bytes) -> list[RestAggTrade]:
+    """Decode REST aggTrades (they fit :func:`trades_to_frame`)."""
+    return _rest(_decode_rest_trades, payload, "aggTrades")  # type: ignore[no-any-return]
+
+
+def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
+    """Decode REST klines into stored rows (the newest may still be open: callers filter)."""
+    rows = _rest(_decode_rest_klines, payload, "klines")
+    return [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10]) for r in rows]
+
+
+def snapshot_weight(market: Market, limit: int) -> int:
+    """Request weight of a depth snapshot of ``limit`` levels (PROTOCOLS.md §1.5, §2.5)."""
+    if market is Market.SPOT:
+        return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+    return 2 if limit < 100 else 5 if limit < 500 else 10 if limit < 1000 else 20
+
+
+def _plan(
+    market: Market,
+    specs: list[StreamSpec],
+    base_url: str,
+    channel: str,
+    protocol: Callable[[list[StreamSpec]], VenueProtocol],
+) -> list[ConnectionPlan]:
+    plans = []
+    for i in range(0, len(specs), MAX_STREAMS_PER_CONNECTION):
+        group = specs[i : i + MAX_STREAMS_PER_CONNECTION]
+        route = stream_route(market, group[0].name)
+        url = f"{base_url.rstrip('/')}{route}/stream?streams={'/'.join(s.name for s in group)}"
+        plans.append(
+            ConnectionPlan(
+                venue=Venue.BINANCE,
+                market=market,
+                url=url,
+                streams=tuple(group),
+                protocol=protocol(group),
+                max_lifetime=MAX_LIFETIME,
+                label=f"binance/{market}/{channel}/{i // MAX_STREAMS_PER_CONNECTION}",
+            )
+        )
+    return plans
+
+
+def _check(market: Market) -> None:
+    if market not in (Market.SPOT, Market.USDM):
+        raise ValueError(f"Binance has no market {market}")
 
 
 def plan_trade_connections(
@@ -234,26 +441,51 @@ def plan_trade_connections(
     Returns:
         One plan per group of at most :data:`MAX_STREAMS_PER_CONNECTION` streams.
     """
-    if market not in (Market.SPOT, Market.USDM):
-        raise ValueError(f"Binance has no market {market}")
-    specs = [StreamSpec(f"{s.lower()}@{trade_stream}", "trades", s) for s in symbols]
-    plans = []
-    for i in range(0, len(specs), MAX_STREAMS_PER_CONNECTION):
-        group = tuple(specs[i : i + MAX_STREAMS_PER_CONNECTION])
-        route = stream_route(market, group[0].name)
-        url = f"{base_url.rstrip('/')}{route}/stream?streams={'/'.join(s.name for s in group)}"
-        streams = {
-            s.name: TradeStream(Venue.BINANCE, market, s, trades_to_frame, max_rows=max_rows) for s in group
-        }
-        plans.append(
-            ConnectionPlan(
-                venue=Venue.BINANCE,
-                market=market,
-                url=url,
-                streams=group,
-                protocol=BinanceProtocol(streams),
-                max_lifetime=MAX_LIFETIME,
-                label=f"binance/{market}/trades/{i // MAX_STREAMS_PER_CONNECTION}",
-            )
+    _check(market)
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BinanceProtocol(
+            {s.name: TradeStream(Venue.BINANCE, market, s, trades_to_frame, max_rows=max_rows) for s in group}
         )
-    return plans
+
+    specs = [StreamSpec(f"{s.lower()}@{trade_stream}", "trades", s) for s in symbols]
+    return _plan(market, specs, base_url, "trades", protocol)
+
+
+def plan_book_connections(
+    market: Market,
+    symbols: tuple[str, ...],
+    base_url: str,
+    *,
+    snapshot_depth: int = 100,
+    max_buffer: int = 10_000,
+) -> list[ConnectionPlan]:
+    """Plan the diff-depth connections of one Binance market (``@depth@100ms``; ``/public`` on USD-M).
+
+    Args:
+        snapshot_depth: levels per side in each stored snapshot.
+        max_buffer: diffs buffered per symbol while a REST snapshot is pending.
+    """
+    _check(market)
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BinanceBookProtocol({
+            s.name: BookStream(Venue.BINANCE, market, s,
+                               BinanceBookSync(s.symbol, futures=market is Market.USDM, max_buffer=max_buffer),
+                               snapshot_depth=snapshot_depth)
+            for s in group
+        })
+
+    specs = [StreamSpec(f"{s.lower()}@depth@100ms", "book", s) for s in symbols]
+    return _plan(market, specs, base_url, "book", protocol)
+
+
+def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: str) -> list[ConnectionPlan]:
+    """Plan the 1-minute kline connections of one Binance market (``/market`` on USD-M)."""
+    _check(market)
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BinanceKlineProtocol({s.name: KlineStream(Venue.BINANCE, market, s) for s in group})
+
+    specs = [StreamSpec(f"{s.lower()}@kline_1m", "klines", s) for s in symbols]
+    return _plan(market, specs, base_url, "klines", protocol)

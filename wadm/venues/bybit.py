@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -23,18 +24,38 @@ import msgspec
 import orjson
 import polars as pl
 
+from wadm.book.sync import BybitBookSync
 from wadm.errors import VenueProtocolError
 from wadm.records import Market, Venue
-from wadm.venues.base import Ack, ConnectionPlan, Event, StreamSpec, TradeStream, VenueErrorReply
+from wadm.venues.base import (
+    Ack,
+    ConnectionPlan,
+    Event,
+    Gap,
+    SendFrames,
+    StreamSpec,
+    TradeStream,
+    VenueErrorReply,
+    VenueProtocol,
+)
+from wadm.venues.streams import BookStream, KlineRow, KlineStream
 
 __all__ = [
+    "BOOK_DEPTHS",
     "MAX_TOPICS_PER_REQUEST",
+    "BybitBookProtocol",
+    "BybitKlineProtocol",
     "BybitProtocol",
+    "decode_klines",
+    "decode_recent_trades",
+    "plan_book_connections",
+    "plan_kline_connections",
     "plan_trade_connections",
     "subscribe_frames",
     "trades_to_frame",
 ]
 
+BOOK_DEPTHS = (1, 50, 200, 1000)  # orderbook.{depth} levels offered on spot and linear (500 was retired)
 MAX_TOPICS_PER_REQUEST = 10  # the spot limit; linear accepts more but gains nothing from it
 MAX_TOPICS_PER_CONNECTION = 200
 RECENT_IDS = 20_000  # ids remembered per stream for de-duplication across a connection overlap
@@ -157,7 +178,7 @@ class BybitProtocol:
                 # missing, and Bybit ids cannot tell (recent-trade backfill comes later).
                 st.gap_open = False
                 if st.newest_ts():
-                    st.gaps.append((st.newest_ts(), trades[0].T * _MS, "disconnected", None))
+                    st.gaps.append(Gap(st.newest_ts(), trades[0].T * _MS, "disconnected"))
             recent = self._recent[msg.topic]
             items = st.items
             for trade in trades:
@@ -170,6 +191,164 @@ class BybitProtocol:
                     st.ts_recv.append(ts_recv)
             return None
         return _control(msg)
+
+    def accept_backfill(self, topic: str, trades: list[Any], start: int, end: int) -> list[Any]:
+        """Keep the REST trades of ``topic`` inside ``[start, end)`` (ns) that the stream never delivered."""
+        recent = self._recent[topic]
+        return [t for t in trades if start <= t.T * _MS < end and recent.add(t.i)]
+
+
+class BookData(msgspec.Struct, frozen=True, gc=False):
+    """``orderbook.{depth}.{symbol}`` data. ``seq`` (cross sequence) is skipped."""
+
+    b: list[tuple[float, float]]
+    a: list[tuple[float, float]]
+    u: int
+
+
+class Candle(msgspec.Struct, frozen=True, gc=False):
+    """One candle of ``kline.{interval}.{symbol}`` (a frame may carry two: the closed and the new)."""
+
+    start: int  # open time, ms
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    turnover: float
+    confirm: bool  # closed
+
+
+_decode_book = msgspec.json.Decoder(BookData, strict=False).decode
+_decode_candles = msgspec.json.Decoder(list[Candle], strict=False).decode
+
+
+def _topic_message(payload: bytes) -> Envelope:
+    try:
+        return _decode_envelope(payload)
+    except msgspec.ValidationError as exc:
+        raise VenueProtocolError("unknown_event", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise VenueProtocolError("invalid_json", str(exc)) from exc
+
+
+def _data(decode: Any, msg: Envelope) -> Any:
+    try:
+        return decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
+
+
+class BybitBookProtocol:
+    """Decodes ``orderbook`` snapshots and deltas into the book streams of one connection plan.
+
+    A broken book (a ``u`` gap or a crossed book) is answered with a resubscription of its
+    topic on the same connection: Bybit sends a fresh snapshot on subscribe.
+    """
+
+    def __init__(self, streams: dict[str, BookStream]) -> None:
+        self.streams = streams
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
+        msg = _topic_message(payload)
+        if not msg.topic:
+            return _control(msg)
+        st = self.streams.get(msg.topic)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.topic[:60])
+        d = _data(_decode_book, msg)
+        if st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * _MS, ts_recv):
+            return resubscribe(st)
+        return None
+
+
+def resubscribe(st: BookStream) -> SendFrames:
+    """Frames that make Bybit send a fresh snapshot of a book topic."""
+    st.resubscribes += 1
+    topic = [st.spec.name]
+    return SendFrames(subscribe_frames(topic, "unsubscribe") + subscribe_frames(topic), st.sync.last_reason)
+
+
+class BybitKlineProtocol:
+    """Decodes ``kline`` frames into the kline streams of one connection plan."""
+
+    def __init__(self, streams: dict[str, KlineStream]) -> None:
+        self.streams = streams
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
+        msg = _topic_message(payload)
+        if not msg.topic:
+            return _control(msg)
+        st = self.streams.get(msg.topic)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.topic[:60])
+        st.bars += 1
+        for c in _data(_decode_candles, msg):
+            st.on_bar(_kline_row(c, ts_recv), c.confirm)
+        return None
+
+
+def _kline_row(c: Candle, ts_recv: int) -> KlineRow:
+    return (c.start * _MS, ts_recv, c.open, c.high, c.low, c.close, c.volume, c.turnover, None, None, None)
+
+
+# -- REST answers -----------------------------------------------------------------------------
+
+
+class _RestResult(msgspec.Struct, frozen=True, gc=False):
+    list: msgspec.Raw = msgspec.Raw(b"null")  # absent from error answers (``"result": {}``)
+
+
+class _RestAnswer(msgspec.Struct, frozen=True, gc=False):
+    retCode: int
+    retMsg: str = ""
+    result: _RestResult | None = None
+
+
+class RestTrade(msgspec.Struct, frozen=True, gc=False):
+    """One row of ``GET /v5/market/recent-trade`` (it fits :func:`trades_to_frame`)."""
+
+    T: int = msgspec.field(name="time")
+    S: str = msgspec.field(name="side")
+    v: float = msgspec.field(name="size")
+    p: float = msgspec.field(name="price")
+    i: str = msgspec.field(name="execId")
+
+
+_decode_answer = msgspec.json.Decoder(_RestAnswer).decode
+_decode_rest_trades = msgspec.json.Decoder(list[RestTrade], strict=False).decode
+_decode_rest_klines = msgspec.json.Decoder(list[tuple[int, float, float, float, float, float, float]],
+                                           strict=False).decode
+
+
+def _result_list(payload: bytes, decode: Any, what: str) -> Any:
+    try:
+        answer = _decode_answer(payload)
+        if answer.retCode != 0 or answer.result is None or bytes(answer.result.list) == b"null":
+            raise VenueProtocolError("venue_error", f"{what}: retCode {answer.retCode}: {answer.retMsg[:200]}")
+        return decode(answer.result.list)
+    except msgspec.DecodeError as exc:
+        raise VenueProtocolError("invalid_rest_answer", f"{what}: {exc}") from exc
+
+
+def decode_recent_trades(payload: bytes) -> list[RestTrade]:
+    """Decode ``recent-trade`` (newest first on the wire), oldest first.
+
+    Raises:
+        VenueProtocolError: kinds ``venue_error`` or ``invalid_rest_answer``.
+    """
+    trades: list[RestTrade] = _result_list(payload, _decode_rest_trades, "recent-trade")
+    return sorted(reversed(trades), key=lambda t: t.T)  # stable: fills of one millisecond keep their order
+
+
+def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
+    """Decode ``kline`` (newest first on the wire) into stored rows, oldest first; the newest may be open."""
+    rows = _result_list(payload, _decode_rest_klines, "kline")
+    out: list[KlineRow] = [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[6], None, None, None)
+                           for r in rows]
+    return sorted(out)
 
 
 def _control(msg: Envelope) -> Event | None:
@@ -194,6 +373,34 @@ def subscribe_frames(topics: list[str], op: str = "subscribe") -> tuple[bytes, .
     )
 
 
+def _plan(
+    market: Market,
+    specs: list[StreamSpec],
+    base_url: str,
+    channel: str,
+    protocol: Callable[[list[StreamSpec]], VenueProtocol],
+) -> list[ConnectionPlan]:
+    if market not in (Market.SPOT, Market.LINEAR):
+        raise ValueError(f"Bybit has no market {market}")
+    plans = []
+    for i in range(0, len(specs), MAX_TOPICS_PER_CONNECTION):
+        group = specs[i : i + MAX_TOPICS_PER_CONNECTION]
+        plans.append(
+            ConnectionPlan(
+                venue=Venue.BYBIT,
+                market=market,
+                url=f"{base_url.rstrip('/')}/v5/public/{market.value}",
+                streams=tuple(group),
+                protocol=protocol(group),
+                subscribe_frames=subscribe_frames([s.name for s in group]),
+                app_ping=b'{"req_id":"ping","op":"ping"}',
+                app_ping_interval=PING_INTERVAL,
+                label=f"bybit/{market}/{channel}/{i // MAX_TOPICS_PER_CONNECTION}",
+            )
+        )
+    return plans
+
+
 def plan_trade_connections(
     market: Market, symbols: tuple[str, ...], base_url: str, *, max_rows: int = 500_000
 ) -> list[ConnectionPlan]:
@@ -205,24 +412,43 @@ def plan_trade_connections(
         base_url: WebSocket base URL, e.g. ``wss://stream.bybit.com``; ``/v5/public/<category>`` is appended.
         max_rows: bound of each stream's pending-trade buffer.
     """
-    if market not in (Market.SPOT, Market.LINEAR):
-        raise ValueError(f"Bybit has no market {market}")
-    specs = [StreamSpec(f"publicTrade.{s}", "trades", s) for s in symbols]
-    plans = []
-    for i in range(0, len(specs), MAX_TOPICS_PER_CONNECTION):
-        group = tuple(specs[i : i + MAX_TOPICS_PER_CONNECTION])
-        streams = {s.name: TradeStream(Venue.BYBIT, market, s, trades_to_frame, max_rows=max_rows) for s in group}
-        plans.append(
-            ConnectionPlan(
-                venue=Venue.BYBIT,
-                market=market,
-                url=f"{base_url.rstrip('/')}/v5/public/{market.value}",
-                streams=group,
-                protocol=BybitProtocol(streams),
-                subscribe_frames=subscribe_frames([s.name for s in group]),
-                app_ping=b'{"req_id":"ping","op":"ping"}',
-                app_ping_interval=PING_INTERVAL,
-                label=f"bybit/{market}/trades/{i // MAX_TOPICS_PER_CONNECTION}",
-            )
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BybitProtocol(
+            {s.name: TradeStream(Venue.BYBIT, market, s, trades_to_frame, max_rows=max_rows) for s in group}
         )
-    return plans
+
+    return _plan(market, [StreamSpec(f"publicTrade.{s}", "trades", s) for s in symbols], base_url, "trades",
+                 protocol)
+
+
+def plan_book_connections(
+    market: Market, symbols: tuple[str, ...], base_url: str, *, depth: int = 200, snapshot_depth: int = 100
+) -> list[ConnectionPlan]:
+    """Plan the ``orderbook.{depth}`` connections of one Bybit category.
+
+    Args:
+        depth: one of :data:`BOOK_DEPTHS`.
+        snapshot_depth: levels per side in each stored snapshot.
+    """
+    if depth not in BOOK_DEPTHS:
+        raise ValueError(f"Bybit has no orderbook.{depth}; use one of {BOOK_DEPTHS}")
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BybitBookProtocol({
+            s.name: BookStream(Venue.BYBIT, market, s, BybitBookSync(s.symbol), snapshot_depth=snapshot_depth)
+            for s in group
+        })
+
+    specs = [StreamSpec(f"orderbook.{depth}.{s}", "book", s) for s in symbols]
+    return _plan(market, specs, base_url, "book", protocol)
+
+
+def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: str) -> list[ConnectionPlan]:
+    """Plan the 1-minute kline connections of one Bybit category (``kline.1.{symbol}``)."""
+
+    def protocol(group: list[StreamSpec]) -> VenueProtocol:
+        return BybitKlineProtocol({s.name: KlineStream(Venue.BYBIT, market, s) for s in group})
+
+    return _plan(market, [StreamSpec(f"kline.1.{s}", "klines", s) for s in symbols], base_url, "klines",
+                 protocol)

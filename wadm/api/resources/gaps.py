@@ -9,21 +9,34 @@ import falcon.asgi
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_range, resolve_series
+from wadm.api.params import parse_choice, parse_limit, parse_range, resolve_series
 from wadm.config import Settings, StreamTarget
 from wadm.records import GAPS, BatchKey, Market, Venue
 from wadm.store.base import Store
 
-__all__ = ["GapsResource", "gaps_between"]
+__all__ = ["CHANNELS", "GapsResource", "gap_channel", "gaps_between"]
 
 _NS_PER_MS = 1_000_000
 MAX_LIMIT = 10_000
 
 
+CHANNELS = ("trades", "book", "klines")
+
+
+def gap_channel(stream: str) -> str:
+    """The channel a gap's stream belongs to: ``trades``, ``book`` or ``klines``."""
+    low = stream.lower()
+    if "depth" in low or low.startswith("orderbook") or low == "book_snapshots":
+        return "book"
+    if "kline" in low:
+        return "klines"
+    return "trades"
+
+
 async def gaps_between(
-    store: Store, venue: Venue, market: Market, symbol: str, start: int, end: int
+    store: Store, venue: Venue, market: Market, symbol: str, start: int, end: int, channel: str | None = None
 ) -> list[dict[str, Any]]:
-    """Gaps of one series that overlap ``[start, end]`` (ns), oldest first, as API rows."""
+    """Gaps of one series (of one channel, or all) that overlap ``[start, end]`` (ns), oldest first."""
     frame = await store.read(BatchKey(GAPS, venue, market, symbol), 0, end)
     if frame.height == 0:
         return []
@@ -33,6 +46,7 @@ async def gaps_between(
             "exchange": str(venue),
             "market": str(market),
             "symbol": symbol,
+            "channel": gap_channel(r["stream"]),
             "stream": r["stream"],
             "start": r["ts_event"] // _NS_PER_MS,
             "end": r["end"] // _NS_PER_MS,
@@ -40,6 +54,7 @@ async def gaps_between(
             "missing": r["missing"],
         }
         for r in rows.iter_rows(named=True)
+        if channel is None or gap_channel(r["stream"]) == channel
     ]
 
 
@@ -59,6 +74,9 @@ class GapsResource:
             now=time.time_ns(), default_span=self.settings.retention_gaps * 1_000_000_000,
         )
         limit = parse_limit(req.get_param("limit"), default=1000, maximum=MAX_LIMIT)
+        channel = req.get_param("channel")
+        if channel is not None:
+            channel = parse_choice("channel", channel, CHANNELS, "")
         if symbol:
             venue, mkt = resolve_series(self.targets, symbol, exchange, market)
             series = [(venue, mkt, symbol.upper())]
@@ -76,7 +94,7 @@ class GapsResource:
             ]
         rows: list[dict[str, Any]] = []
         for venue, mkt, sym in series:
-            rows += await gaps_between(self.store, venue, mkt, sym, start, end)
+            rows += await gaps_between(self.store, venue, mkt, sym, start, end, channel)
         rows.sort(key=lambda r: (r["start"], r["exchange"], r["market"], r["symbol"]))
         send_json(resp, {
             "start": start // _NS_PER_MS,

@@ -79,7 +79,7 @@ class TradesResource:
             qty="qty",
             side=pl.when(pl.col("side") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
         ).to_dicts()
-        gaps = await gaps_between(self.store, venue, market, symbol, start, end)
+        gaps = await gaps_between(self.store, venue, market, symbol, start, end, "trades")
         send_json(resp, {
             "exchange": str(venue),
             "market": str(market),

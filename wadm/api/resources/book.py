@@ -1,0 +1,148 @@
+"""``/api/v1/orderbook/{symbol}`` (the live book) and ``/api/v1/orderbook/{symbol}/history``.
+
+The live book is read from the collector's memory, so only the process that collects
+(``wadm run``) serves it. A book that is being rebuilt is answered with ``state: resyncing`` and
+no levels: it is never served as if it were live. History comes from the ``book_snapshots``
+table (one snapshot per ``BOOK_SNAPSHOT_INTERVAL``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+import falcon.asgi
+import orjson
+import polars as pl
+
+from wadm.api.json import send_json
+from wadm.api.params import parse_limit, parse_range, resolve_series
+from wadm.api.resources.gaps import gaps_between
+from wadm.book.sync import BookState
+from wadm.errors import QueryError
+from wadm.pipeline.service import Service
+from wadm.records import BOOK_SNAPSHOTS, BatchKey
+
+__all__ = ["BookHistoryResource", "BookResource"]
+
+_MS = 1_000_000
+DEFAULT_DEPTH = 20
+MAX_DEPTH = 1000
+DEFAULT_HISTORY_LIMIT = 60
+MAX_HISTORY_LIMIT = 3600
+
+
+class BookResource:
+    """The live order book of one symbol."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
+        venue, market = resolve_series(self.service.collected, symbol, req.get_param("exchange"),
+                                       req.get_param("market"))
+        symbol = symbol.upper()
+        depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
+        stream = self.service.books.get((venue, market, symbol))
+        if stream is None:
+            raise QueryError(None, f"no live book of {symbol} on {venue}/{market} in this process: books are "
+                                   "collected by `wadm run` (with the book channel enabled); stored snapshots "
+                                   f"are at /api/v1/orderbook/{symbol}/history", status=503, code="not_ready")
+        body: dict[str, Any] = {
+            "exchange": str(venue),
+            "market": str(market),
+            "symbol": symbol,
+            "ts": stream.ts_update // _MS if stream.ts_update else None,
+            "state": str(stream.state),
+        }
+        if stream.state is not BookState.LIVE:
+            send_json(resp, body | {"bids": [], "asks": [], "mid": None, "spread": None, "update_id": None,
+                                    "resyncs": sum(stream.sync.resyncs.values())})
+            return
+        bids, asks = stream.levels(depth)
+        mid, spread, bands = stream.metrics()
+        send_json(resp, body | {
+            "bids": bids,
+            "asks": asks,
+            "mid": mid,
+            "spread": spread,
+            "update_id": stream.book.update_id,
+            "depth": depth,
+            "bands": bands,
+            "received": stream.ts_recv // _MS,
+        })
+
+
+class BookHistoryResource:
+    """Stored book snapshots of one symbol in a range, oldest first, with cursor paging."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
+        svc = self.service
+        venue, market = resolve_series(svc.collected, symbol, req.get_param("exchange"), req.get_param("market"))
+        symbol = symbol.upper()
+        start, end = parse_range(
+            req.get_param("start"), req.get_param("end"), req.get_param("window"),
+            now=time.time_ns(), default_span=min(svc.settings.retention_book_snapshots, 3600) * 1_000_000_000,
+        )
+        limit = parse_limit(req.get_param("limit"), default=DEFAULT_HISTORY_LIMIT, maximum=MAX_HISTORY_LIMIT)
+        depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
+        if (raw := req.get_param("cursor")) is not None:
+            start = max(start, _decode_cursor(raw))
+        frame = await svc.store.read(BatchKey(BOOK_SNAPSHOTS, venue, market, symbol), start, end,
+                                     max_rows=limit + 1)
+        if frame.height:
+            frame = (frame.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+                     .unique(subset=["ts_event"], keep="last").sort("ts_event"))
+        more = frame.height > limit
+        frame = frame.head(limit)
+        snapshots = []
+        for row in frame.iter_rows(named=True):
+            bid_p, bid_q, ask_p, ask_q = row.pop("bid_price"), row.pop("bid_qty"), row.pop("ask_price"), \
+                row.pop("ask_qty")
+            snapshots.append({
+                "ts": row.pop("ts_event") // _MS,
+                "ts_update": row.pop("ts_update") // _MS,
+                "update_id": row.pop("update_id"),
+                "mid": row.pop("mid"),
+                "spread": row.pop("spread"),
+                "bids": [[p, q] for p, q in zip(bid_p[:depth], bid_q[:depth], strict=True)],
+                "asks": [[p, q] for p, q in zip(ask_p[:depth], ask_q[:depth], strict=True)],
+                "bands": {k: v for k, v in row.items() if k != "ts_recv"},
+            })
+        nxt = None
+        if more:
+            nxt = _encode_cursor(int(frame["ts_event"][-1]) + 1)
+        gaps = await gaps_between(svc.store, venue, market, symbol, start, end, "book")
+        send_json(resp, {
+            "exchange": str(venue),
+            "market": str(market),
+            "symbol": symbol,
+            "start": start // _MS,
+            "end": end // _MS,
+            "interval_s": svc.settings.book_snapshot_interval,
+            "count": len(snapshots),
+            "snapshots": snapshots,
+            "next": nxt,
+            "data_complete": not gaps,
+            "gaps": gaps,
+        })
+
+
+def _encode_cursor(ts: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts])).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str) -> int:
+    try:
+        (ts,) = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(ts, int):
+            raise ValueError
+        return ts
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise QueryError("cursor", "cursor is not one this API issued; pass the `next` of the previous page "
+                                   "unchanged, with the same other parameters") from None

@@ -1,0 +1,335 @@
+"""Recovery: the REST side of collection. Book snapshots, trade and kline backfill, resubscriptions.
+
+Theory of operation
+-------------------
+The venue protocols only *notice* what is wrong, synchronously, on the receive path: a Binance
+book asks for a snapshot (``sync.snapshot_requested``), a trade stream records a :class:`Gap`,
+a kline stream lists bars it never saw closed. :class:`Recovery` polls those flags a few times a
+second and runs one task per stream and problem, never more:
+
+* **Book snapshots** (Binance): ``GET depth`` for the one broken symbol, paced by the venue's
+  weight budget (shared by every request to that host), retried with backoff, honouring 429,
+  418 and ``Retry-After``. Diffs keep being buffered meanwhile; a snapshot that is older than
+  the buffer, or that arrives after the book was discarded again, is not used.
+* **Bybit books** need no REST: a broken book resubscribes its topic at once (the protocol
+  asks the link to); if no snapshot follows within ``RESUBSCRIBE_AFTER`` seconds, we ask again.
+* **Trade gaps**: Binance ``aggTrades`` from the first missing id, in order, up to the last
+  missing one (ids are contiguous, so the backfill is exact); Bybit ``recent-trade`` (no cursor)
+  covers a disconnect window only when its oldest trade is older than the window. Recovered
+  trades are de-duplicated against the stream and written as their own batch; what could not
+  be recovered goes to the ``gaps`` table.
+* **Klines**: closed bars missed across a disconnect are fetched by open time.
+
+Every backfill has a deadline (``WADM_BACKFILL_DEADLINE``): a venue that bans us for hours does not
+hold a task forever; what is still missing then is recorded as a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from wadm.book.sync import BookState
+from wadm.config import Settings
+from wadm.errors import VenueProtocolError
+from wadm.pipeline.writer import Writer
+from wadm.records import KLINES, TRADES, BatchKey, Market, Venue
+from wadm.transport.rest import RestClient, RestError, WeightBudget
+from wadm.transport.ws import Backoff, WsLink
+from wadm.venues import binance, bybit
+from wadm.venues.base import Gap, Stream, TradeStream
+from wadm.venues.streams import BookStream, KlineStream
+
+__all__ = ["Recovery"]
+
+log = logging.getLogger(__name__)
+
+TICK = 0.05
+RESUBSCRIBE_AFTER = 5.0
+MAX_ATTEMPTS = 8
+_MS = 1_000_000
+
+class Recovery:
+    """Runs the REST work the streams ask for. See the module docstring.
+
+    Args:
+        settings: REST base URLs and book sizes.
+        links: the collector links (their streams are polled).
+        writer: where backfilled rows and unrecoverable gaps go.
+        transport: an httpx transport for every REST client (tests); default: the network.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        links: list[WsLink],
+        writer: Writer,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.books: list[tuple[WsLink, BookStream]] = []
+        self.trades: list[tuple[WsLink, TradeStream]] = []
+        self.klines: list[tuple[WsLink, KlineStream]] = []
+        for link in links:
+            for st in link.plan.protocol.streams.values():
+                if isinstance(st, BookStream):
+                    self.books.append((link, st))
+                elif isinstance(st, TradeStream):
+                    self.trades.append((link, st))
+                elif isinstance(st, KlineStream):
+                    self.klines.append((link, st))
+        # Request budgets per venue host (PROTOCOLS.md §1.5, §2.5, §3.6): weight per minute for
+        # Binance, requests per 5 s for Bybit (spot and linear share the host).
+        bybit_client = RestClient(settings.bybit_rest_url, WeightBudget(600, window=5.0), transport=transport)
+        self.clients: dict[tuple[Venue, Market], RestClient] = {
+            (Venue.BINANCE, Market.SPOT): RestClient(settings.binance_spot_rest_url, WeightBudget(6000),
+                                                     transport=transport),
+            (Venue.BINANCE, Market.USDM): RestClient(settings.binance_usdm_rest_url, WeightBudget(2400),
+                                                     transport=transport),
+            (Venue.BYBIT, Market.SPOT): bybit_client,
+            (Venue.BYBIT, Market.LINEAR): bybit_client,
+        }
+        self.failures: Counter[str] = Counter()  # by stream name: REST attempts that failed
+        self._busy: set[tuple[int, str]] = set()  # (id of stream, job) running now
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resubscribed: dict[int, float] = {}
+        self._last_log: dict[str, float] = {}
+
+    async def run(self) -> None:
+        """Poll the streams and start recovery jobs, forever."""
+        while True:
+            self.step()
+            await asyncio.sleep(TICK)
+
+    async def close(self) -> None:
+        """Cancel running jobs and close the REST clients."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for client in set(self.clients.values()):
+            await client.close()
+
+    def step(self) -> None:
+        """Look at every stream once; start the jobs that are due."""
+        now = time.monotonic()
+        for link, book in self.books:
+            if book.venue is Venue.BINANCE:
+                if book.sync.snapshot_requested:
+                    self._start(book, "snapshot", lambda b=book: self._snapshot(b))  # type: ignore[misc]
+            else:
+                self._check_resubscribe(link, book, now)
+            if book.gaps:
+                self._record(book, book.take_gaps())
+        for _, trades in self.trades:
+            if trades.gaps:
+                for gap in trades.take_gaps():
+                    self._trade_gap(trades, gap)
+        for _, klines in self.klines:
+            if klines.missing:
+                ranges, klines.missing = klines.missing, []
+                for first, last in ranges:
+                    self._spawn(self._klines(klines, first, last), klines.spec.name)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _start(self, st: Stream, job: str, make: Callable[[], Awaitable[None]]) -> None:
+        key = (id(st), job)
+        if key in self._busy:
+            return
+        self._busy.add(key)
+
+        async def run() -> None:
+            try:
+                await make()
+            finally:
+                self._busy.discard(key)
+
+        self._spawn(run(), st.spec.name)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("Recovery job for %s failed: %r", name, t.exception(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _record(self, st: Stream, gaps: list[Gap]) -> None:
+        self.writer.record_gaps(BatchKey(st.table, st.venue, st.market, st.spec.symbol), st.spec.name, gaps)
+
+    def _log_limited(self, kind: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(kind, -60.0) >= 30.0:
+            self._last_log[kind] = now
+            log.warning(msg, *args, extra={"kind": kind})
+
+    async def _get(self, st: Stream, path: str, params: dict[str, str | int], weight: int,
+                   decode: Callable[[bytes], Any]) -> Any:
+        """One REST answer, retried with backoff (and the venue's ``Retry-After``) up to MAX_ATTEMPTS."""
+        client = self.clients[(st.venue, st.market)]
+        backoff = Backoff(0.5, 30.0)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return decode(await client.get_raw(path, params, weight=weight))
+            except (RestError, VenueProtocolError) as exc:
+                self.failures[st.spec.name] += 1
+                delay = max(backoff.next(), getattr(exc, "retry_after", None) or 0.0)
+                self._log_limited(f"{st.spec.name}:{path}", "%s: %s failed (%s); attempt %d of %d, next in %.1f s",
+                                  st.spec.name, path, exc, attempt, MAX_ATTEMPTS, delay)
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- books -------------------------------------------------------------------------------
+
+    async def _snapshot(self, book: BookStream) -> None:
+        """Fetch REST snapshots for one Binance book until one bridges its buffered diffs."""
+        spot = book.market is Market.SPOT
+        path = "/api/v3/depth" if spot else "/fapi/v1/depth"
+        limit = self.settings.book_depth if spot else min(self.settings.book_depth, 1000)
+        weight = binance.snapshot_weight(book.market, limit)
+        params: dict[str, str | int] = {"symbol": book.spec.symbol, "limit": limit}
+        backoff = Backoff(0.25, 10.0)
+        while book.sync.snapshot_requested:
+            epoch = book.sync.epoch
+            try:
+                snap = await self._get(book, path, params, weight, binance.decode_snapshot)
+            except (RestError, VenueProtocolError):
+                await asyncio.sleep(backoff.next())  # keep trying: a book without a snapshot is useless
+                continue
+            if book.sync.epoch != epoch or not book.sync.snapshot_requested:
+                continue  # the book was discarded meanwhile (reconnect): this answer is void
+            if book.on_snapshot(snap.lastUpdateId, snap.bids, snap.asks, limit, time.time_ns()):
+                log.info("%s/%s: book live from a snapshot at update %d", book.market, book.spec.symbol,
+                         snap.lastUpdateId, extra={"stream": book.spec.name})
+                return
+            if book.sync.snapshot_requested:
+                # Older than the buffered diffs (a lagging cache) or the buffer showed a gap: wait
+                # a little for the venue to catch up, then ask again; the buffer is kept.
+                await asyncio.sleep(backoff.next())
+
+    def _check_resubscribe(self, link: WsLink, book: BookStream, now: float) -> None:
+        key = id(book)
+        if book.state is BookState.LIVE or not link.state.connected or book.spec.name in link.failed_streams:
+            self._resubscribed.pop(key, None)
+            return
+        since = max(link.state.connected_since or now, self._resubscribed.setdefault(key, now))
+        if now - since >= RESUBSCRIBE_AFTER and link.send(bybit.resubscribe(book).frames):
+            self._resubscribed[key] = now
+            log.warning("%s/%s: no book snapshot after %.0f s; subscribing again", book.market, book.spec.symbol,
+                        RESUBSCRIBE_AFTER, extra={"stream": book.spec.name})
+
+    # -- trades ------------------------------------------------------------------------------
+
+    def _trade_gap(self, st: TradeStream, gap: Gap) -> None:
+        if st.venue is Venue.BINANCE and gap.first_id is not None and gap.last_id is not None:
+            self._spawn(self._deadline(st, gap, self._binance_trades(st, gap)), st.spec.name)
+        elif st.venue is Venue.BYBIT and gap.reason == "disconnected":
+            self._spawn(self._deadline(st, gap, self._bybit_trades(st, gap)), st.spec.name)
+        else:
+            self._record(st, [gap])
+
+    async def _deadline(self, st: Stream, gap: Gap, job: Awaitable[Gap | None]) -> None:
+        """Run a backfill; record what it could not recover (all of it on a timeout or error)."""
+        try:
+            async with asyncio.timeout(self.settings.backfill_deadline):
+                left = await job
+        except (TimeoutError, RestError, VenueProtocolError) as exc:
+            log.warning("%s: backfill gave up (%s); the window is recorded as a gap", st.spec.name, exc,
+                        extra={"stream": st.spec.name})
+            left = gap
+        if left is not None:
+            self._record(st, [left])
+
+    async def _binance_trades(self, st: TradeStream, gap: Gap) -> Gap | None:
+        """Fetch ``aggTrades`` from the first missing id to the last; return what is still missing."""
+        assert gap.first_id is not None and gap.last_id is not None
+        spot = st.market is Market.SPOT
+        path = "/api/v3/aggTrades" if spot else "/fapi/v1/aggTrades"
+        weight = 4 if spot else 20
+        next_id, got = gap.first_id, []
+        while next_id <= gap.last_id:
+            params: dict[str, str | int] = {"symbol": st.spec.symbol, "fromId": next_id, "limit": 1000}
+            try:
+                rows = await self._get(st, path, params, weight, binance.decode_agg_trades)
+            except (RestError, VenueProtocolError):
+                break
+            rows = [r for r in rows if next_id <= r.id <= gap.last_id]
+            if not rows:
+                break
+            got += rows
+            next_id = rows[-1].id + 1
+        if got:
+            frame = binance.trades_to_frame(got, [time.time_ns()] * len(got))
+            self.writer.add_frame(BatchKey(TRADES, st.venue, st.market, st.spec.symbol), frame)
+            st.backfilled += frame.height
+            log.info("%s: backfilled %d trades (ids %d-%d)", st.spec.name, frame.height, gap.first_id, next_id - 1,
+                     extra={"stream": st.spec.name})
+        if next_id > gap.last_id:
+            return None
+        start = got[-1].T * _MS if got else gap.start
+        return gap._replace(start=start, missing=gap.last_id - next_id + 1, first_id=next_id)
+
+    async def _bybit_trades(self, st: TradeStream, gap: Gap) -> Gap | None:
+        """Fetch ``recent-trade`` (best effort); return the part of the window it does not cover."""
+        link_protocol = next(
+            (link.plan.protocol for link, s in self.trades if s is st), None
+        )
+        assert isinstance(link_protocol, bybit.BybitProtocol)
+        limit = 60 if st.market is Market.SPOT else 1000
+        params: dict[str, str | int] = {"category": st.market.value, "symbol": st.spec.symbol, "limit": limit}
+        rows = await self._get(st, "/v5/market/recent-trade", params, 1, bybit.decode_recent_trades)
+        new = link_protocol.accept_backfill(st.spec.name, rows, gap.start, gap.end)
+        if new:
+            frame = bybit.trades_to_frame(new, [time.time_ns()] * len(new))
+            self.writer.add_frame(BatchKey(TRADES, st.venue, st.market, st.spec.symbol), frame)
+            st.backfilled += frame.height
+        oldest = rows[0].T * _MS if rows else gap.end
+        if oldest < gap.start:
+            return None  # the venue's recent trades reach back past the window: nothing is missing
+        log.info("%s: recent trades cover %d of the disconnect window; the rest is recorded as a gap",
+                 st.spec.name, len(new), extra={"stream": st.spec.name})
+        return gap._replace(end=min(gap.end, oldest))
+
+    # -- klines ------------------------------------------------------------------------------
+
+    async def _klines(self, st: KlineStream, first: int, last: int) -> None:
+        """Fetch closed 1-minute bars with open times in ``[first, last]`` (ms)."""
+        expected = (last - first) // st.interval_ms + 1
+        if st.venue is Venue.BINANCE:
+            spot = st.market is Market.SPOT
+            path = "/api/v3/klines" if spot else "/fapi/v1/klines"
+            params: dict[str, str | int] = {"symbol": st.spec.symbol, "interval": "1m", "startTime": first,
+                                            "endTime": last, "limit": 1000}
+            weight = 2 if spot else 5
+            decode: Callable[[bytes], Any] = lambda b: binance.decode_klines(b, time.time_ns())  # noqa: E731
+        else:
+            path = "/v5/market/kline"
+            params = {"category": st.market.value, "symbol": st.spec.symbol, "interval": "1", "start": first,
+                      "end": last, "limit": 1000}
+            weight = 1
+            decode = lambda b: bybit.decode_klines(b, time.time_ns())  # noqa: E731
+        kept = 0
+        try:
+            async with asyncio.timeout(self.settings.backfill_deadline):
+                kept = st.add_backfill(await self._get(st, path, params, weight, decode), first, last)
+        except (TimeoutError, RestError, VenueProtocolError) as exc:
+            log.warning("%s: kline backfill failed (%s)", st.spec.name, exc, extra={"stream": st.spec.name})
+        if kept < expected:
+            gap = Gap(first * _MS, (last + st.interval_ms) * _MS, "klines_missing", expected - kept)
+            self.writer.record_gaps(BatchKey(KLINES, st.venue, st.market, st.spec.symbol), st.spec.name, [gap])
