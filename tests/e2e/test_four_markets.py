@@ -1,0 +1,307 @@
+"""End to end on all four markets at once, with the deployment's default symbols, through faults.
+
+``wadm run`` (a real process, default settings apart from the endpoint URLs) collects trades,
+books and klines from an emulator running in a thread of this test process, so the test can
+read the emulator's truth: every trade it generated, its true books and its bars. Faults are
+injected throughout: sequence gaps, a crossed update, a Bybit ``u=1`` restart, failing, slow and
+stale snapshots, 429s, a silence across a minute boundary, dropped connections, a
+``serverShutdown`` and a silent stream. After each recovery the served books must equal the
+true books; at the end every trade the venue allows to backfill is stored exactly once, every
+trade missing is inside a recorded gap, and the closed klines match the emulator's bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.procs import Proc, wadm, wait_for
+from wadm.emulator import Emulator, SyntheticSpec, wall_clock_ms
+from wadm.emulator.bybit import trade_id_text
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+SERIES = [  # the deployment spec's default symbols
+    ("binance", "spot", "BTCUSDT"), ("binance", "spot", "ETHUSDT"), ("binance", "spot", "XRPUSDT"),
+    ("binance", "usdm", "BTCUSDT"),
+    ("bybit", "linear", "BTCUSDT"), ("bybit", "linear", "ETHUSDT"), ("bybit", "linear", "SOLUSDT"),
+    ("bybit", "spot", "BTCUSDT"),
+]
+LEAD = 40_000  # the emulator's clock starts this many ms before a minute boundary
+STALE_AFTER = 4
+
+
+class ThreadedEmulator:
+    """An :class:`Emulator` on its own event loop in a thread; ``call`` runs code on that loop."""
+
+    def __init__(self, specs: list[SyntheticSpec], clock: Callable[[], int]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready: Future[Emulator] = Future()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, args=(specs, clock), daemon=True)
+        self._thread.start()
+        self.emu = self.ready.result(timeout=30)
+        self.http = self.emu.http_url
+
+    def _run(self, specs: list[SyntheticSpec], clock: Callable[[], int]) -> None:
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            async with Emulator(synthetic=specs, seed=11, clock=clock) as emu:
+                self.ready.set_result(emu)
+                await self._stop.wait()
+
+        self.loop.run_until_complete(main())
+        self.loop.close()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
+
+    def control(self, action: str, **params: Any) -> dict[str, Any]:
+        r = httpx.get(f"{self.http}/control/{action}", params=params, timeout=10)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def close(self) -> None:
+        assert self._stop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+
+class Setup:
+    def __init__(self, emu: ThreadedEmulator, app: Proc, api: str) -> None:
+        self.emu, self.app, self.api = emu, app, api
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.api + path, params=params, timeout=10)
+
+    def healthy(self) -> bool:
+        return self.get("/health").status_code == 200
+
+    def wait_healthy(self, what: str) -> None:
+        wait_for(self.healthy, 60, what, self.app, interval=0.25)
+
+
+def _env(emu: ThreadedEmulator, data: Path) -> dict[str, str]:
+    base = emu.http
+    ws = base.replace("http://", "ws://")
+    return {
+        # Symbols are the defaults: nothing set.
+        "WADM_BINANCE_SPOT_WS_URL": f"{ws}/binance/spot",
+        "WADM_BINANCE_USDM_WS_URL": f"{ws}/binance/usdm",
+        "WADM_BYBIT_WS_URL": f"{ws}/bybit",
+        "WADM_BINANCE_SPOT_REST_URL": f"{base}/binance/spot",
+        "WADM_BINANCE_USDM_REST_URL": f"{base}/binance/usdm",
+        "WADM_BYBIT_REST_URL": f"{base}/bybit",
+        "COLLECTORS_START_DELAY": "0",
+        "WADM_STALE_AFTER": str(STALE_AFTER),
+        "WADM_RECONNECT_MIN_DELAY": "0.05",
+        "WADM_RECONNECT_MAX_DELAY": "0.5",
+        "WADM_FLUSH_INTERVAL": "0.2",
+        "WADM_BACKFILL_DEADLINE": "20",
+        "WADM_DATA_DIR": str(data),
+    }
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    now = wall_clock_ms()
+    # The emulator's next minute boundary is LEAD ms away. Its clock runs behind ours (a venue
+    # clock ahead of ours would put trades in our future, outside "the last hour").
+    offset = ((60_000 - LEAD) - now % 60_000) % 60_000 - 60_000
+    specs = [SyntheticSpec(market=m, symbol=s, rate=20, venue=v, book=True) for v, m, s in SERIES]
+    emu = ThreadedEmulator(specs, lambda: wall_clock_ms() + offset)
+    try:
+        port = free_port()
+        with wadm("run", _env(emu, tmp_path), port) as app:
+            s = Setup(emu, app, f"http://127.0.0.1:{port}")
+            s.wait_healthy("all 24 streams to go live")
+            yield s
+            assert app.popen.poll() is None, "wadm exited on its own:\n" + app.output
+    finally:
+        emu.close()
+
+
+def _params(venue: str, market: str) -> dict[str, str]:
+    return {"exchange": venue, "market": market}
+
+
+def _books_match(s: Setup) -> list[str]:
+    """Compare every served book with the emulator's true book while the market is paused."""
+    s.emu.control("pause")
+    try:
+        time.sleep(0.6)  # in-flight updates land
+        wrong = []
+        for venue, market, symbol in SERIES:
+            ours = s.get(f"/api/v1/orderbook/{symbol}", depth=50, **_params(venue, market)).json()
+            true = s.emu.control("book", venue=venue, market=market, symbol=symbol, depth=50)
+            bids = [[float(p), float(q)] for p, q in true["bids"]]
+            asks = [[float(p), float(q)] for p, q in true["asks"]]
+            if ours["state"] != "live" or ours["bids"] != bids or ours["asks"] != asks:
+                wrong.append(f"{venue}/{market}/{symbol}: {ours['state']} ours {ours['update_id']}")
+        return wrong
+    finally:
+        s.emu.control("resume")
+
+
+def _check_books(s: Setup, after: str) -> None:
+    wrong: list[str] = []
+
+    def exact() -> bool:
+        wrong[:] = _books_match(s)
+        return not wrong
+
+    wait_for(exact, 20, f"every served book to equal the true book after {after} ({wrong})", s.app, interval=0.5)
+
+
+def _stored_trades(s: Setup, venue: str, market: str, symbol: str) -> list[Any]:
+    ids: list[Any] = []
+    params: dict[str, Any] = {"limit": 10_000, "window": "1h", **_params(venue, market)}
+    while True:
+        body = s.get(f"/api/v1/trades/{symbol}", **params).json()
+        ids += [t["id"] for t in body["trades"]]
+        if body["next"] is None:
+            return ids
+        params["cursor"] = body["next"]
+
+
+def _gaps(s: Setup, venue: str, market: str, symbol: str, channel: str) -> list[dict[str, Any]]:
+    body = s.get("/api/v1/gaps", symbol=symbol, window="1h", channel=channel, **_params(venue, market)).json()
+    gaps: list[dict[str, Any]] = body["gaps"]
+    return gaps
+
+
+def _emulator_klines(s: Setup, venue: str, market: str, symbol: str, first: int, last: int) -> list[list[float]]:
+    if venue == "binance":
+        path = "/binance/spot/api/v3/klines" if market == "spot" else "/binance/usdm/fapi/v1/klines"
+        rows = httpx.get(s.emu.http + path, params={"symbol": symbol, "interval": "1m", "startTime": first,
+                                                     "endTime": last}, timeout=10).json()
+        return [[float(x) for x in r[:6]] for r in rows]
+    rows = httpx.get(s.emu.http + "/bybit/v5/market/kline", params={
+        "category": market, "symbol": symbol, "interval": "1", "start": first, "end": last}, timeout=10).json()
+    return sorted([float(x) for x in r[:6]] for r in rows["result"]["list"])
+
+
+def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
+    s = setup
+    c = s.emu.control
+    _check_books(s, "start")
+
+    # Book faults, one market each, while everything else keeps flowing.
+    assert c("gap", count=3, venue="binance", market="spot", symbol="BTCUSDT")["affected"] == 1
+    assert c("crossed", venue="binance", market="usdm", symbol="BTCUSDT")["affected"] == 1
+    assert c("gap", count=2, venue="bybit", market="linear", symbol="ETHUSDT")["affected"] == 1
+    assert c("restart_book", venue="bybit", market="linear", symbol="SOLUSDT")["affected"] == 1
+    c("fail_snapshots", count=2, market="spot", symbol="ETHUSDT")
+    assert c("gap", count=1, venue="binance", market="spot", symbol="ETHUSDT")["affected"] == 1
+    c("stale_snapshots", updates=20, count=1, market="spot", symbol="XRPUSDT")
+    assert c("gap", count=1, venue="binance", market="spot", symbol="XRPUSDT")["affected"] == 1
+    time.sleep(1.0)
+    _check_books(s, "gaps, a crossed update, a u=1 restart, failing and stale snapshots")
+
+    # A slow snapshot: the broken book is reported as resyncing, never served as live.
+    c("slow_snapshots", seconds=3, count=1, market="usdm")
+    assert c("gap", count=1, venue="binance", market="usdm", symbol="BTCUSDT")["affected"] == 1
+    time.sleep(0.8)
+    book = s.get("/api/v1/orderbook/BTCUSDT", **_params("binance", "usdm")).json()
+    assert book["state"] == "resyncing" and book["bids"] == [] and book["mid"] is None, book
+    health = s.get("/health")
+    assert health.status_code == 503
+    states = {(x["exchange"], x["market"], x["stream"]): x["state"] for x in health.json()["streams"]}
+    assert states[("binance", "usdm", "btcusdt@depth@100ms")] == "resyncing"
+    # 429 with Retry-After on the next snapshots of spot.
+    c("rest_status", status=429, count=2, retry_after=1, market="spot")
+    assert c("gap", count=1, venue="binance", market="spot", symbol="BTCUSDT")["affected"] == 1
+    s.wait_healthy("the books to resync after a slow snapshot and 429s")
+    _check_books(s, "a slow snapshot and 429s")
+
+    # Silence everything across a minute boundary: trades, diffs and the closing klines are lost.
+    # It outlasts STALE_AFTER, so the watchdog replaces the connections: on Bybit, whose trade
+    # ids cannot reveal a loss, the disconnect window is what tells us trades may be missing.
+    boundary_in = (60_000 - s.emu.call(s.emu.emu.clock) % 60_000) / 1000
+    assert boundary_in > 2, "the faults above took too long to reach the first minute boundary"
+    time.sleep(boundary_in - 1.0)
+    assert c("silence", seconds=STALE_AFTER + 1.5)["affected"] == 12
+    time.sleep(STALE_AFTER + 2.0)
+    s.wait_healthy("the streams to recover from the silence")
+    _check_books(s, "a silence across a minute boundary")
+
+    # Connections cut, a serverShutdown, one silent stream.
+    assert c("drop")["affected"] == 12
+    time.sleep(1.0)
+    assert c("shutdown", grace=1, venue="binance")["affected"] >= 1
+    assert c("silence_stream", seconds=STALE_AFTER + 3, stream="publicTrade.BTCUSDT", market="spot",
+             venue="bybit")["affected"] == 1
+    time.sleep(STALE_AFTER + 4)
+    s.wait_healthy("the streams to recover from drops, a shutdown and a silent stream")
+    _check_books(s, "drops, a serverShutdown and a silent stream")
+
+    # Let the next minute close normally too, then freeze the market and compare everything.
+    closes_in = (60_000 - s.emu.call(s.emu.emu.clock) % 60_000) / 1000
+    time.sleep(closes_in + 2.0)
+    c("pause")
+    time.sleep(1.5)
+
+    body = s.get("/health").json()
+    assert body["status"] == "ok", body
+    book_streams = {(x["exchange"], x["market"], x["symbol"]): x for x in body["streams"] if x["channel"] == "book"}
+    for key, resyncs in ((("binance", "spot", "BTCUSDT"), 2), (("binance", "usdm", "BTCUSDT"), 2),
+                         (("bybit", "linear", "ETHUSDT"), 1)):
+        assert book_streams[key]["resyncs"] >= resyncs, book_streams[key]
+
+    for venue, market, symbol in SERIES:
+        where = f"{venue}/{market}/{symbol}"
+        stored = _stored_trades(s, venue, market, symbol)
+        assert len(stored) == len(set(stored)), f"{where}: a trade was stored twice"
+        delivered = c("delivered", stream=f"{symbol.lower()}@aggTrade" if venue == "binance"
+                      else f"publicTrade.{symbol}", market=market, venue=venue)["ids"]
+        trade_gaps = _gaps(s, venue, market, symbol, "trades")
+        if venue == "binance":
+            # aggTrade ids are contiguous and REST aggTrades backfills them exactly.
+            assert stored == list(range(delivered[0], delivered[-1] + 1)), where
+            assert trade_gaps == [], where
+        else:
+            assert set(stored) >= {str(i) for i in delivered}, where
+            feed = s.emu.emu.feeds[("bybit", market, symbol)]
+            generated = s.emu.call(lambda f=feed: f.history.recent_trades(1_000_000))  # type: ignore[misc]
+            first_ts = min(r.ts_ms for r in generated if trade_id_text(market, r.trade_id) == str(delivered[0]))
+            have = set(stored)
+            missing = [r for r in generated if r.ts_ms >= first_ts and trade_id_text(market, r.trade_id) not in have]
+            uncovered = [r for r in missing
+                         if not any(g["start"] <= r.ts_ms <= g["end"] for g in trade_gaps)]
+            assert uncovered == [], f"{where}: {len(uncovered)} missing trades outside any recorded gap"
+
+        # Closed klines: every minute from the first closed bar we stored to the last, equal to
+        # the emulator's bars (the one closed during the silence came from REST).
+        bars = s.get(f"/api/v1/klines/{symbol}", interval="1m", window="1h", **_params(venue, market)).json()
+        closed = [b for b in bars["klines"] if b["closed"]]
+        assert len(closed) >= 2, f"{where}: {bars}"
+        assert [b["ts"] for b in closed] == list(range(closed[0]["ts"], closed[-1]["ts"] + 1, 60_000)), where
+        truth = _emulator_klines(s, venue, market, symbol, closed[0]["ts"], closed[-1]["ts"])
+        ours = [[float(b["ts"]), b["open"], b["high"], b["low"], b["close"], b["volume"]] for b in closed]
+        assert ours == truth, where
+        assert bars["data_complete"] is True, f"{where}: {bars['gaps']}"
+        klines_streams = {x["symbol"]: x for x in body["streams"]
+                          if x["channel"] == "klines" and x["exchange"] == venue and x["market"] == market}
+        assert klines_streams[symbol]["backfilled_klines"] >= 1, f"{where}: the bar closed in the silence"
+
+    # Book snapshots were stored every second, and the resync windows are recorded as gaps.
+    hist = s.get("/api/v1/orderbook/BTCUSDT/history", window="1m", limit=100, depth=5,
+                 **_params("binance", "spot")).json()
+    assert hist["count"] >= 30 and len(hist["snapshots"][0]["bids"]) == 5
+    assert any(g["reason"] == "book_gap" for g in _gaps(s, "binance", "spot", "BTCUSDT", "book"))
+    c("resume")
+    _check_books(s, "the end of the test")
