@@ -1,34 +1,48 @@
 """Order books: diff frames -> decode + sync + apply, and the stored top-100 snapshot with metrics.
 
-Two measurements, each against a baseline timed in the same run:
+Every figure is measured against a baseline timed in the same run (interleaved pairs, as in
+``bench_parse.py``); nothing here asserts on time. The checks are about correctness: every
+variant must leave the book an independent rebuild gives, and every way of taking a snapshot
+must produce ``BookStream.sample()``'s row.
 
-* **Diffs** (``book-*`` groups): every frame of a diff stream goes through the shipped protocol
-  (:class:`wadm.venues.binance.BinanceBookProtocol` or :class:`wadm.venues.bybit.BybitBookProtocol`
-  ``.feed``): msgspec decode, stream lookup, the venue's sequence rule, the level updates and the
-  crossed-book check. Each round starts from a fresh *live* book (seeded with the snapshot the
-  stream starts from, untimed), so state never drifts between rounds. Baseline: ``orjson.loads``
-  of the same frames, result dropped (the cheapest possible JSON parse).
+**Diffs** (``book-<venue>-<frames>`` groups). All frames of a stream go through the shipped
+protocol's ``feed`` (:class:`wadm.venues.binance.BinanceBookProtocol`,
+:class:`wadm.venues.bybit.BybitBookProtocol`): msgspec decode, stream lookup, the venue's
+sequence rule (:mod:`wadm.book.sync`), the level updates and the crossed-book check
+(:class:`wadm.book.l2.L2Book`). Every round starts from a fresh *live* book, seeded untimed
+from the snapshot the stream starts at, so state never drifts between rounds. Baseline:
+``orjson.loads`` of the same frames, result dropped.
 
-  Frame sets:
+* ``synthetic``: a seeded random stream (:func:`synthetic`) around 60,000.00 with 0.01 ticks and
+  5,000 levels per side, sparse like Binance spot BTCUSDT (one level per ~20 ticks); each diff
+  changes 5-30 levels (updates near the touch, deletions with quantity ``"0"``, inserts near or
+  inside the spread), prices and quantities as decimal strings. The Binance frames (spot
+  ``@depth@100ms``, contiguous ``U``/``u``) and the Bybit frames (``orderbook.200`` deltas after
+  an in-band snapshot of the same book) carry the *same* level changes.
+* ``recorded``: the depth frames of the two real captures in ``tests/data/binance`` that end
+  after each file's own 1,000-level REST snapshot (spot: 3,449 diffs, 36 levels each on
+  average; USD-M: 6,547 diffs of its ``@depth@0ms`` stream, 68 levels each).
 
-  - ``synthetic``: a seeded random stream around 60,000.00 with 0.01 ticks, a book of 5,000
-    levels per side; each diff changes 5-30 levels (updates near the touch, deletions with
-    quantity ``"0"``, inserts near or inside the spread), prices and quantities as decimal
-    strings. Binance frames (spot ``@depth@100ms``, ``U``/``u`` contiguous) and Bybit frames
-    (``orderbook.200`` deltas, ``u`` + 1) carry the *same* level changes.
-  - ``recorded``: the ``@depth@100ms`` frames of the two Binance recordings in
-    ``tests/data/binance`` (spot: 3,449 diffs, USD-M: 6,547, 36 and 68 levels per diff on
-    average) after each file's own 1,000-level REST snapshot.
+Rows marked "part of wadm" split the path: msgspec decode alone, sync + apply of pre-decoded
+diffs (``BookStream.on_diff``), ``L2Book.apply`` + ``crossed()`` alone. ``SortedDict book`` is
+the alternative to L2Book's dicts + lazy heaps: the same diffs into a ``sortedcontainers``
+``SortedDict`` per side.
 
-  Diagnostic rows split the spot path: msgspec decode alone, and the sync + apply of
-  pre-decoded diffs alone (``BookStream.on_diff``), plus ``L2Book.apply`` against a sorted
-  container (``sortedcontainers.SortedDict``) for the same diffs.
+**Snapshot** (``book-snapshot-<book>`` groups). :meth:`wadm.venues.streams.BookStream.sample`
+(the top 100 levels per side within the trusted bounds + mid, spread and the band metrics: one
+stored row) on a live book. Baseline: choosing the 100 best prices per side alone
+(``heapq.nlargest``/``nsmallest`` over the dict keys, what ``L2Book.top`` starts with). Books:
 
-* **Snapshot** (``book-snapshot``): :meth:`wadm.venues.streams.BookStream.sample` on a live
-  book of 5,000 levels per side (top 100 per side + mid, spread and the band metrics, one
-  stored row). Baseline: picking the 100 best prices per side alone (``heapq.nlargest`` /
-  ``nsmallest`` over the dict keys). Diagnostics: ``levels(100)`` and ``metrics()`` alone, and
-  the same row from a sorted container.
+* ``synthetic``: the synthetic book after its 10,000 diffs (about 5,000 levels per side, the
+  1% band holding ~2,900 of them); its dicts are still nearly in price order.
+* ``synthetic-shuffled``: the same levels loaded in random order. In a book that has run for
+  hours the dicts' insertion order drifts away from price order and the level objects are spread
+  over memory; this is the worst case of that drift.
+* ``recorded-spot``: the real spot book after its 3,449 diffs (~1,200 bid and ~2,200 ask levels).
+
+Alternatives produce the same row: ``sorted() keys + bisect`` (sort each side's keys, slice the
+top, bisect the band edges, ``sum(map(dict.__getitem__, slice))`` per nested band) and the same
+from a ``SortedDict`` book (no sort needed).
 
 Targets (the book issue): at least 50,000 diff messages/s through decode + sync + apply on one
 core; a top-100 snapshot with metrics in under 1 ms. The summary prints both verdicts.
@@ -231,7 +245,9 @@ def recorded(market: str) -> Recorded:
             if frame.startswith(b'{"lastUpdateId"'):
                 snapshot = orjson.loads(frame)
             elif b"@depth" in frame[:40]:
-                frames.append((frame, int(ts)))
+                # The USD-M capture subscribed to ``@depth@0ms`` (same payload, no batching); wadm
+                # plans ``@depth@100ms``, so the stream name is rewritten to match the plan.
+                frames.append((frame.replace(b'"btcusdt@depth@0ms"', b'"btcusdt@depth@100ms"', 1), int(ts)))
     assert snapshot is not None
     last = snapshot["lastUpdateId"]
     # Diffs the snapshot already holds are left out (spot: u <= lastUpdateId; USD-M: u < lastUpdateId).
@@ -368,9 +384,9 @@ DIFF_CASES: dict[str, tuple[str, list[str]]] = {
     "bybit-synthetic": (f"book: synthetic Bybit orderbook.200 deltas (same changes, {LEVELS:,} levels/side)",
                         [BASELINE, WADM, DECODE]),
     "binance-recorded-spot": ("book: recorded Binance spot diffs (tests/data, 1,000-level snapshot)",
-                              [BASELINE, WADM, DECODE, ON_DIFF]),
+                              [BASELINE, WADM, DECODE, ON_DIFF, L2_APPLY, SORTED_APPLY]),
     "binance-recorded-usdm": ("book: recorded Binance USD-M diffs (tests/data, 1,000-level snapshot)",
-                              [BASELINE, WADM, DECODE, ON_DIFF]),
+                              [BASELINE, WADM, DECODE, ON_DIFF, L2_APPLY, SORTED_APPLY]),
 }
 
 Prepare = Callable[[], Any]

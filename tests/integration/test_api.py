@@ -14,10 +14,21 @@ import pytest
 
 from tests.conftest import free_port
 from tests.procs import wadm
-from wadm.records import TRADE_SCHEMA_INT_ID, TRADES, BatchKey, Market, Venue
+from wadm.records import (
+    BOOK_SNAPSHOTS,
+    KLINE_SCHEMA,
+    KLINES,
+    TRADE_SCHEMA_INT_ID,
+    TRADES,
+    BatchKey,
+    Market,
+    Venue,
+    book_snapshot_schema,
+)
 from wadm.store import SqliteStore, encode_batch
 
 NOW_MS = int(time.time() * 1000) - 60_000
+KLINE_BASE = ((NOW_MS // 60_000) - 20) // 5 * 5 * 60_000  # ten closed 1m bars from a 5m boundary
 
 
 def _trades() -> pl.DataFrame:
@@ -39,7 +50,26 @@ async def _fill(path: Path, frame: pl.DataFrame) -> None:
         await store.write(key, encode_batch(frame.slice(start, 45)))
     other = BatchKey(TRADES, Venue.BINANCE, Market.USDM, "BTCUSDT")
     await store.write(other, encode_batch(frame.head(3).with_columns(id=pl.col("id") + 10**9)))
+    await store.write(BatchKey(KLINES, Venue.BINANCE, Market.SPOT, "BTCUSDT"), encode_batch(_klines()))
+    await store.write(BatchKey(BOOK_SNAPSHOTS, Venue.BINANCE, Market.SPOT, "BTCUSDT"), encode_batch(_snapshots()))
     await store.close()
+
+
+def _klines() -> pl.DataFrame:
+    rows = [((KLINE_BASE + i * 60_000) * 1_000_000, 0, 100.0 + i, 101.5 + i, 99.0 + i, 100.5 + i, i + 1.0,
+             (i + 1) * 100.0, 10 * i, 0.5 * (i + 1), 50.0 * (i + 1)) for i in range(10)]
+    return pl.DataFrame(rows, schema=KLINE_SCHEMA, orient="row")
+
+
+def _snapshots() -> pl.DataFrame:
+    rows = []
+    for k in range(5):
+        ts = (NOW_MS - 10_000 + k * 1000) * 1_000_000
+        bids = [round(100.0 - k - j * 0.01, 2) for j in range(10)]
+        asks = [round(100.01 - k + j * 0.01, 2) for j in range(10)]
+        rows.append((ts, ts - 5, ts - 1, 1000 + k, 100.005 - k, 0.01, *([1.0, 2.0, -1 / 3] * 3),
+                     bids, [1.0] * 10, asks, [2.0] * 10))
+    return pl.DataFrame(rows, schema=book_snapshot_schema(), orient="row")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +145,13 @@ def test_range_filters_accept_ms_and_iso(api: str) -> None:
         ("/api/v1/trades/BTCUSDT", {"exchange": "kraken"}, 400, "exchange", "binance, bybit"),
         ("/api/v1/trades/BTCUSDT", {"market": "options"}, 400, "market", "spot, usdm, linear"),
         ("/api/v1/nothing", {}, 404, None, "no such path"),
+        ("/api/v1/klines/BTCUSDT", {"market": "spot", "interval": "2m"}, 400, "interval", "1m, 5m, 15m, 1h, 4h"),
+        ("/api/v1/klines/BTCUSDT", {}, 400, "exchange", "exchange=binance&market=spot"),
+        ("/api/v1/orderbook/BTCUSDT", {"market": "spot", "depth": "0"}, 400, "depth", "1 to 1000"),
+        ("/api/v1/orderbook/BTCUSDT", {"market": "spot"}, 503, None, "/api/v1/orderbook/BTCUSDT/history"),
+        ("/api/v1/orderbook/DOGEUSDT/history", {}, 404, None, "DOGEUSDT is not collected"),
+        ("/api/v1/orderbook/BTCUSDT/history", {"market": "spot", "limit": "9999"}, 400, "limit", "1 to 3600"),
+        ("/api/v1/gaps", {"channel": "news"}, 400, "channel", "trades, book, klines"),
     ],
 )
 def test_errors_are_json_and_name_the_problem(
@@ -158,3 +195,46 @@ def test_health_without_collectors_reports_the_store(api: str) -> None:
     body = r.json()
     assert r.status_code == 200, body
     assert body["collectors"]["enabled"] is False and body["store"]["ok"] is True and body["streams"] == []
+
+
+def test_klines_come_at_every_interval(api: str) -> None:
+    start = KLINE_BASE
+    r = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="1m", start=start, limit=1500)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["exchange"], body["market"], body["interval"]) == ("binance", "spot", "1m")
+    bars = body["klines"]
+    assert [b["ts"] for b in bars] == [KLINE_BASE + i * 60_000 for i in range(10)]
+    assert bars[3] == {"ts": KLINE_BASE + 180_000, "open": 103.0, "high": 104.5, "low": 102.0, "close": 103.5,
+                       "volume": 4.0, "quote_volume": 400.0, "trades": 30, "taker_buy_volume": 2.0,
+                       "taker_buy_quote": 200.0, "closed": True, "minutes": 1}
+    five = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="5m", start=start).json()["klines"]
+    assert [b["ts"] for b in five] == [KLINE_BASE, KLINE_BASE + 300_000]
+    assert five[0] | {"quote_volume": 0} == {"ts": KLINE_BASE, "open": 100.0, "high": 105.5, "low": 99.0,
+                                             "close": 104.5, "volume": 15.0, "quote_volume": 0, "trades": 100,
+                                             "taker_buy_volume": 7.5, "taker_buy_quote": 750.0, "closed": True,
+                                             "minutes": 5}
+    one_hour = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="1h", start=start).json()["klines"]
+    assert sum(b["minutes"] for b in one_hour) == 10 and sum(b["volume"] for b in one_hour) == 55.0
+    # Without start: the newest bars up to end.
+    newest = _get(api, "/api/v1/klines/BTCUSDT", market="spot", limit=3).json()["klines"]
+    assert [b["ts"] for b in newest] == [KLINE_BASE + i * 60_000 for i in (7, 8, 9)]
+
+
+def test_book_history_pages_through_stored_snapshots(api: str) -> None:
+    seen = []
+    params: dict[str, object] = {"market": "spot", "window": "1h", "limit": 2, "depth": 3}
+    while True:
+        r = _get(api, "/api/v1/orderbook/BTCUSDT/history", **params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen += body["snapshots"]
+        if body["next"] is None:
+            break
+        params["cursor"] = body["next"]
+    assert [x["ts"] for x in seen] == [NOW_MS - 10_000 + k * 1000 for k in range(5)]
+    first = seen[0]
+    assert first["bids"] == [[100.0, 1.0], [99.99, 1.0], [99.98, 1.0]]
+    assert first["asks"] == [[100.01, 2.0], [100.02, 2.0], [100.03, 2.0]]
+    assert first["mid"] == 100.005 and first["update_id"] == 1000
+    assert first["bands"]["imbalance_0.1pct"] == -1 / 3

@@ -77,6 +77,13 @@ def test_symbols_file(tmp_path: Path) -> None:
         ({"WADM_BINANCE_TRADE_STREAM": "bookTicker"}, "WADM_BINANCE_TRADE_STREAM", "aggTrade, trade"),
         ({"WADM_SYMBOLS_FILE": "/nonexistent/symbols.yaml"}, "WADM_SYMBOLS_FILE", "existing YAML file"),
         ({"WADM_RECONNECT_MIN_DELAY": "5", "WADM_RECONNECT_MAX_DELAY": "1"}, "WADM_RECONNECT_MAX_DELAY", "at least"),
+        ({"BOOK_DEPTH": "10000"}, "BOOK_DEPTH", "between 5 and 5000"),
+        ({"BYBIT_BOOK_DEPTH": "500"}, "BYBIT_BOOK_DEPTH", "one of 1, 50, 200, 1000"),
+        ({"BOOK_SNAPSHOT_INTERVAL": "0"}, "BOOK_SNAPSHOT_INTERVAL", "between 0.1 and 3600"),
+        ({"BOOK_SNAPSHOT_DEPTH": "many"}, "BOOK_SNAPSHOT_DEPTH", "integer"),
+        ({"RETENTION_BOOK_SNAPSHOTS": "5"}, "RETENTION_BOOK_SNAPSHOTS", "between 60"),
+        ({"WADM_CHANNELS": "trades,news"}, "WADM_CHANNELS", "trades, book, klines"),
+        ({"WADM_BACKFILL_DEADLINE": "0"}, "WADM_BACKFILL_DEADLINE", "between 1 and 86400"),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_allowed(
@@ -112,3 +119,15 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     s = load_settings({}, cwd=tmp_path)
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_book_and_channel_settings_are_read(tmp_path: Path) -> None:
+    s = load_settings({"BOOK_DEPTH": "5000", "BYBIT_BOOK_DEPTH": "50", "BOOK_SNAPSHOT_INTERVAL": "0.5",
+                       "BOOK_SNAPSHOT_DEPTH": "20", "RETENTION_BOOK_SNAPSHOTS": "7200",
+                       "WADM_CHANNELS": " book , trades,book"}, cwd=tmp_path)
+    assert (s.book_depth, s.bybit_book_depth, s.book_snapshot_interval, s.book_snapshot_depth) == (5000, 50, 0.5, 20)
+    assert s.channels == ("book", "trades")
+    assert s.retention()["book_snapshots"] == 7200
+    defaults = load_settings({}, cwd=tmp_path)
+    assert defaults.channels == ("trades", "book", "klines") and defaults.book_depth == 1000
+    assert defaults.retention() == {"trades": 3600, "book_snapshots": 3600, "klines": 86400, "gaps": 604800}

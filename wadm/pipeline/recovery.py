@@ -39,6 +39,7 @@ import httpx
 from wadm.book.sync import BookState
 from wadm.config import Settings
 from wadm.errors import VenueProtocolError
+from wadm.pipeline import venue_info
 from wadm.pipeline.writer import Writer
 from wadm.records import KLINES, TRADES, BatchKey, Market, Venue
 from wadm.transport.rest import RestClient, RestError, WeightBudget
@@ -106,6 +107,7 @@ class Recovery:
 
     async def run(self) -> None:
         """Poll the streams and start recovery jobs, forever."""
+        self._spawn(self.read_venue_limits(), "exchangeInfo")
         while True:
             self.step()
             await asyncio.sleep(TICK)
@@ -119,6 +121,28 @@ class Recovery:
                 await task
         for client in set(self.clients.values()):
             await client.close()
+
+    async def read_venue_limits(self) -> None:
+        """Read Binance's published request-weight limits and check that the configured symbols trade.
+
+        A symbol the venue does not list (or that is not ``TRADING``) is reported on its streams,
+        like a refused subscription, so that its silence neither fails over the connection it
+        shares nor goes unexplained. Best effort: without an answer the defaults stay.
+        """
+        links: list[tuple[WsLink, Stream]] = [*self.books, *self.trades, *self.klines]
+        for market in (Market.SPOT, Market.USDM):
+            mine = [(link, st) for link, st in links if st.venue is Venue.BINANCE and st.market is market]
+            if not mine:
+                continue
+            symbols = sorted({st.spec.symbol for _, st in mine})
+            status = await venue_info.binance_symbols(self.clients[(Venue.BINANCE, market)], market, symbols)
+            for link, st in mine:
+                state = status.get(st.spec.symbol)
+                if state is not None and state != "TRADING":
+                    link.failed_streams[st.spec.name] = f"{st.spec.symbol} is {state} on binance/{market}"
+            for symbol in sorted({sym for sym, state in status.items() if state != "TRADING"}):
+                log.error("binance/%s: %s is %s on the venue; its streams will stay empty", market, symbol,
+                          status[symbol], extra={"symbol": symbol})
 
     def step(self) -> None:
         """Look at every stream once; start the jobs that are due."""

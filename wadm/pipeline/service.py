@@ -343,10 +343,11 @@ class Service:
         if not link.state.connected:
             return "connecting" if link.state.connects == 0 else "disconnected"
         last = link.last_message_at.get(st.spec.name)
+        allowed = link.silence_allowed.get(st.spec.name, link.stale_after)
         if last is None:
             since = link.state.connected_since or now
-            return "stale" if now - since >= link.stale_after else "waiting"
-        if now - last >= link.stale_after:
+            return "stale" if now - since >= allowed else "waiting"
+        if now - last >= allowed:
             return "stale"
         if isinstance(st, BookStream) and st.state is not BookState.LIVE:
             return "resyncing"  # a book that is not exact is not live, however fresh its messages

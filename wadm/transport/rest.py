@@ -56,6 +56,7 @@ class WeightBudget:
     ) -> None:
         self.limit = limit
         self.window = window
+        self.headroom = headroom
         self.allowed = max(1, int(limit * headroom))
         self.clock = clock
         self._spent: deque[tuple[float, int]] = deque()
@@ -64,6 +65,11 @@ class WeightBudget:
         self.throttled = 0  # 429 answers
         self.banned = 0  # 418 answers
         self._lock = asyncio.Lock()
+
+    def set_limit(self, limit: int) -> None:
+        """Use the limit the venue published (its rate-limit metadata) instead of our default."""
+        self.limit = limit
+        self.allowed = max(1, int(limit * self.headroom))
 
     def used(self) -> int:
         """Weight spent in the current window by us (or the venue's count, if higher)."""

@@ -185,6 +185,7 @@ class WsLink:
         self._seen = {name: 0 for name in plan.protocol.streams}
         self.progress_at = {name: 0.0 for name in plan.protocol.streams}
         self.last_message_at: dict[str, float] = {}  # monotonic time a stream's message count last moved
+        self.silence_allowed = {s.name: max(stale_after, s.min_silence) for s in plan.streams}
         self.failed_streams: dict[str, str] = {}  # streams the venue refused, with its message
 
     # -- called from the listener -------------------------------------------------------
@@ -348,7 +349,7 @@ class WsLink:
                 self.failed_streams.pop(name, None)
             elif name in self.failed_streams:
                 continue
-            elif now - self.progress_at[name] >= self.stale_after:
+            elif now - self.progress_at[name] >= self.silence_allowed.get(name, self.stale_after):
                 silent = name
         return silent
 

@@ -95,6 +95,9 @@ class StreamSpec:
     name: str  # the venue's stream or topic name, e.g. "btcusdt@aggTrade"
     channel: str  # "trades", "book" or "klines"
     symbol: str  # as the venue writes it, e.g. "BTCUSDT"
+    # The venue may legitimately stay silent this long on this stream (a kline stream of a quiet
+    # symbol pushes once a minute, when the bar closes); the watchdog waits at least this long.
+    min_silence: float = 0.0
 
 
 @dataclass(slots=True, eq=False)

@@ -34,7 +34,7 @@ from wadm.venues.base import (
     VenueErrorReply,
     VenueProtocol,
 )
-from wadm.venues.streams import BookStream, KlineRow, KlineStream
+from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, KlineRow, KlineStream
 
 __all__ = [
     "MAX_STREAMS_PER_CONNECTION",
@@ -487,5 +487,5 @@ def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: s
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
         return BinanceKlineProtocol({s.name: KlineStream(Venue.BINANCE, market, s) for s in group})
 
-    specs = [StreamSpec(f"{s.lower()}@kline_1m", "klines", s) for s in symbols]
+    specs = [StreamSpec(f"{s.lower()}@kline_1m", "klines", s, KLINE_MIN_SILENCE) for s in symbols]
     return _plan(market, specs, base_url, "klines", protocol)

@@ -38,7 +38,7 @@ from wadm.venues.base import (
     VenueErrorReply,
     VenueProtocol,
 )
-from wadm.venues.streams import BookStream, KlineRow, KlineStream
+from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, KlineRow, KlineStream
 
 __all__ = [
     "BOOK_DEPTHS",
@@ -450,5 +450,5 @@ def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: s
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
         return BybitKlineProtocol({s.name: KlineStream(Venue.BYBIT, market, s) for s in group})
 
-    return _plan(market, [StreamSpec(f"kline.1.{s}", "klines", s) for s in symbols], base_url, "klines",
-                 protocol)
+    specs = [StreamSpec(f"kline.1.{s}", "klines", s, KLINE_MIN_SILENCE) for s in symbols]
+    return _plan(market, specs, base_url, "klines", protocol)

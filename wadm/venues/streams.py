@@ -21,9 +21,10 @@ from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
 from wadm.records import BANDS, BOOK_SNAPSHOTS, KLINE_SCHEMA, KLINES, Market, Venue, book_snapshot_schema
 from wadm.venues.base import Gap, StreamSpec
 
-__all__ = ["BookStream", "KlineRow", "KlineStream"]
+__all__ = ["KLINE_MIN_SILENCE", "BookStream", "KlineRow", "KlineStream"]
 
 _MS = 1_000_000
+KLINE_MIN_SILENCE = 90.0  # a 1-minute kline stream pushes at least once a minute (the closing bar)
 
 # (ts_event, ts_recv, open, high, low, close, volume, quote_volume, trades, taker_buy_volume,
 # taker_buy_quote): one row of KLINE_SCHEMA.

@@ -89,7 +89,8 @@ class KlinesResource:
             start, end = now - window, now
         end = now if end is None else end
         newest_first = start is None
-        lo = end - limit * iv if start is None else start
+        lookback = max(limit * iv, svc.settings.retention_aggregates_1m * 1_000_000_000)
+        lo = end - lookback if start is None else start
         if lo > end:
             raise QueryError("start", "start must not be after end")
         lo -= lo % iv  # whole bars only
