@@ -79,7 +79,7 @@ async def test_rotation_is_make_before_break_and_loses_nothing(emu: Emulator, tm
 
 async def test_one_failing_connection_does_not_affect_the_others(emu: Emulator, tmp_path: Path) -> None:
     settings = _settings(emu)
-    dead = binance.plan_trade_connections(Market.SPOT, ("XRPUSDT",), f"ws://127.0.0.1:{free_port()}")
+    dead = binance.plan_trade_connections(Market.SPOT, ("ETHUSDT",), f"ws://127.0.0.1:{free_port()}")
     good = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), emu.urls["binance"]["spot"])
     svc = Service(settings, SqliteStore(tmp_path / "w.db"), plans=dead + good)
     await svc.start()
@@ -89,7 +89,7 @@ async def test_one_failing_connection_does_not_affect_the_others(emu: Emulator, 
         healthy, body = svc.health()
         assert not healthy
         states = {s["symbol"]: s["state"] for s in body["streams"]}
-        assert states == {"XRPUSDT": "connecting", "BTCUSDT": "live"}
+        assert states == {"ETHUSDT": "connecting", "BTCUSDT": "live"}
         assert "ConnectionRefusedError" in body["connections"][0]["last_error"]
     finally:
         await svc.stop()
@@ -160,3 +160,22 @@ async def test_server_pings_are_answered_and_a_hard_cut_is_survived(tmp_path: Pa
             assert emu.stats()["connections"], "connected again"
         finally:
             await svc.stop()
+
+
+async def test_a_symbol_the_venue_does_not_list_is_reported_and_does_not_fail_over_its_connection(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    targets = (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT", "NOPEUSDT")),)
+    svc = Service(_settings(emu, targets=targets), SqliteStore(tmp_path / "w.db"))
+    await svc.start()
+    try:
+        await _until(lambda: bool(svc.links[0].failed_streams), 10, "exchangeInfo to be read")
+        await asyncio.sleep(4.0)  # past stale_after: the silent stream must not replace the connection
+        healthy, body = svc.health()
+        states = {s["symbol"]: (s["state"], s["error"]) for s in body["streams"]}
+        assert states["BTCUSDT"] == ("live", None)
+        assert states["NOPEUSDT"] == ("subscription_failed", "NOPEUSDT is not listed on binance/spot")
+        assert not healthy  # a configured symbol is not being collected: that is not ok
+        assert svc.links[0].state.stale_reconnects == 0 and svc.links[0].state.reconnects == 0
+    finally:
+        await svc.stop()

@@ -8,13 +8,14 @@ twice the book. ``bench/bench_book.py`` measured this against a sorted container
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Iterable, Sequence
 
 from wadm.records import BANDS, band_name
 
-__all__ = ["L2Book", "book_metrics"]
+__all__ = ["L2Book", "book_metrics", "book_snapshot"]
 
 Level = tuple[float, float]
 
@@ -47,6 +48,10 @@ class L2Book:
         self.update_id = update_id
 
     def _rebuild(self) -> None:
+        # Keep each dict in price order too: the snapshot path sorts the keys, and a nearly
+        # sorted sequence sorts in linear time.
+        self.bids = dict(sorted(self.bids.items()))
+        self.asks = dict(sorted(self.asks.items()))
         self._bid_heap = [-p for p in self.bids]
         heapq.heapify(self._bid_heap)
         self._ask_heap = list(self.asks)
@@ -54,22 +59,24 @@ class L2Book:
 
     def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Apply one diff's levels."""
-        book, heap = self.bids, self._bid_heap
+        # PERF: the per-level loop is most of the cost of a diff; keep lookups local.
+        push = heapq.heappush
+        book, heap, pop = self.bids, self._bid_heap, self.bids.pop
         for p, q in bids:
-            if q == 0:
-                book.pop(p, None)
-            else:
+            if q:
                 if p not in book:
-                    heapq.heappush(heap, -p)
+                    push(heap, -p)
                 book[p] = q
-        book, heap = self.asks, self._ask_heap
+            else:
+                pop(p, None)
+        book, heap, pop = self.asks, self._ask_heap, self.asks.pop
         for p, q in asks:
-            if q == 0:
-                book.pop(p, None)
-            else:
+            if q:
                 if p not in book:
-                    heapq.heappush(heap, p)
+                    push(heap, p)
                 book[p] = q
+            else:
+                pop(p, None)
         if len(self._bid_heap) > 2 * len(self.bids) + 64 or len(self._ask_heap) > 2 * len(self.asks) + 64:
             self._rebuild()
 
@@ -96,36 +103,55 @@ class L2Book:
         self, depth: int, bid_floor: float = -math.inf, ask_ceiling: float = math.inf
     ) -> tuple[list[Level], list[Level]]:
         """The best ``depth`` levels per side within the trusted bounds: bids descending, asks ascending."""
-        bids = [(p, self.bids[p]) for p in heapq.nlargest(depth, self.bids) if p >= bid_floor]
-        asks = [(p, self.asks[p]) for p in heapq.nsmallest(depth, self.asks) if p <= ask_ceiling]
+        bids, asks, *_ = book_snapshot(self, depth, (), bid_floor, ask_ceiling)
         return bids, asks
 
 
-def book_metrics(
-    book: L2Book, bands: Sequence[float] = BANDS, bid_floor: float = -math.inf, ask_ceiling: float = math.inf
-) -> tuple[float | None, float | None, dict[str, float]]:
-    """Mid, spread, and per band around mid: bid depth, ask depth and imbalance.
+Metrics = dict[str, float]
+
+
+def book_snapshot(
+    book: L2Book,
+    depth: int,
+    bands: Sequence[float] = BANDS,
+    bid_floor: float = -math.inf,
+    ask_ceiling: float = math.inf,
+) -> tuple[list[Level], list[Level], float | None, float | None, Metrics]:
+    """Top ``depth`` trusted levels per side, mid, spread, and per band around mid the bid depth,
+    ask depth and imbalance.
 
     Only levels within the trusted bounds count. Imbalance is ``(bid - ask) / (bid + ask)`` of
     the quantities within the band, in [-1, 1]. Keys look like ``bid_depth_0.1pct``.
     """
-    bid, ask = book.best_bid(), book.best_ask()
-    if bid is None or ask is None:
-        return None, None, {}
+    # PERF: one sort per side serves the top levels and every band (a slice sum each); the dicts
+    # are kept nearly in price order (L2Book._rebuild), so the sorts are close to linear.
+    bid_keys, ask_keys = sorted(book.bids), sorted(book.asks)
+    if bid_floor > -math.inf:
+        del bid_keys[: bisect.bisect_left(bid_keys, bid_floor)]
+    if ask_ceiling < math.inf:
+        del ask_keys[bisect.bisect_right(ask_keys, ask_ceiling):]
+    bid_qty, ask_qty = book.bids.__getitem__, book.asks.__getitem__
+    top_bids = [(p, bid_qty(p)) for p in reversed(bid_keys[-depth:])] if depth else []
+    top_asks = [(p, ask_qty(p)) for p in ask_keys[:depth]]
+    if not bid_keys or not ask_keys:
+        return top_bids, top_asks, None, None, {}
+    bid, ask = bid_keys[-1], ask_keys[0]
     mid = (bid + ask) / 2
-    widest = max(bands)
-    # PERF: one pass per side collects the levels inside the widest band; narrower bands reuse them.
-    lo, hi = max(mid * (1 - widest), bid_floor), min(mid * (1 + widest), ask_ceiling)
-    near_bids = [(p, q) for p, q in book.bids.items() if p >= lo]
-    near_asks = [(p, q) for p, q in book.asks.items() if p <= hi]
-    out: dict[str, float] = {}
+    out: Metrics = {}
     for band in bands:
-        blo, ahi = mid * (1 - band), mid * (1 + band)
-        b = sum(q for p, q in near_bids if p >= blo)
-        a = sum(q for p, q in near_asks if p <= ahi)
+        b = sum(map(bid_qty, bid_keys[bisect.bisect_left(bid_keys, mid * (1 - band)):]))
+        a = sum(map(ask_qty, ask_keys[: bisect.bisect_right(ask_keys, mid * (1 + band))]))
         name = band_name(band)
         # Sums of decimal quantities carry float noise; 10 decimals is far below any venue's step.
         out[f"bid_depth_{name}"] = round(b, 10)
         out[f"ask_depth_{name}"] = round(a, 10)
         out[f"imbalance_{name}"] = round((b - a) / (b + a), 10) if b + a else 0.0
-    return round(mid, 10), round(ask - bid, 10), out
+    return top_bids, top_asks, round(mid, 10), round(ask - bid, 10), out
+
+
+def book_metrics(
+    book: L2Book, bands: Sequence[float] = BANDS, bid_floor: float = -math.inf, ask_ceiling: float = math.inf
+) -> tuple[float | None, float | None, Metrics]:
+    """Mid, spread and band metrics of the trusted book (see :func:`book_snapshot`)."""
+    _, _, mid, spread, out = book_snapshot(book, 0, bands, bid_floor, ask_ceiling)
+    return mid, spread, out

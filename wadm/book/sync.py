@@ -102,11 +102,10 @@ class BinanceBookSync:
         self, first: int, last: int, prev: int, bids: Sequence[Level], asks: Sequence[Level]
     ) -> NeedSnapshot | None:
         """Take one diff (``U``, ``u``, ``pu`` or -1, levels)."""
-        diff = _Diff(first, last, prev, bids, asks)
         if self.state is BookState.RESYNCING:
-            return self._buffer(diff)
-        problem = self._apply(diff)
-        return None if problem is None else self._resync(problem, diff)
+            return self._buffer(_Diff(first, last, prev, bids, asks))
+        problem = self._apply(first, last, prev, bids, asks)  # PERF: no _Diff on the live path
+        return None if problem is None else self._resync(problem, _Diff(first, last, prev, bids, asks))
 
     def on_snapshot(self, last_update_id: int, bids: Sequence[Level], asks: Sequence[Level]) -> NeedSnapshot | None:
         """Take a REST snapshot; return another :class:`NeedSnapshot` if it cannot be used."""
@@ -122,7 +121,7 @@ class BinanceBookSync:
         pending = list(buf)
         buf.clear()
         for diff in pending:
-            problem = self._apply(diff)
+            problem = self._apply(diff.first, diff.last, diff.prev, diff.bids, diff.asks)
             if problem is not None:
                 return self._resync(problem, diff)
         return None
@@ -158,29 +157,29 @@ class BinanceBookSync:
         self.buffer.append(diff)  # newer than the book: a later snapshot may bridge it
         return self._ask(reason)
 
-    def _apply(self, d: _Diff) -> str | None:
+    def _apply(self, first: int, last: int, prev: int, bids: Sequence[Level], asks: Sequence[Level]) -> str | None:
         """Apply a diff to a live book; return why the book broke, or None."""
         book = self.book
         if self.futures:
             if self._prev < 0:  # first diff after the snapshot
-                if d.last < book.update_id:
+                if last < book.update_id:
                     return None
-                if d.first > book.update_id:
+                if first > book.update_id:
                     return "gap"
-            elif d.last <= self._prev:
+            elif last <= self._prev:
                 self.duplicates += 1
                 return None
-            elif d.prev != self._prev:
+            elif prev != self._prev:
                 return "gap"
-            self._prev = d.last
+            self._prev = last
         else:
-            if d.last <= book.update_id:
+            if last <= book.update_id:
                 self.duplicates += 1
                 return None
-            if d.first > book.update_id + 1:
+            if first > book.update_id + 1:
                 return "gap"
-        book.apply(d.bids, d.asks)
-        book.update_id = d.last
+        book.apply(bids, asks)
+        book.update_id = last
         return "crossed" if book.crossed() else None
 
 

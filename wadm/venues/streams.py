@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from wadm.book.l2 import L2Book, Level, book_metrics
+from wadm.book.l2 import L2Book, Level, book_metrics, book_snapshot
 from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
 from wadm.records import BANDS, BOOK_SNAPSHOTS, KLINE_SCHEMA, KLINES, Market, Venue, book_snapshot_schema
 from wadm.venues.base import Gap, StreamSpec
@@ -165,8 +165,8 @@ class BookStream:
         if len(self.rows) >= self.max_rows:
             self.dropped += 1
             return False
-        bids, asks = self.levels(self.snapshot_depth)
-        mid, spread, bands = self.metrics()
+        bids, asks, mid, spread, bands = book_snapshot(self.sync.book, self.snapshot_depth, self.bands,
+                                                       self.bid_floor, self.ask_ceiling)
         band_values = [bands.get(name) for name in self._band_columns]  # null when a side is empty
         self.rows.append((
             now, self.ts_update, self.ts_recv, self.sync.book.update_id, mid, spread, *band_values,
