@@ -14,10 +14,10 @@ from wadm.config import Settings, StreamTarget
 from wadm.emulator import ConnectionPolicy, Emulator
 from wadm.emulator.market import SyntheticSpec
 from wadm.pipeline.service import Service
-from wadm.records import TRADES, BatchKey, Market, Venue
+from wadm.records import GAPS, TRADES, BatchKey, Market, Venue
 from wadm.store import SqliteStore
 from wadm.venues import binance
-from wadm.venues.base import ConnectionPlan, Event
+from wadm.venues.base import ConnectionPlan, Event, TradeStream
 
 pytestmark = pytest.mark.asyncio
 
@@ -179,3 +179,34 @@ async def test_a_symbol_the_venue_does_not_list_is_reported_and_does_not_fail_ov
         assert svc.links[0].state.stale_reconnects == 0 and svc.links[0].state.reconnects == 0
     finally:
         await svc.stop()
+
+
+async def test_a_window_being_backfilled_is_reported_until_it_is_recovered(emu: Emulator, tmp_path: Path) -> None:
+    targets = (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),)
+    svc = Service(_settings(emu, targets=targets), SqliteStore(tmp_path / "w.db"))
+    await svc.start()
+    try:
+        await _until(lambda: svc.health()[0], 10, "the stream to go live")
+        emu.force_rest_status(503, count=1_000_000)  # the venue's REST API is down for now
+        emu.drop()
+        await _until(lambda: bool(svc.recovery.pending), 10, "a backfill to start")
+        await _until(lambda: bool(svc.recovery.pending_gaps(Venue.BINANCE, Market.SPOT, "BTCUSDT", 0, 2**62)),
+                     10, "the missing window to be pending")
+        rows = svc.recovery.pending_gaps(Venue.BINANCE, Market.SPOT, "BTCUSDT", 0, 2**62)
+        assert rows[0]["reason"] == "backfilling" and rows[0]["missing"] > 0
+        emu.clear_faults()  # REST is back: the next retry recovers the window
+        await _until(lambda: not any(svc.recovery.pending.values()), 60, "the backfill to finish")
+        stream = svc.streams[0][1]
+        assert isinstance(stream, TradeStream)
+        assert stream.backfilled == stream.missing_ids > 0
+        emu.pause()
+        await asyncio.sleep(0.5)
+    finally:
+        await svc.stop()
+    store = SqliteStore(tmp_path / "w.db")
+    await store.open()
+    ids = (await store.read(BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT"), 0, 2**62))["id"].to_list()
+    gaps = await store.read(BatchKey(GAPS, Venue.BINANCE, Market.SPOT, "BTCUSDT"), 0, 2**62)
+    await store.close()
+    assert sorted(ids) == list(range(min(ids), max(ids) + 1)) and len(set(ids)) == len(ids)
+    assert gaps.height == 0  # everything came back: no gap is recorded

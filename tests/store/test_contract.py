@@ -10,7 +10,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from wadm.errors import StoreError
-from wadm.records import BatchKey, Market, Venue, trade_schema
+from wadm.records import (
+    BOOK_SNAPSHOTS,
+    KLINE_SCHEMA,
+    KLINES,
+    BatchKey,
+    Market,
+    Venue,
+    book_snapshot_schema,
+    trade_schema,
+)
 from wadm.store.base import Store
 from wadm.store.codec import encode_batch
 
@@ -208,3 +217,17 @@ async def test_write_many_is_one_call_and_idempotent_per_batch(store: Store) -> 
     got = await store.read(BINANCE_SPOT, 0, 2**62)
     assert got.height == 10 and got["id"].n_unique() == 10
     assert (await store.read(BYBIT_LINEAR, 0, 2**62)).height == 3
+
+
+async def test_book_snapshots_and_klines_round_trip(store: Store) -> None:
+    """List columns (book levels) and nullable columns (Bybit klines) survive every store."""
+    book_key = BatchKey(BOOK_SNAPSHOTS, Venue.BINANCE, Market.USDM, "BTCUSDT")
+    rows = [(T0 + k * SECOND, T0 + k * SECOND - 7, T0 + k * SECOND - 3, 10 + k, 100.005, 0.01,
+             *([1.5, 2.5, -0.25] * 3), [100.0, 99.99], [1.0, 0.5], [100.01], [2.0]) for k in range(3)]
+    book = pl.DataFrame(rows, schema=book_snapshot_schema(), orient="row")
+    kline_key = BatchKey(KLINES, Venue.BYBIT, Market.LINEAR, "SOLUSDT")
+    klines = pl.DataFrame([(T0, T0 + 5, 150.0, 151.0, 149.5, 150.5, 12.0, 1806.0, None, None, None)],
+                          schema=KLINE_SCHEMA, orient="row")
+    await store.write_many([(book_key, encode_batch(book)), (kline_key, encode_batch(klines))])
+    assert_frame_equal(await store.read(book_key, T0, FAR), book, check_exact=True)
+    assert_frame_equal(await store.read(kline_key, T0, FAR), klines, check_exact=True)

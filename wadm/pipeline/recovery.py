@@ -32,7 +32,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -56,6 +56,15 @@ TICK = 0.05
 RESUBSCRIBE_AFTER = 5.0
 MAX_ATTEMPTS = 8
 _MS = 1_000_000
+
+class _Pending(NamedTuple):
+    """A trade window whose backfill is running."""
+
+    start: int
+    end: int
+    missing: int | None
+    stream: str
+
 
 class Recovery:
     """Runs the REST work the streams ask for. See the module docstring.
@@ -103,6 +112,8 @@ class Recovery:
         self._busy: set[tuple[int, str]] = set()  # (id of stream, job) running now
         self._tasks: set[asyncio.Task[None]] = set()
         self._resubscribed: dict[int, float] = {}
+        # Trade gaps whose backfill is running, per (venue, market, symbol).
+        self.pending: dict[tuple[Venue, Market, str], list[_Pending]] = {}
         self._last_log: dict[str, float] = {}
 
     async def run(self) -> None:
@@ -270,6 +281,10 @@ class Recovery:
 
     async def _deadline(self, st: Stream, gap: Gap, job: Awaitable[Gap | None]) -> None:
         """Run a backfill; record what it could not recover (all of it on a timeout or error)."""
+        series = (st.venue, st.market, st.spec.symbol)
+        entry = _Pending(gap.start, gap.end, gap.missing, st.spec.name)
+        pending = self.pending.setdefault(series, [])
+        pending.append(entry)  # served as a gap meanwhile: the window is not complete yet
         try:
             async with asyncio.timeout(self.settings.backfill_deadline):
                 left = await job
@@ -277,8 +292,20 @@ class Recovery:
             log.warning("%s: backfill gave up (%s); the window is recorded as a gap", st.spec.name, exc,
                         extra={"stream": st.spec.name})
             left = gap
+        finally:
+            pending.remove(entry)  # equal entries are interchangeable
         if left is not None:
             self._record(st, [left])
+
+    def pending_gaps(self, venue: Venue, market: Market, symbol: str, start: int, end: int) -> list[dict[str, Any]]:
+        """Trade windows overlapping ``[start, end]`` (ns) whose backfill is still running, as API gap rows."""
+        rows = []
+        for gap in self.pending.get((venue, market, symbol), []):
+            if gap.end >= start and gap.start <= end:
+                rows.append({"exchange": str(venue), "market": str(market), "symbol": symbol, "channel": "trades",
+                             "stream": gap.stream, "start": gap.start // _MS, "end": gap.end // _MS,
+                             "reason": "backfilling", "missing": gap.missing})
+        return rows
 
     async def _binance_trades(self, st: TradeStream, gap: Gap) -> Gap | None:
         """Fetch ``aggTrades`` from the first missing id to the last; return what is still missing."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Callable
+from typing import Any
 
 import falcon.asgi
 import orjson
@@ -19,10 +21,12 @@ from wadm.api.params import parse_limit, parse_range, resolve_series
 from wadm.api.resources.gaps import gaps_between
 from wadm.config import Settings, StreamTarget
 from wadm.errors import QueryError
-from wadm.records import TRADES, BatchKey, Venue, trade_schema
+from wadm.records import TRADES, BatchKey, Market, Venue, trade_schema
 from wadm.store.base import Store
 
-__all__ = ["TradesResource"]
+__all__ = ["PendingGaps", "TradesResource"]
+
+PendingGaps = Callable[[Venue, Market, str, int, int], list[dict[str, Any]]]
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -48,10 +52,12 @@ def _decode_cursor(raw: str, venue: Venue) -> tuple[int, int | str]:
 class TradesResource:
     """Raw trades from the store."""
 
-    def __init__(self, settings: Settings, targets: list[StreamTarget], store: Store) -> None:
+    def __init__(self, settings: Settings, targets: list[StreamTarget], store: Store,
+                 pending: PendingGaps | None = None) -> None:
         self.settings = settings
         self.targets = targets
         self.store = store
+        self.pending = pending  # windows still being backfilled (the collecting process only)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         venue, market = resolve_series(self.targets, symbol, req.get_param("exchange"), req.get_param("market"))
@@ -80,6 +86,8 @@ class TradesResource:
             side=pl.when(pl.col("side") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
         ).to_dicts()
         gaps = await gaps_between(self.store, venue, market, symbol, start, end, "trades")
+        if self.pending is not None:
+            gaps += self.pending(venue, market, symbol, start, end)
         send_json(resp, {
             "exchange": str(venue),
             "market": str(market),
