@@ -303,5 +303,8 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
                  **_params("binance", "spot")).json()
     assert hist["count"] >= 30 and len(hist["snapshots"][0]["bids"]) == 5
     assert any(g["reason"] == "book_gap" for g in _gaps(s, "binance", "spot", "BTCUSDT", "book"))
+    symbols = s.get("/api/v1/symbols").json()["symbols"]
+    assert {(x["exchange"], x["market"], x["symbol"]) for x in symbols} == set(SERIES)
+    assert all(sorted(x["channels"]) == ["book", "klines", "trades"] and x["collecting"] for x in symbols)
     c("resume")
     _check_books(s, "the end of the test")

@@ -351,6 +351,8 @@ class Service:
             return "stale"
         if isinstance(st, BookStream) and st.state is not BookState.LIVE:
             return "resyncing"  # a book that is not exact is not live, however fresh its messages
+        if isinstance(st, BookStream) and not st.book.bids and not st.book.asks:
+            return "empty"  # exact but without orders: delisted, halted or before an auction (Bybit u=1)
         return "live"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -54,18 +56,20 @@ class SymbolsResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         svc = self.service
         since = int(svc.started_at * 1000)
-        live = {(st.venue, st.market, st.spec.symbol): (link, st) for link, st in svc.streams}
+        live: dict[tuple[object, object, str], list[tuple[Any, Any]]] = {}
+        for link, st in svc.streams:
+            live.setdefault((st.venue, st.market, st.spec.symbol), []).append((link, st))
         rows = []
         for target in svc.collected:
             for symbol in target.symbols:
-                found = live.get((target.venue, target.market, symbol))
+                found = live.get((target.venue, target.market, symbol), [])
                 rows.append({
                     "exchange": str(target.venue),
                     "market": str(target.market),
                     "symbol": symbol,
-                    "streams": [found[1].spec.name] if found else [],
-                    "channels": ["trades"],
-                    "collecting": found is not None,
-                    "since": since if found and found[0].state.connects else None,
+                    "streams": [st.spec.name for _, st in found],
+                    "channels": [st.spec.channel for _, st in found],
+                    "collecting": bool(found),
+                    "since": since if found and any(link.state.connects for link, _ in found) else None,
                 })
         send_json(resp, {"symbols": rows, "count": len(rows)})
