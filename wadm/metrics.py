@@ -79,7 +79,8 @@ class _ServiceCollector(Collector):
         budget_labels = ["host"]
         throttled = CounterMetricFamily("wadm_rest_throttled_total", "429 answers (rate limited).",
                                         labels=budget_labels)
-        banned = CounterMetricFamily("wadm_rest_banned_total", "418 answers (IP ban).", labels=budget_labels)
+        banned = CounterMetricFamily("wadm_rest_banned_total", "418 and 403 answers (IP ban, WAF block).",
+                                     labels=budget_labels)
         requests = CounterMetricFamily("wadm_rest_requests_total", "REST requests sent.", labels=budget_labels)
         for client in {id(c): c for c in svc.recovery.clients.values()}.values():
             host = [client.base_url]

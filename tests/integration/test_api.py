@@ -51,7 +51,10 @@ async def _fill(path: Path, frame: pl.DataFrame) -> None:
     other = BatchKey(TRADES, Venue.BINANCE, Market.USDM, "BTCUSDT")
     await store.write(other, encode_batch(frame.head(3).with_columns(id=pl.col("id") + 10**9)))
     await store.write(BatchKey(KLINES, Venue.BINANCE, Market.SPOT, "BTCUSDT"), encode_batch(_klines()))
-    await store.write(BatchKey(BOOK_SNAPSHOTS, Venue.BINANCE, Market.SPOT, "BTCUSDT"), encode_batch(_snapshots()))
+    snapshots = _snapshots()
+    for first in range(0, snapshots.height, 2):  # tiny batches, as a 1 s cut of 1 s snapshots makes
+        await store.write(BatchKey(BOOK_SNAPSHOTS, Venue.BINANCE, Market.SPOT, "BTCUSDT"),
+                          encode_batch(snapshots.slice(first, 2)))
     await store.close()
 
 
@@ -63,7 +66,7 @@ def _klines() -> pl.DataFrame:
 
 def _snapshots() -> pl.DataFrame:
     rows = []
-    for k in range(5):
+    for k in range(10):
         ts = (NOW_MS - 10_000 + k * 1000) * 1_000_000
         bids = [round(100.0 - k - j * 0.01, 2) for j in range(10)]
         asks = [round(100.01 - k + j * 0.01, 2) for j in range(10)]
@@ -207,23 +210,31 @@ def test_klines_come_at_every_interval(api: str) -> None:
     assert [b["ts"] for b in bars] == [KLINE_BASE + i * 60_000 for i in range(10)]
     assert bars[3] == {"ts": KLINE_BASE + 180_000, "open": 103.0, "high": 104.5, "low": 102.0, "close": 103.5,
                        "volume": 4.0, "quote_volume": 400.0, "trades": 30, "taker_buy_volume": 2.0,
-                       "taker_buy_quote": 200.0, "closed": True, "minutes": 1}
+                       "taker_buy_quote": 200.0, "closed": True, "minutes": 1, "complete": True}
     five = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="5m", start=start).json()["klines"]
     assert [b["ts"] for b in five] == [KLINE_BASE, KLINE_BASE + 300_000]
     assert five[0] | {"quote_volume": 0} == {"ts": KLINE_BASE, "open": 100.0, "high": 105.5, "low": 99.0,
                                              "close": 104.5, "volume": 15.0, "quote_volume": 0, "trades": 100,
                                              "taker_buy_volume": 7.5, "taker_buy_quote": 750.0, "closed": True,
-                                             "minutes": 5}
-    one_hour = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="1h", start=start).json()["klines"]
+                                             "minutes": 5, "complete": True}
+    hourly = _get(api, "/api/v1/klines/BTCUSDT", market="spot", interval="1h", start=start).json()
+    one_hour = hourly["klines"]
     assert sum(b["minutes"] for b in one_hour) == 10 and sum(b["volume"] for b in one_hour) == 55.0
+    # Ten minutes of an hour (this API-only process collects nothing newer): the hourly bars are
+    # not complete, and the answer says so.
+    assert not any(b["complete"] for b in one_hour) and hourly["data_complete"] is False
+    assert hourly["partial_bars"] == [b["ts"] for b in one_hour]
     # Without start: the newest bars up to end.
-    newest = _get(api, "/api/v1/klines/BTCUSDT", market="spot", limit=3).json()["klines"]
-    assert [b["ts"] for b in newest] == [KLINE_BASE + i * 60_000 for i in (7, 8, 9)]
+    newest = _get(api, "/api/v1/klines/BTCUSDT", market="spot", limit=3).json()
+    assert [b["ts"] for b in newest["klines"]] == [KLINE_BASE + i * 60_000 for i in (7, 8, 9)]
+    assert newest["truncated"] is True
+    in_window = _get(api, "/api/v1/klines/BTCUSDT", market="spot", window="1h", limit=2).json()
+    assert [b["ts"] for b in in_window["klines"]] == [KLINE_BASE + i * 60_000 for i in (8, 9)]
 
 
 def test_book_history_pages_through_stored_snapshots(api: str) -> None:
     seen = []
-    params: dict[str, object] = {"market": "spot", "window": "1h", "limit": 2, "depth": 3}
+    params: dict[str, object] = {"market": "spot", "window": "1h", "limit": 3, "depth": 3}
     while True:
         r = _get(api, "/api/v1/orderbook/BTCUSDT/history", **params)
         assert r.status_code == 200, r.text
@@ -232,7 +243,7 @@ def test_book_history_pages_through_stored_snapshots(api: str) -> None:
         if body["next"] is None:
             break
         params["cursor"] = body["next"]
-    assert [x["ts"] for x in seen] == [NOW_MS - 10_000 + k * 1000 for k in range(5)]
+    assert [x["ts"] for x in seen] == [NOW_MS - 10_000 + k * 1000 for k in range(10)]
     first = seen[0]
     assert first["bids"] == [[100.0, 1.0], [99.99, 1.0], [99.98, 1.0]]
     assert first["asks"] == [[100.01, 2.0], [100.02, 2.0], [100.03, 2.0]]

@@ -48,3 +48,21 @@ def test_429_and_418_block_until_retry_after() -> None:
     assert budget.delay(1) == 0
     budget.observe(418, {})
     assert budget.delay(1) == 120 and budget.banned == 1
+
+
+def test_403_means_ten_minutes_of_silence_at_least() -> None:
+    clock = Clock()
+    budget = WeightBudget(600, window=5.0, clock=clock)
+    budget.observe(403, {"retry-after": "5"})  # "access too frequent": wait at least 10 minutes
+    assert budget.delay(1) == 600 and budget.banned == 1
+    clock.now += 600
+    budget.observe(403, {"retry-after": "1800"})
+    assert budget.delay(1) == 1800
+
+
+def test_the_published_limit_replaces_the_default() -> None:
+    clock = Clock()
+    budget = WeightBudget(6000, headroom=0.5, clock=clock)
+    budget.set_limit(1200)
+    _spend(budget, 600)
+    assert budget.delay(1) > 0 and budget.limit == 1200

@@ -247,6 +247,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "update_id": {"type": ["integer", "null"]},
                         "bands": {"type": "object", "description": "bid_depth_/ask_depth_/imbalance_ within "
                                   "0.1pct, 0.5pct and 1pct of mid."},
+                        "stale": {"type": "boolean", "description": "The stream has been silent past the "
+                                  "watchdog's limit: exact as of ts, but possibly old."},
+                        "age_ms": {"type": "integer", "description": "Time since the last update was received."},
                     },
                 },
                 "Klines": {
@@ -266,7 +269,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "taker_buy_quote": {"type": ["number", "null"]},
                             "closed": {"type": "boolean"},
                             "minutes": {"type": "integer", "description": "1-minute bars merged."},
+                            "complete": {"type": "boolean", "description": "Every minute that has ended "
+                                         "within the bar is there."},
                         }}},
+                        "truncated": {"type": "boolean", "description": "The range holds more bars."},
+                        "partial_bars": {"type": "array", "items": {"type": "integer"},
+                                         "description": "Open times of the bars that are not complete."},
                         "data_complete": {"type": "boolean"},
                         "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
                     },

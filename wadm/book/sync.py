@@ -126,6 +126,13 @@ class BinanceBookSync:
                 return self._resync(problem, diff)
         return None
 
+    def adopt(self, other: BinanceBookSync) -> None:
+        """Take the live book of ``other``, which followed the same diffs to the same update."""
+        assert other.state is BookState.LIVE and self.state is BookState.LIVE
+        assert other.book.update_id == self.book.update_id
+        self.book = other.book
+        self._prev = other._prev
+
     def reset(self, reason: str) -> None:
         """Discard the book and the buffer (the connection was lost): diffs in flight are gone."""
         if self.state is BookState.LIVE:

@@ -32,11 +32,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import httpx
 
-from wadm.book.sync import BookState
+from wadm.book.sync import BinanceBookSync, BookState
 from wadm.config import Settings
 from wadm.errors import VenueProtocolError
 from wadm.pipeline import venue_info
@@ -64,6 +65,17 @@ class _Pending(NamedTuple):
     end: int
     missing: int | None
     stream: str
+
+
+@dataclass
+class _Progress:
+    """How far a trade backfill got: what is still missing, and holes the venue cannot fill."""
+
+    left: Gap | None
+    holes: list[Gap] = field(default_factory=list)
+
+    def missing(self) -> list[Gap]:
+        return [*self.holes, *([self.left] if self.left is not None else [])]
 
 
 class Recovery:
@@ -158,10 +170,17 @@ class Recovery:
     def step(self) -> None:
         """Look at every stream once; start the jobs that are due."""
         now = time.monotonic()
+        now_ns = time.time_ns()
         for link, book in self.books:
             if book.venue is Venue.BINANCE:
                 if book.sync.snapshot_requested:
                     self._start(book, "snapshot", lambda b=book: self._snapshot(b))  # type: ignore[misc]
+                elif book.shadow is not None and book.shadow.snapshot_requested:
+                    self._start(book, "refresh", lambda b=book: self._snapshot(b, refresh=True))  # type: ignore[misc]
+                elif book.wants_refresh(now_ns):
+                    book.start_refresh(now_ns)  # the next diff asks for the snapshot
+                    log.info("%s/%s: the price is near the edge of the trusted book; re-seeding it beside the "
+                             "live one", book.market, book.spec.symbol, extra={"stream": book.spec.name})
             else:
                 self._check_resubscribe(link, book, now)
             if book.gaps:
@@ -232,28 +251,41 @@ class Recovery:
 
     # -- books -------------------------------------------------------------------------------
 
-    async def _snapshot(self, book: BookStream) -> None:
-        """Fetch REST snapshots for one Binance book until one bridges its buffered diffs."""
+    async def _snapshot(self, book: BookStream, *, refresh: bool = False) -> None:
+        """Fetch REST snapshots for one Binance book until one bridges its buffered diffs.
+
+        With ``refresh``, the snapshot seeds the book's shadow (:meth:`BookStream.start_refresh`)
+        while the live book keeps serving.
+        """
         spot = book.market is Market.SPOT
         path = "/api/v3/depth" if spot else "/fapi/v1/depth"
-        limit = self.settings.book_depth if spot else min(self.settings.book_depth, 1000)
+        limit = binance.snapshot_limit(book.market, self.settings.book_depth)
         weight = binance.snapshot_weight(book.market, limit)
         params: dict[str, str | int] = {"symbol": book.spec.symbol, "limit": limit}
         backoff = Backoff(0.25, 10.0)
-        while book.sync.snapshot_requested:
-            epoch = book.sync.epoch
+
+        def target() -> BinanceBookSync | None:
+            sync = book.shadow if refresh else book.sync
+            return sync if isinstance(sync, BinanceBookSync) and sync.snapshot_requested else None
+
+        while (sync := target()) is not None:
+            epoch = sync.epoch
             try:
                 snap = await self._get(book, path, params, weight, binance.decode_snapshot)
             except (RestError, VenueProtocolError):
                 await asyncio.sleep(backoff.next())  # keep trying: a book without a snapshot is useless
                 continue
-            if book.sync.epoch != epoch or not book.sync.snapshot_requested:
+            if target() is not sync or sync.epoch != epoch:
                 continue  # the book was discarded meanwhile (reconnect): this answer is void
-            if book.on_snapshot(snap.lastUpdateId, snap.bids, snap.asks, limit, time.time_ns()):
-                log.info("%s/%s: book live from a snapshot at update %d", book.market, book.spec.symbol,
-                         snap.lastUpdateId, extra={"stream": book.spec.name})
+            if refresh:
+                used = book.on_refresh_snapshot(snap.lastUpdateId, snap.bids, snap.asks, limit)
+            else:
+                used = book.on_snapshot(snap.lastUpdateId, snap.bids, snap.asks, limit, time.time_ns())
+            if used:
+                log.info("%s/%s: book %s from a snapshot at update %d", book.market, book.spec.symbol,
+                         "re-seeded" if refresh else "live", snap.lastUpdateId, extra={"stream": book.spec.name})
                 return
-            if book.sync.snapshot_requested:
+            if target() is not None:
                 # Older than the buffered diffs (a lagging cache) or the buffer showed a gap: wait
                 # a little for the venue to catch up, then ask again; the buffer is kept.
                 await asyncio.sleep(backoff.next())
@@ -264,38 +296,42 @@ class Recovery:
             self._resubscribed.pop(key, None)
             return
         since = max(link.state.connected_since or now, self._resubscribed.setdefault(key, now))
-        if now - since >= RESUBSCRIBE_AFTER and link.send(bybit.resubscribe(book).frames):
+        if now - since >= RESUBSCRIBE_AFTER and link.send(bybit.resubscribe_frames(book.spec.name)):
             self._resubscribed[key] = now
+            book.resubscribes += 1
             log.warning("%s/%s: no book snapshot after %.0f s; subscribing again", book.market, book.spec.symbol,
                         RESUBSCRIBE_AFTER, extra={"stream": book.spec.name})
 
     # -- trades ------------------------------------------------------------------------------
 
     def _trade_gap(self, st: TradeStream, gap: Gap) -> None:
-        if st.venue is Venue.BINANCE and gap.first_id is not None and gap.last_id is not None:
-            self._spawn(self._deadline(st, gap, self._binance_trades(st, gap)), st.spec.name)
+        aggregate_ids = self.settings.binance_trade_stream == "aggTrade"  # REST backfills aggTrade ids only
+        if st.venue is Venue.BINANCE and aggregate_ids and gap.first_id is not None and gap.last_id is not None:
+            self._spawn(self._deadline(st, gap, self._binance_trades), st.spec.name)
         elif st.venue is Venue.BYBIT and gap.reason == "disconnected":
-            self._spawn(self._deadline(st, gap, self._bybit_trades(st, gap)), st.spec.name)
+            self._spawn(self._deadline(st, gap, self._bybit_trades), st.spec.name)
         else:
             self._record(st, [gap])
 
-    async def _deadline(self, st: Stream, gap: Gap, job: Awaitable[Gap | None]) -> None:
-        """Run a backfill; record what it could not recover (all of it on a timeout or error)."""
+    async def _deadline(
+        self, st: TradeStream, gap: Gap, job: Callable[[TradeStream, _Progress], Awaitable[None]]
+    ) -> None:
+        """Run a backfill; record what it could not recover, including on a timeout, an error or shutdown."""
         series = (st.venue, st.market, st.spec.symbol)
         entry = _Pending(gap.start, gap.end, gap.missing, st.spec.name)
         pending = self.pending.setdefault(series, [])
         pending.append(entry)  # served as a gap meanwhile: the window is not complete yet
+        progress = _Progress(gap)
         try:
             async with asyncio.timeout(self.settings.backfill_deadline):
-                left = await job
+                await job(st, progress)
         except (TimeoutError, RestError, VenueProtocolError) as exc:
-            log.warning("%s: backfill gave up (%s); the window is recorded as a gap", st.spec.name, exc,
-                        extra={"stream": st.spec.name})
-            left = gap
+            log.warning("%s: backfill gave up (%s); what is still missing is recorded as a gap", st.spec.name,
+                        exc, extra={"stream": st.spec.name})
         finally:
             pending.remove(entry)  # equal entries are interchangeable
-        if left is not None:
-            self._record(st, [left])
+            if missing := progress.missing():
+                self._record(st, missing)  # also when cancelled at shutdown: the gap must not be forgotten
 
     def pending_gaps(self, venue: Venue, market: Market, symbol: str, start: int, end: int) -> list[dict[str, Any]]:
         """Trade windows overlapping ``[start, end]`` (ns) whose backfill is still running, as API gap rows."""
@@ -307,80 +343,88 @@ class Recovery:
                              "reason": "backfilling", "missing": gap.missing})
         return rows
 
-    async def _binance_trades(self, st: TradeStream, gap: Gap) -> Gap | None:
-        """Fetch ``aggTrades`` from the first missing id to the last; return what is still missing."""
-        assert gap.first_id is not None and gap.last_id is not None
+    async def _binance_trades(self, st: TradeStream, progress: _Progress) -> None:
+        """Fetch ``aggTrades`` from the first missing id to the last, writing each page as it comes."""
+        gap = progress.left
+        assert gap is not None and gap.first_id is not None and gap.last_id is not None
+        last_id = gap.last_id
         spot = st.market is Market.SPOT
         path = "/api/v3/aggTrades" if spot else "/fapi/v1/aggTrades"
         weight = 4 if spot else 20
-        next_id, got = gap.first_id, []
-        while next_id <= gap.last_id:
+        next_id, recovered = gap.first_id, 0
+        while next_id <= last_id:
             params: dict[str, str | int] = {"symbol": st.spec.symbol, "fromId": next_id, "limit": 1000}
-            try:
-                rows = await self._get(st, path, params, weight, binance.decode_agg_trades)
-            except (RestError, VenueProtocolError):
-                break
-            rows = [r for r in rows if next_id <= r.id <= gap.last_id]
+            rows = [r for r in await self._get(st, path, params, weight, binance.decode_agg_trades)
+                    if next_id <= r.id <= last_id]
             if not rows:
-                break
-            got += rows
-            next_id = rows[-1].id + 1
-        if got:
-            frame = binance.trades_to_frame(got, [time.time_ns()] * len(got))
+                break  # the venue has nothing more (ids older than it keeps): the rest stays a gap
+            start = progress.left.start if progress.left is not None else gap.start
+            for r in rows:  # ids the venue skipped cannot be recovered: each hole is a gap of its own
+                if r.id > next_id:
+                    progress.holes.append(Gap(start, r.T * _MS, "missing_ids", r.id - next_id, next_id, r.id - 1))
+                next_id, start = r.id + 1, r.T * _MS
+            frame = binance.trades_to_frame(rows, [time.time_ns()] * len(rows))
             self.writer.add_frame(BatchKey(TRADES, st.venue, st.market, st.spec.symbol), frame)
             st.backfilled += frame.height
-            log.info("%s: backfilled %d trades (ids %d-%d)", st.spec.name, frame.height, gap.first_id, next_id - 1,
-                     extra={"stream": st.spec.name})
-        if next_id > gap.last_id:
-            return None
-        start = got[-1].T * _MS if got else gap.start
-        return gap._replace(start=start, missing=gap.last_id - next_id + 1, first_id=next_id)
+            recovered += frame.height
+            progress.left = (gap._replace(start=start, missing=last_id - next_id + 1, first_id=next_id)
+                             if next_id <= last_id else None)
+        log.info("%s: backfilled %d trades (ids %d-%d)", st.spec.name, recovered, gap.first_id, next_id - 1,
+                 extra={"stream": st.spec.name})
 
-    async def _bybit_trades(self, st: TradeStream, gap: Gap) -> Gap | None:
-        """Fetch ``recent-trade`` (best effort); return the part of the window it does not cover."""
-        link_protocol = next(
-            (link.plan.protocol for link, s in self.trades if s is st), None
-        )
-        assert isinstance(link_protocol, bybit.BybitProtocol)
+    async def _bybit_trades(self, st: TradeStream, progress: _Progress) -> None:
+        """Fetch ``recent-trade`` (best effort); what it does not reach back over stays a gap."""
+        gap = progress.left
+        assert gap is not None
+        protocol = next((link.plan.protocol for link, s in self.trades if s is st), None)
+        assert isinstance(protocol, bybit.BybitProtocol)
         limit = 60 if st.market is Market.SPOT else 1000
         params: dict[str, str | int] = {"category": st.market.value, "symbol": st.spec.symbol, "limit": limit}
         rows = await self._get(st, "/v5/market/recent-trade", params, 1, bybit.decode_recent_trades)
-        new = link_protocol.accept_backfill(st.spec.name, rows, gap.start, gap.end)
+        new = protocol.accept_backfill(st.spec.name, rows, gap.start, gap.end)
         if new:
             frame = bybit.trades_to_frame(new, [time.time_ns()] * len(new))
             self.writer.add_frame(BatchKey(TRADES, st.venue, st.market, st.spec.symbol), frame)
             st.backfilled += frame.height
         oldest = rows[0].T * _MS if rows else gap.end
         if oldest < gap.start:
-            return None  # the venue's recent trades reach back past the window: nothing is missing
+            progress.left = None  # the venue's recent trades reach back past the window: nothing is missing
+            return
         log.info("%s: recent trades cover %d of the disconnect window; the rest is recorded as a gap",
                  st.spec.name, len(new), extra={"stream": st.spec.name})
-        return gap._replace(end=min(gap.end, oldest))
+        progress.left = gap._replace(end=min(gap.end, oldest))
 
     # -- klines ------------------------------------------------------------------------------
 
     async def _klines(self, st: KlineStream, first: int, last: int) -> None:
-        """Fetch closed 1-minute bars with open times in ``[first, last]`` (ms)."""
-        expected = (last - first) // st.interval_ms + 1
-        if st.venue is Venue.BINANCE:
-            spot = st.market is Market.SPOT
-            path = "/api/v3/klines" if spot else "/fapi/v1/klines"
-            params: dict[str, str | int] = {"symbol": st.spec.symbol, "interval": "1m", "startTime": first,
-                                            "endTime": last, "limit": 1000}
-            weight = 2 if spot else 5
-            decode: Callable[[bytes], Any] = lambda b: binance.decode_klines(b, time.time_ns())  # noqa: E731
-        else:
-            path = "/v5/market/kline"
-            params = {"category": st.market.value, "symbol": st.spec.symbol, "interval": "1", "start": first,
-                      "end": last, "limit": 1000}
-            weight = 1
-            decode = lambda b: bybit.decode_klines(b, time.time_ns())  # noqa: E731
-        kept = 0
+        """Fetch closed 1-minute bars with open times in ``[first, last]`` (ms), 1000 per request."""
+        iv = st.interval_ms
+        expected = (last - first) // iv + 1
+        kept, page_first = 0, first
         try:
             async with asyncio.timeout(self.settings.backfill_deadline):
-                kept = st.add_backfill(await self._get(st, path, params, weight, decode), first, last)
+                while page_first <= last:
+                    page_last = min(last, page_first + 999 * iv)
+                    rows = await self._get(st, *self._kline_request(st, page_first, page_last))
+                    kept += st.add_backfill(rows, page_first, page_last)
+                    page_first = page_last + iv
         except (TimeoutError, RestError, VenueProtocolError) as exc:
             log.warning("%s: kline backfill failed (%s)", st.spec.name, exc, extra={"stream": st.spec.name})
-        if kept < expected:
-            gap = Gap(first * _MS, (last + st.interval_ms) * _MS, "klines_missing", expected - kept)
-            self.writer.record_gaps(BatchKey(KLINES, st.venue, st.market, st.spec.symbol), st.spec.name, [gap])
+        finally:
+            if kept < expected:  # also when cancelled at shutdown
+                gap = Gap(first * _MS, (last + iv) * _MS, "klines_missing", expected - kept)
+                self.writer.record_gaps(BatchKey(KLINES, st.venue, st.market, st.spec.symbol), st.spec.name, [gap])
+
+    @staticmethod
+    def _kline_request(
+        st: KlineStream, first: int, last: int
+    ) -> tuple[str, dict[str, str | int], int, Callable[[bytes], Any]]:
+        if st.venue is Venue.BINANCE:
+            spot = st.market is Market.SPOT
+            return ("/api/v3/klines" if spot else "/fapi/v1/klines",
+                    {"symbol": st.spec.symbol, "interval": "1m", "startTime": first, "endTime": last, "limit": 1000},
+                    2 if spot else 5, lambda b: binance.decode_klines(b, time.time_ns()))
+        return ("/v5/market/kline",
+                {"category": st.market.value, "symbol": st.spec.symbol, "interval": "1", "start": first, "end": last,
+                 "limit": 1000},
+                1, lambda b: bybit.decode_klines(b, time.time_ns()))

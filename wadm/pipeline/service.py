@@ -134,6 +134,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._link_tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Task[None] | None = None
 
     def _on_batch(self, key: Any, rows: int, seconds: float) -> None:
         for callback in self.on_batch:
@@ -153,7 +154,7 @@ class Service:
         self._drain_task = self._spawn("writer-drain", self.writer.run_drain, restart=True)
         self._spawn("retention", self._sweep_forever, restart=True)
         if self.links:
-            self._spawn("recovery", self.recovery.run, restart=True)
+            self._recovery_task = self._spawn("recovery", self.recovery.run, restart=True)
             if self.books:
                 self._spawn("book-snapshots", self._sample_books, restart=True)
             self._spawn("collectors", self._start_collectors, restart=False)
@@ -240,7 +241,11 @@ class Service:
             link.stop()
         if self._link_tasks:
             await asyncio.wait(self._link_tasks, timeout=5)
-        await self.recovery.close()
+        if self._recovery_task is not None:  # no new recovery jobs from here on
+            self._recovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery_task
+        await self.recovery.close()  # running jobs record what they could not recover
         self.writer.close()
         if self._drain_task is not None:
             done, _ = await asyncio.wait([self._drain_task], timeout=deadline)
@@ -332,6 +337,12 @@ class Service:
             "connections": connections,
         }
         return status == "ok", body
+
+    def stream_state(self, st: Stream) -> str:
+        """The health state of one stream (``live``, ``stale``, ``resyncing``...)."""
+        link = next(link for link, s in self.streams if s is st)
+        link.check_progress()
+        return self._stream_state(link, st, time.monotonic())
 
     def _stream_state(self, link: WsLink, st: Stream, now: float) -> str:
         if link.state.failed:

@@ -1,7 +1,8 @@
 """The REST client: depth snapshots, backfill and metadata, paced within each venue's weight budget.
 
 Binance counts request *weight* per IP per minute and answers 429 when it is exceeded, then 418
-(an IP ban of 2 minutes to 3 days) to clients that ignore 429; both carry ``Retry-After``. A
+(an IP ban of 2 minutes to 3 days) to clients that ignore 429; both carry ``Retry-After``; a 403 is a
+WAF block (Binance) or "access too frequent" (Bybit), answered with 10 minutes of silence. A
 :class:`WeightBudget` is shared by every request to one venue host: requests wait for room in a
 rolling one-minute window, the venue's own ``X-MBX-USED-WEIGHT-1M`` header corrects our count,
 and after a 429 or 418 nothing is sent until ``Retry-After`` has passed. Bybit limits requests
@@ -107,8 +108,11 @@ class WeightBudget:
         used = headers.get("x-mbx-used-weight-1m")
         if used is not None and used.isdigit():
             self.venue_used = int(used)
-        if status in (429, 418):
-            retry = _retry_after(headers) or (60.0 if status == 429 else 120.0)
+        if status in (429, 418, 403):
+            # 429: over the limit; 418: banned for ignoring 429s; 403: a WAF block (Binance) or
+            # "access too frequent", which asks for at least 10 minutes of silence (Bybit).
+            default = {429: 60.0, 418: 120.0, 403: 600.0}[status]
+            retry = max(_retry_after(headers) or 0.0, default if status == 403 else 0.0) or default
             self.blocked_until = max(self.blocked_until, self.clock() + retry)
             if status == 429:
                 self.throttled += 1
@@ -185,7 +189,7 @@ class RestClient:
         if resp.status_code >= 300:
             self.failures += 1
             retry = _retry_after(resp.headers)
-            if resp.status_code in (429, 418):
+            if resp.status_code in (429, 418, 403):
                 log.warning("%s answered %d; pausing its requests for %.0f s", self.base_url, resp.status_code,
                             self.budget.blocked_until - self.budget.clock(), extra={"status": resp.status_code})
             raise RestError(

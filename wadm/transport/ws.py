@@ -97,6 +97,8 @@ class _Listener(picows.WSListener):
         self.disconnected = asyncio.Event()
         self.first_data = asyncio.Event()
         self.shutdown_notice = asyncio.Event()
+        self.first_data_at: float | None = None  # monotonic
+        self.disconnected_at: float | None = None
         self._partial: bytearray | None = None
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
@@ -124,6 +126,7 @@ class _Listener(picows.WSListener):
             return
         self.frames += 1
         if self.frames == 1:
+            self.first_data_at = time.monotonic()
             self.first_data.set()
         try:
             event = self.feed(payload, time.time_ns())
@@ -139,6 +142,7 @@ class _Listener(picows.WSListener):
             self.link.on_event(self, event)
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self.disconnected_at = time.monotonic()
         self.disconnected.set()
 
     def close(self) -> None:
@@ -399,6 +403,12 @@ class WsLink:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(new.first_data.wait(), HANDOVER_TIMEOUT)
+        lost, first = old.disconnected_at, new.first_data_at
+        if lost is not None and (first is None or lost < first):
+            # The old connection died before the new one delivered: data in between may be lost.
+            lost_at = time.time_ns()
+            for st in self.plan.protocol.streams.values():
+                st.connection_lost(lost_at)
         old.close()
         self.state.rotations += 1
         self.state.connected = True

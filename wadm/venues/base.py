@@ -129,6 +129,9 @@ class TradeStream:
     backfilled: int = 0  # trades recovered over REST
     gaps: list[Gap] = field(default_factory=list)  # windows of missing data found on this stream
     gap_open: bool = False  # the connection was lost; the next trade closes the window
+    # Trades dropped because the buffer was full since the last cut: [first ts, last ts, count,
+    # first id, last id] (ids -1 where the venue's ids are not contiguous).
+    drop_window: list[int] | None = None
 
     @property
     def table(self) -> str:
@@ -139,8 +142,23 @@ class TradeStream:
         """Venues without contiguous ids record the window when the next trade arrives."""
         self.gap_open = True
 
+    def note_drop(self, ts_event: int, trade_id: int | None) -> None:
+        """Count a trade dropped for a full buffer; the run of drops becomes one gap at the next cut."""
+        self.dropped += 1
+        tid = -1 if trade_id is None else trade_id
+        if self.drop_window is None:
+            self.drop_window = [ts_event, ts_event, 1, tid, tid]
+        else:
+            w = self.drop_window
+            w[1], w[2], w[4] = ts_event, w[2] + 1, tid
+
     def take(self) -> pl.DataFrame | None:
         """Cut the pending trades into a DataFrame and reset the buffer; ``None`` if empty."""
+        if self.drop_window is not None:
+            start, end, count, first_id, last_id = self.drop_window
+            self.drop_window = None
+            ids = (first_id, last_id) if first_id >= 0 and last_id - first_id + 1 == count else (None, None)
+            self.gaps.append(Gap(start, end, "buffer_full", count, *ids))
         if not self.items:
             return None
         items, ts_recv = self.items, self.ts_recv

@@ -47,6 +47,7 @@ __all__ = [
     "plan_book_connections",
     "plan_kline_connections",
     "plan_trade_connections",
+    "snapshot_limit",
     "snapshot_weight",
     "stream_route",
     "trades_to_frame",
@@ -183,7 +184,7 @@ class BinanceProtocol:
         st.last_id = tid
         items = st.items
         if len(items) >= st.max_rows:
-            st.dropped += 1
+            st.note_drop(d.T * _MS, tid)  # type: ignore[union-attr]
             return None
         items.append(d)
         st.ts_recv.append(ts_recv)
@@ -383,6 +384,16 @@ def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
     return [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10]) for r in rows]
 
 
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+
+
+def snapshot_limit(market: Market, depth: int) -> int:
+    """The snapshot ``limit`` to ask for: spot takes 1-5000; USD-M only the values it lists."""
+    if market is Market.SPOT:
+        return max(1, min(depth, 5000))
+    return max((v for v in USDM_DEPTH_LIMITS if v <= depth), default=USDM_DEPTH_LIMITS[0])
+
+
 def snapshot_weight(market: Market, limit: int) -> int:
     """Request weight of a depth snapshot of ``limit`` levels (PROTOCOLS.md §1.5, §2.5)."""
     if market is Market.SPOT:
@@ -458,13 +469,15 @@ def plan_book_connections(
     base_url: str,
     *,
     snapshot_depth: int = 100,
-    max_buffer: int = 10_000,
+    max_buffer: int = 2_000,
 ) -> list[ConnectionPlan]:
     """Plan the diff-depth connections of one Binance market (``@depth@100ms``; ``/public`` on USD-M).
 
     Args:
         snapshot_depth: levels per side in each stored snapshot.
-        max_buffer: diffs buffered per symbol while a REST snapshot is pending.
+        max_buffer: diffs buffered per symbol while a REST snapshot is pending (at 10 diffs/s,
+            200 s: longer than any snapshot should take; past it the oldest go and a newer
+            snapshot is fetched).
     """
     _check(market)
 

@@ -51,6 +51,7 @@ __all__ = [
     "plan_book_connections",
     "plan_kline_connections",
     "plan_trade_connections",
+    "resubscribe_frames",
     "subscribe_frames",
     "trades_to_frame",
 ]
@@ -60,6 +61,7 @@ MAX_TOPICS_PER_REQUEST = 10  # the spot limit; linear accepts more but gains not
 MAX_TOPICS_PER_CONNECTION = 200
 RECENT_IDS = 20_000  # ids remembered per stream for de-duplication across a connection overlap
 PING_INTERVAL = 20.0
+RESUBSCRIBE_EVERY = 1_000_000_000  # ns
 _MS = 1_000_000
 _TOPIC_RE = re.compile(r"topic:([\w.]+)")
 
@@ -185,7 +187,7 @@ class BybitProtocol:
                 if not recent.add(trade.i):
                     st.duplicates += 1
                 elif len(items) >= st.max_rows:
-                    st.dropped += 1
+                    st.note_drop(trade.T * _MS, None)
                 else:
                     items.append(trade)
                     st.ts_recv.append(ts_recv)
@@ -193,9 +195,9 @@ class BybitProtocol:
         return _control(msg)
 
     def accept_backfill(self, topic: str, trades: list[Any], start: int, end: int) -> list[Any]:
-        """Keep the REST trades of ``topic`` inside ``[start, end)`` (ns) that the stream never delivered."""
+        """Keep the REST trades of ``topic`` inside ``[start, end]`` (ns) that the stream never delivered."""
         recent = self._recent[topic]
-        return [t for t in trades if start <= t.T * _MS < end and recent.add(t.i)]
+        return [t for t in trades if start <= t.T * _MS <= end and recent.add(t.i)]
 
 
 class BookData(msgspec.Struct, frozen=True, gc=False):
@@ -258,16 +260,19 @@ class BybitBookProtocol:
         if st is None:
             raise VenueProtocolError("unknown_stream", msg.topic[:60])
         d = _data(_decode_book, msg)
-        if st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * _MS, ts_recv):
-            return resubscribe(st)
+        broken = st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * _MS, ts_recv)
+        if broken and ts_recv - st.last_resubscribe >= RESUBSCRIBE_EVERY:
+            # At most one resubscription per second per topic: a venue that keeps sending broken
+            # snapshots is not answered with a request storm (recovery retries later).
+            st.last_resubscribe = ts_recv
+            st.resubscribes += 1
+            return SendFrames(resubscribe_frames(st.spec.name), st.sync.last_reason)
         return None
 
 
-def resubscribe(st: BookStream) -> SendFrames:
-    """Frames that make Bybit send a fresh snapshot of a book topic."""
-    st.resubscribes += 1
-    topic = [st.spec.name]
-    return SendFrames(subscribe_frames(topic, "unsubscribe") + subscribe_frames(topic), st.sync.last_reason)
+def resubscribe_frames(topic: str) -> tuple[bytes, ...]:
+    """Frames that make Bybit send a fresh snapshot of a topic: unsubscribe, then subscribe."""
+    return subscribe_frames([topic], "unsubscribe") + subscribe_frames([topic])
 
 
 class BybitKlineProtocol:

@@ -56,6 +56,14 @@ class BookStream:
     ask_ceiling: float = math.inf
     snapshots: int = 0  # REST snapshots applied (Binance) or in-band snapshots taken (Bybit)
     resubscribes: int = 0
+    last_resubscribe: int = 0  # ns
+    # Binance: a second sync rebuilt from a fresh snapshot while the live book keeps serving, to
+    # move the trusted bounds when the price walks towards them (see :meth:`wants_refresh`).
+    shadow: BinanceBookSync | None = None
+    refreshes: int = 0
+    refresh_due: int = 0  # ns before which no refresh is asked for
+    short: bool = False  # the last sample found fewer trusted levels than snapshot_depth on a side
+    _shadow_bounds: tuple[float, float] = (-math.inf, math.inf)
     dropped: int = 0  # stored snapshots dropped because the buffer was full
     _state: BookState = BookState.RESYNCING
     _down_since: int | None = None
@@ -103,6 +111,7 @@ class BookStream:
         else:
             self._down_since = ts_recv
             self._down_reason = self.sync.last_reason
+            self.shadow = None  # the rebuild brings new bounds anyway
 
     def on_diff(self, first: int, last: int, prev: int, bids: Sequence[Level], asks: Sequence[Level],
                 ts_event: int, ts_recv: int) -> None:
@@ -114,6 +123,9 @@ class BookStream:
         sync.on_diff(first, last, prev, bids, asks)
         if sync.state is not self._state:
             self.note(ts_recv)
+        if self.shadow is not None:
+            self.shadow.on_diff(first, last, prev, bids, asks)
+            self._adopt_shadow()
 
     def on_message(self, snapshot: bool, update_id: int, bids: Sequence[Level], asks: Sequence[Level],
                    ts_event: int, ts_recv: int) -> bool:
@@ -145,9 +157,56 @@ class BookStream:
         self.note(ts_recv)
         return again is None and live
 
+    def wants_refresh(self, now: int) -> bool:
+        """True when a live Binance book should be re-seeded to move its trusted bounds.
+
+        A snapshot of N levels bounds what is known; when the price walks towards a bound, fewer
+        than ``snapshot_depth`` trusted levels remain on that side (:meth:`sample` notices).
+        Asked at most once a minute per book.
+        """
+        return (self.short and self.venue is Venue.BINANCE and self.shadow is None and now >= self.refresh_due
+                and self.sync.state is BookState.LIVE)
+
+    def start_refresh(self, now: int) -> BinanceBookSync:
+        """Start rebuilding the book beside the live one; the next diffs feed both."""
+        assert isinstance(self.sync, BinanceBookSync)
+        self.refresh_due = now + 60_000_000_000
+        self.shadow = BinanceBookSync(self.spec.symbol, futures=self.sync.futures,
+                                      max_buffer=self.sync.buffer.maxlen or 2000)
+        return self.shadow
+
+    def on_refresh_snapshot(self, last_update_id: int, bids: Sequence[Level], asks: Sequence[Level],
+                            limit: int) -> bool:
+        """Seed the shadow book; it replaces the live one once both are at the same update."""
+        shadow = self.shadow
+        if shadow is None or shadow.state is BookState.LIVE:
+            return False
+        shadow.on_snapshot(last_update_id, bids, asks)
+        after: BookState = shadow.state  # changed by on_snapshot
+        if after is not BookState.LIVE:
+            return False
+        self._shadow_bounds = (min(p for p, _ in bids) if len(bids) >= limit else -math.inf,
+                               max(p for p, _ in asks) if len(asks) >= limit else math.inf)
+        self._adopt_shadow()
+        return True
+
+    def _adopt_shadow(self) -> None:
+        shadow, sync = self.shadow, self.sync
+        if shadow is None or shadow.state is not BookState.LIVE or sync.state is not BookState.LIVE:
+            return
+        if shadow.book.update_id != sync.book.update_id:
+            return  # not level yet: the next diff brings both to the same update
+        assert isinstance(sync, BinanceBookSync)
+        sync.adopt(shadow)
+        self.bid_floor, self.ask_ceiling = self._shadow_bounds
+        self.shadow = None
+        self.short = False
+        self.refreshes += 1
+
     def connection_lost(self, ts_recv: int) -> None:
         """Diffs in flight are lost: the book cannot be trusted until it is rebuilt."""
         self.sync.reset("disconnected")
+        self.shadow = None
         self.note(ts_recv)
 
     def levels(self, depth: int) -> tuple[list[Level], list[Level]]:
@@ -167,6 +226,8 @@ class BookStream:
             return False
         bids, asks, mid, spread, bands = book_snapshot(self.sync.book, self.snapshot_depth, self.bands,
                                                        self.bid_floor, self.ask_ceiling)
+        self.short = ((len(bids) < self.snapshot_depth and self.bid_floor > -math.inf)
+                      or (len(asks) < self.snapshot_depth and self.ask_ceiling < math.inf))
         band_values = [bands.get(name) for name in self._band_columns]  # null when a side is empty
         self.rows.append((
             now, self.ts_update, self.ts_recv, self.sync.book.update_id, mid, spread, *band_values,
@@ -257,7 +318,8 @@ class KlineStream:
             self.rows.append(row)
 
     def connection_lost(self, ts_recv: int) -> None:
-        """Nothing to do now: the next bar shows which closed bars were missed."""
+        """The open bar is no longer followed; the next bar shows which closed bars were missed."""
+        self.open_bar = None
 
     def take(self) -> pl.DataFrame | None:
         """Cut the queued closed bars into a DataFrame; ``None`` if there are none."""

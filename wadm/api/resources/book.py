@@ -64,6 +64,10 @@ class BookResource:
         bids, asks = stream.levels(depth)
         mid, spread, bands = stream.metrics()
         send_json(resp, body | {
+            # Exact as of `ts`; `stale` when the stream has been silent longer than the watchdog
+            # allows (the connection is about to be replaced and the book rebuilt).
+            "stale": self.service.stream_state(stream) == "stale",
+            "age_ms": max(0, time.time_ns() - stream.ts_recv) // _MS,
             "bids": bids,
             "asks": asks,
             "mid": mid,
@@ -93,11 +97,7 @@ class BookHistoryResource:
         depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
         if (raw := req.get_param("cursor")) is not None:
             start = max(start, _decode_cursor(raw))
-        frame = await svc.store.read(BatchKey(BOOK_SNAPSHOTS, venue, market, symbol), start, end,
-                                     max_rows=limit + 1)
-        if frame.height:
-            frame = (frame.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
-                     .unique(subset=["ts_event"], keep="last").sort("ts_event"))
+        frame = await _page(svc, BatchKey(BOOK_SNAPSHOTS, venue, market, symbol), start, end, limit)
         more = frame.height > limit
         frame = frame.head(limit)
         snapshots = []
@@ -131,6 +131,22 @@ class BookHistoryResource:
             "data_complete": not gaps,
             "gaps": gaps,
         })
+
+
+async def _page(svc: Service, key: BatchKey, start: int, end: int, limit: int) -> pl.DataFrame:
+    """Snapshots in ``[start, end]``, oldest first: at least ``limit + 1`` unless the range has fewer.
+
+    The store counts whole batches, some of whose rows lie before ``start``; read more until
+    enough rows remain after filtering, or the store has no more.
+    """
+    want, previous = limit + 1, -1
+    while True:
+        frame = await svc.store.read(key, start, end, max_rows=want)
+        rows = frame.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end)) if frame.height else frame
+        if rows.height > limit or frame.height == previous:
+            return rows.unique(subset=["ts_event"], keep="last").sort("ts_event") if rows.height else rows
+        previous = frame.height
+        want *= 4
 
 
 def _encode_cursor(ts: int) -> str:

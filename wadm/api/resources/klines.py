@@ -5,7 +5,8 @@ collector's memory (``closed: false``). Longer intervals are built from the one-
 aligned to UTC like the venues' own: a longer bar is closed once its last minute is.
 
 Range semantics follow the venues': with ``start`` the oldest bars from ``start`` up to
-``limit``; without it the newest ``limit`` bars up to ``end`` (default now).
+``limit``; without it the newest ``limit`` bars up to ``end`` (default now), or within
+``window`` (ending now). ``truncated`` says that the range holds more bars than were returned.
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 1500
 
 
-def resample_klines(minutes: pl.DataFrame, interval_minutes: int) -> pl.DataFrame:
+def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> pl.DataFrame:
     """Merge one-minute bars (KLINE_SCHEMA plus a boolean ``closed``) into UTC-aligned bars.
 
     Open is the first bar's, close the last's, high and low the extremes, volumes and trade
-    counts the sums (null when the venue publishes none). A merged bar is closed when every
-    minute it holds is closed and its last minute is present.
+    counts the sums (null when the venue publishes none). A merged bar is closed when its time
+    is over (``now``, ns) and every minute it holds is closed; ``minutes`` says how many it holds.
     """
     iv = interval_minutes * MINUTE_NS
     if interval_minutes == 1 or minutes.height == 0:
-        return minutes.with_columns(minutes=pl.lit(1, pl.UInt32))
+        return minutes.with_columns(minutes=pl.lit(1, pl.UInt32), complete=pl.lit(True))
+    # Complete: every minute that has ended within the bar is there, closed.
+    elapsed = (pl.min_horizontal(pl.col("ts_event") + iv, pl.lit(now)) - pl.col("ts_event")) // MINUTE_NS
     return (
         minutes.sort("ts_event")
         .with_columns(bucket=pl.col("ts_event") - pl.col("ts_event") % iv)
@@ -58,11 +61,13 @@ def resample_klines(minutes: pl.DataFrame, interval_minutes: int) -> pl.DataFram
             .otherwise(pl.col("taker_buy_volume").sum()).alias("taker_buy_volume"),
             pl.when(pl.col("taker_buy_quote").is_null().all()).then(None)
             .otherwise(pl.col("taker_buy_quote").sum()).alias("taker_buy_quote"),
-            (pl.col("closed").all() & (pl.col("ts_event").max() == pl.col("bucket").first() + iv - MINUTE_NS))
-            .alias("closed"),
+            (pl.col("closed").all() & (pl.col("bucket").first() + iv <= now)).alias("closed"),
             pl.len().alias("minutes"),
+            pl.col("closed").sum().alias("closed_minutes"),
         )
         .rename({"bucket": "ts_event"})
+        .with_columns(complete=pl.col("closed_minutes") >= elapsed)
+        .drop("closed_minutes")
     )
 
 
@@ -86,11 +91,10 @@ class KlinesResource:
         if window is not None:
             if start is not None or end is not None:
                 raise QueryError("window", "give either window or start/end, not both")
-            start, end = now - window, now
         end = now if end is None else end
-        newest_first = start is None
+        newest_first = start is None  # `window` means "the window ending now": its newest bars
         lookback = max(limit * iv, svc.settings.retention_aggregates_1m * 1_000_000_000)
-        lo = end - lookback if start is None else start
+        lo = start if start is not None else end - (window if window is not None else lookback)
         if lo > end:
             raise QueryError("start", "start must not be after end")
         lo -= lo % iv  # whole bars only
@@ -99,23 +103,29 @@ class KlinesResource:
         minutes = stored.select(list(KLINE_SCHEMA)) if stored.height else pl.DataFrame(schema=KLINE_SCHEMA)
         live = svc.klines.get((venue, market, symbol))
         minutes = minutes.with_columns(closed=pl.lit(True))
-        if live is not None and live.open_bar is not None and lo <= live.open_bar[0] <= end:
-            open_row = pl.DataFrame([live.open_bar], schema=KLINE_SCHEMA, orient="row").with_columns(
-                closed=pl.lit(False))
-            minutes = pl.concat([minutes, open_row])
+        if live is not None:
+            # Closed bars not flushed to the store yet, then the open bar.
+            unflushed = pl.DataFrame(live.rows, schema=KLINE_SCHEMA, orient="row").with_columns(closed=pl.lit(True))
+            minutes = pl.concat([minutes, unflushed])
+            if live.open_bar is not None and lo <= live.open_bar[0] <= end:
+                open_row = pl.DataFrame([live.open_bar], schema=KLINE_SCHEMA, orient="row").with_columns(
+                    closed=pl.lit(False))
+                minutes = pl.concat([minutes, open_row])
         minutes = (minutes.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))
                    .unique(subset=["ts_event"], keep="first").sort("ts_event"))
-        bars = resample_klines(minutes, INTERVALS[interval])
+        bars = resample_klines(minutes, INTERVALS[interval], now)
+        truncated = bars.height > limit
         bars = bars.tail(limit) if newest_first else bars.head(limit)
         rows: list[dict[str, Any]] = bars.select(
             ts=pl.col("ts_event") // _MS,
             open="open", high="high", low="low", close="close", volume="volume", quote_volume="quote_volume",
             trades="trades", taker_buy_volume="taker_buy_volume", taker_buy_quote="taker_buy_quote",
-            closed="closed", minutes="minutes",
+            closed="closed", minutes="minutes", complete="complete",
         ).to_dicts()
         first = rows[0]["ts"] * _MS if rows else lo
         last = rows[-1]["ts"] * _MS + iv - 1 if rows else end
         gaps = await gaps_between(svc.store, venue, market, symbol, first, last, "klines")
+        partial = [r["ts"] for r in rows if not r["complete"]]
         send_json(resp, {
             "exchange": str(venue),
             "market": str(market),
@@ -124,7 +134,11 @@ class KlinesResource:
             "start": lo // _MS,
             "end": end // _MS,
             "count": len(rows),
+            "truncated": truncated,
             "klines": rows,
-            "data_complete": not gaps,
+            # A bar missing minutes that have ended (collection started, or retention ended,
+            # inside it) is not complete either.
+            "data_complete": not gaps and not partial,
+            "partial_bars": partial,
             "gaps": gaps,
         })
