@@ -260,6 +260,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         raise ConfigError(
             "WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY"), "must be at least WADM_RECONNECT_MIN_DELAY"
         )
+    if kw.get("book_snapshot_depth", 100) > kw.get("book_depth", 1000):
+        raise ConfigError("BOOK_SNAPSHOT_DEPTH", get("BOOK_SNAPSHOT_DEPTH") or "100",
+                          f"at most BOOK_DEPTH ({kw.get('book_depth', 1000)}): only snapshot levels are known")
     if (raw := get("WADM_HOST")) is not None:
         kw["host"] = raw
     if (raw := get("WADM_DATA_DIR")) is not None:

@@ -84,6 +84,7 @@ def test_symbols_file(tmp_path: Path) -> None:
         ({"RETENTION_BOOK_SNAPSHOTS": "5"}, "RETENTION_BOOK_SNAPSHOTS", "between 60"),
         ({"WADM_CHANNELS": "trades,news"}, "WADM_CHANNELS", "trades, book, klines"),
         ({"WADM_BACKFILL_DEADLINE": "0"}, "WADM_BACKFILL_DEADLINE", "between 1 and 86400"),
+        ({"BOOK_DEPTH": "50", "BOOK_SNAPSHOT_DEPTH": "60"}, "BOOK_SNAPSHOT_DEPTH", "at most BOOK_DEPTH (50)"),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_allowed(

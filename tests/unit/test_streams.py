@@ -567,3 +567,74 @@ def test_book_and_kline_plans_route_and_name_streams() -> None:
         bybit.plan_book_connections(Market.LINEAR, ("BTCUSDT",), "wss://x", depth=500)
     with pytest.raises(ValueError):
         binance.plan_kline_connections(Market.LINEAR, ("BTCUSDT",), "wss://x")
+
+
+@pytest.mark.parametrize(("market", "depth", "limit"), [
+    (Market.SPOT, 1000, 1000), (Market.SPOT, 200, 200), (Market.SPOT, 5000, 5000),
+    (Market.USDM, 1000, 1000), (Market.USDM, 200, 100), (Market.USDM, 5000, 1000), (Market.USDM, 3, 5),
+])
+def test_snapshot_limit_is_one_the_venue_accepts(market: Market, depth: int, limit: int) -> None:
+    assert binance.snapshot_limit(market, depth) == limit
+
+
+# ---- moving the trusted bounds ----------------------------------------------------------------
+
+
+def test_a_book_walking_to_its_bound_is_reseeded_beside_the_live_one() -> None:
+    proto, st = _binance_book(Market.SPOT, snapshot_depth=3)
+    proto.feed(_diff(1, 1), 0)
+    assert st.on_snapshot(1, BIDS5, ASKS5, 5, 1)
+    assert st.sample(10) and not st.short and not st.wants_refresh(10)
+    # The price falls: the three best bids are taken out; two trusted bids remain (fewer than 3).
+    proto.feed(_diff(2, 2, [(100.0, 0.0), (99.0, 0.0), (98.0, 0.0)], [(99.5, 1.0)]), 2)
+    assert st.sample(20) and st.short and st.wants_refresh(20)
+    shadow = st.start_refresh(20)
+    assert not st.wants_refresh(21)  # one refresh at a time, and at most one a minute
+    proto.feed(_diff(3, 3, [(95.0, 2.0)]), 3)  # beyond the old floor: not served yet
+    assert shadow.snapshot_requested and _state(st) is BookState.LIVE
+    assert st.levels(5)[0] == [(97.0, 4.0), (96.0, 5.0)]
+    # A fresh snapshot of the same depth, centred on the new price, bridges the buffered diff.
+    fresh_bids = [(97.0, 4.0), (96.0, 5.0), (95.0, 2.0), (94.0, 1.0), (93.0, 1.0)]
+    fresh_asks = [(99.5, 1.0), (101.0, 1.5), (102.0, 2.5), (103.0, 3.5), (104.0, 4.5)]
+    assert st.on_refresh_snapshot(3, fresh_bids, fresh_asks, 5)
+    assert st.shadow is None and st.refreshes == 1
+    assert (st.bid_floor, st.ask_ceiling) == (93.0, 104.0)
+    assert st.levels(5) == (fresh_bids, fresh_asks)
+    assert _bn(st).resyncs == {} and st.take_gaps() == []  # live throughout: no resync, no gap
+
+
+def test_a_refresh_is_dropped_when_the_book_breaks() -> None:
+    proto, st = _binance_book(Market.SPOT, snapshot_depth=3)
+    proto.feed(_diff(1, 1), 0)
+    st.on_snapshot(1, BIDS5, ASKS5, 5, 1)
+    st.start_refresh(2)
+    proto.feed(_diff(2, 2), 2)
+    assert st.shadow is not None
+    st.connection_lost(3)
+    assert st.shadow is None and not st.on_refresh_snapshot(2, BIDS5, ASKS5, 5)
+
+
+# ---- trades dropped for a full buffer ---------------------------------------------------------
+
+
+def test_trades_dropped_for_a_full_buffer_become_a_gap_with_their_ids() -> None:
+    plan = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), "wss://x", max_rows=3)[0]
+    proto = plan.protocol
+    st = proto.streams["btcusdt@aggTrade"]
+    for i in range(1, 8):
+        frame = {"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": i,
+                                                         "p": "100.0", "q": "1.0", "f": i, "l": i, "T": 1000 + i,
+                                                         "m": False}}
+        proto.feed(orjson.dumps(frame), 0)
+    assert st.dropped == 4
+    frame_cut = st.take()
+    assert frame_cut is not None and frame_cut["id"].to_list() == [1, 2, 3]
+    assert st.take_gaps() == [Gap(1004 * MS, 1007 * MS, "buffer_full", 4, 4, 7)]  # ids 4-7: backfillable
+
+
+def test_a_lost_connection_forgets_the_open_bar() -> None:
+    proto, st = _binance_klines()
+    proto.feed(_bn_kline(60_000, False), 1)
+    assert st.open_bar is not None
+    st.connection_lost(2)
+    assert st.open_bar is None

@@ -56,7 +56,7 @@ class BookStream:
     ask_ceiling: float = math.inf
     snapshots: int = 0  # REST snapshots applied (Binance) or in-band snapshots taken (Bybit)
     resubscribes: int = 0
-    last_resubscribe: int = 0  # ns
+    last_resubscribe: int = -(2**62)  # ns, receive time of the last resubscription the protocol asked for
     # Binance: a second sync rebuilt from a fresh snapshot while the live book keeps serving, to
     # move the trusted bounds when the price walks towards them (see :meth:`wants_refresh`).
     shadow: BinanceBookSync | None = None
