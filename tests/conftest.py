@@ -1,4 +1,4 @@
-"""Shared fixtures: recorded frames, free ports."""
+"""Shared fixtures and helpers: recorded frames, free ports, an independent book rebuild."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gzip
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,21 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def rebuild(snapshot: dict[str, Any], diffs: list[dict[str, Any]], futures: bool) -> tuple[dict[float, float], ...]:
+    """The book from a REST snapshot and the diffs after it, applied by hand (PROTOCOLS.md §1.3, §2.3):
+    an independent check of the sync's result."""
+    last = snapshot["lastUpdateId"]
+    bids = {float(p): float(q) for p, q in snapshot["bids"]}
+    asks = {float(p): float(q) for p, q in snapshot["asks"]}
+    for d in diffs:
+        if d["u"] < last or (not futures and d["u"] == last):
+            continue
+        for side, key in ((bids, "b"), (asks, "a")):
+            for p, q in d[key]:
+                if float(q) == 0:
+                    side.pop(float(p), None)
+                else:
+                    side[float(p)] = float(q)
+    return {p: q for p, q in bids.items() if q}, {p: q for p, q in asks.items() if q}

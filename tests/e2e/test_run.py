@@ -57,6 +57,15 @@ class Setup:
     def health(self) -> httpx.Response:
         return httpx.get(self.api + "/health", timeout=5)
 
+    def recover_and_freeze(self) -> list[int]:
+        """Wait for the stream to be healthy again, stop the market, return the ids delivered to us."""
+        wait_for(lambda: self.health().status_code == 200, 30, "the stream to recover", self.app)
+        time.sleep(1.0)
+        self.control("pause")
+        time.sleep(0.5)
+        ids: list[int] = self.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+        return ids
+
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
@@ -102,11 +111,7 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     time.sleep(3.0)
     dropped += setup.control("drop")["affected"]
     time.sleep(1.0)
-    wait_for(lambda: setup.health().status_code == 200, 30, "the stream to recover", setup.app)
-    time.sleep(1.0)
-    setup.control("pause")
-    time.sleep(0.5)
-    delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+    delivered = setup.recover_and_freeze()
     assert len(delivered) > 1000
 
     stored: list[int] = []
@@ -160,11 +165,7 @@ def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
     for _ in range(3):
         dropped += setup.control("drop")["affected"]
         time.sleep(1.0)
-    wait_for(lambda: setup.health().status_code == 200, 30, "the stream to recover", setup.app)
-    time.sleep(1.0)
-    setup.control("pause")
-    time.sleep(0.5)
-    delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+    delivered = setup.recover_and_freeze()
     assert dropped == 3 and len(delivered) > 500
     expected = list(range(delivered[0], delivered[-1] + 1))  # aggTrade ids are contiguous
     assert len(expected) > len(delivered)  # trades were generated while we were cut off

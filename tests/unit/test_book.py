@@ -7,7 +7,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import recorded_frames
+from tests.conftest import rebuild, recorded_frames
 from wadm.book import BinanceBookSync, BookState, BybitBookSync, L2Book, NeedSnapshot, Resubscribe, book_metrics
 
 
@@ -37,21 +37,9 @@ def test_recording_replays_with_zero_gaps_and_equals_an_independent_rebuild(name
     assert [a for a in actions if a is not None] == [NeedSnapshot("BTCUSDT", "initial")]
     assert sync.state is BookState.LIVE and not sync.resyncs
 
-    # Independent rebuild: the snapshot, then every diff that ends after it, in order.
-    last = snapshot["lastUpdateId"]
-    bids = {float(p): float(q) for p, q in snapshot["bids"]}
-    asks = {float(p): float(q) for p, q in snapshot["asks"]}
-    for d in diffs:
-        if d["u"] < last or (not futures and d["u"] == last):
-            continue
-        for side, key in ((bids, "b"), (asks, "a")):
-            for p, q in d[key]:
-                if float(q) == 0:
-                    side.pop(float(p), None)
-                else:
-                    side[float(p)] = float(q)
-    assert sync.book.bids == {p: q for p, q in bids.items() if q}
-    assert sync.book.asks == {p: q for p, q in asks.items() if q}
+    bids, asks = rebuild(snapshot, diffs, futures)
+    assert sync.book.bids == bids
+    assert sync.book.asks == asks
     assert sync.book.update_id == diffs[-1]["u"]
     assert not sync.book.crossed()
 

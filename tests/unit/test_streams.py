@@ -10,7 +10,7 @@ import orjson
 import polars as pl
 import pytest
 
-from tests.conftest import recorded_frames
+from tests.conftest import rebuild, recorded_frames
 from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
 from wadm.errors import VenueProtocolError
 from wadm.records import KLINE_SCHEMA, Market, Venue, book_snapshot_schema
@@ -59,23 +59,6 @@ def _diff(first: int, last: int, bids: Sequence[Level] = (), asks: Sequence[Leve
     return orjson.dumps({"stream": "btcusdt@depth@100ms", "data": data})
 
 
-def _rebuild(snapshot: dict[str, Any], diffs: list[dict[str, Any]], futures: bool) -> tuple[dict[float, float], ...]:
-    """The book from a REST snapshot and the diffs after it, applied by hand (PROTOCOLS.md §1.3, §2.3)."""
-    last = snapshot["lastUpdateId"]
-    bids = {float(p): float(q) for p, q in snapshot["bids"]}
-    asks = {float(p): float(q) for p, q in snapshot["asks"]}
-    for d in diffs:
-        if d["u"] < last or (not futures and d["u"] == last):
-            continue
-        for side, key in ((bids, "b"), (asks, "a")):
-            for p, q in d[key]:
-                if float(q) == 0:
-                    side.pop(float(p), None)
-                else:
-                    side[float(p)] = float(q)
-    return {p: q for p, q in bids.items() if q}, {p: q for p, q in asks.items() if q}
-
-
 BIDS5: Levels = [(100.0, 1.0), (99.0, 2.0), (98.0, 3.0), (97.0, 4.0), (96.0, 5.0)]
 ASKS5: Levels = [(101.0, 1.5), (102.0, 2.5), (103.0, 3.5), (104.0, 4.5), (105.0, 5.5)]
 
@@ -112,7 +95,7 @@ def test_recorded_depth_replays_live_with_zero_resyncs(name: str, market: Market
     assert st.take_gaps() == []  # the first sync at startup is not a gap
     assert (st.updates, st.snapshots) == (len(diffs), 1)
     assert (st.ts_update, st.ts_recv) == (diffs[-1]["E"] * MS, last_ts)
-    bids, asks = _rebuild(snapshot, diffs, futures=market is Market.USDM)
+    bids, asks = rebuild(snapshot, diffs, futures=market is Market.USDM)
     assert st.book.bids == bids and st.book.asks == asks
     assert st.book.update_id == diffs[-1]["u"] and not st.book.crossed()
     # A full 1000-level snapshot bounds what is trusted; diffs added levels beyond it, never served.

@@ -75,7 +75,39 @@ class _Diff:
     asks: Sequence[Level]
 
 
-class BinanceBookSync:
+class _BookSync:
+    """What every venue's book sync keeps: the book, its state, and the resyncs so far."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.book = L2Book()
+        self.state = BookState.RESYNCING
+        self.resyncs: Counter[str] = Counter()
+        self.duplicates = 0
+        self.snapshot_requested = False  # a REST snapshot is wanted (Binance; Bybit's come in-band)
+        self.epoch = 0  # bumped whenever the book is discarded: answers to older requests are void
+        self.last_reason = ""
+
+    def reset(self, reason: str) -> None:
+        """Discard the book (the connection was lost): updates in flight are gone."""
+        if self.state is BookState.LIVE:
+            self.resyncs[reason] += 1
+            self.last_reason = reason
+        self._discard()
+
+    def _break(self, reason: str) -> None:
+        """The live book proved wrong: count why and discard it."""
+        self.resyncs[reason] += 1
+        self.last_reason = reason
+        self._discard()
+
+    def _discard(self) -> None:
+        self.state = BookState.RESYNCING
+        self.book.clear()
+        self.epoch += 1
+
+
+class BinanceBookSync(_BookSync):
     """Binance spot or USD-M local book, per the venue's documented procedure.
 
     Args:
@@ -85,17 +117,10 @@ class BinanceBookSync:
     """
 
     def __init__(self, symbol: str, *, futures: bool, max_buffer: int = 10_000) -> None:
-        self.symbol = symbol
+        super().__init__(symbol)
         self.futures = futures
-        self.book = L2Book()
-        self.state = BookState.RESYNCING
-        self.resyncs: Counter[str] = Counter()
         self.buffer: deque[_Diff] = deque(maxlen=max_buffer)
         self.buffer_overflows = 0
-        self.duplicates = 0
-        self.snapshot_requested = False
-        self.epoch = 0  # bumped whenever the book is discarded: answers to older requests are void
-        self.last_reason = ""
         self._prev = -1  # USD-M: u of the last applied diff; -1 until the first after a snapshot
 
     def on_diff(
@@ -135,14 +160,9 @@ class BinanceBookSync:
 
     def reset(self, reason: str) -> None:
         """Discard the book and the buffer (the connection was lost): diffs in flight are gone."""
-        if self.state is BookState.LIVE:
-            self.resyncs[reason] += 1
-            self.last_reason = reason
-        self.state = BookState.RESYNCING
-        self.book.clear()
+        super().reset(reason)
         self.buffer.clear()
         self.snapshot_requested = False
-        self.epoch += 1
 
     def _buffer(self, diff: _Diff) -> NeedSnapshot | None:
         if len(self.buffer) == self.buffer.maxlen:
@@ -155,11 +175,7 @@ class BinanceBookSync:
         return NeedSnapshot(self.symbol, reason)
 
     def _resync(self, reason: str, diff: _Diff) -> NeedSnapshot:
-        self.resyncs[reason] += 1
-        self.last_reason = reason
-        self.epoch += 1
-        self.state = BookState.RESYNCING
-        self.book.clear()
+        self._break(reason)
         self.buffer.clear()
         self.buffer.append(diff)  # newer than the book: a later snapshot may bridge it
         return self._ask(reason)
@@ -190,19 +206,12 @@ class BinanceBookSync:
         return "crossed" if book.crossed() else None
 
 
-class BybitBookSync:
+class BybitBookSync(_BookSync):
     """Bybit v5 ``orderbook.{depth}.{symbol}``: in-band snapshots and ``u`` continuity."""
 
     def __init__(self, symbol: str) -> None:
-        self.symbol = symbol
-        self.book = L2Book()
-        self.state = BookState.RESYNCING
-        self.resyncs: Counter[str] = Counter()
-        self.duplicates = 0
+        super().__init__(symbol)
         self.resets = 0  # snapshots with u == 1 (service restarts) and snapshots after the first
-        self.last_reason = ""
-        self.snapshot_requested = False  # never: Bybit snapshots come in-band
-        self.epoch = 0  # bumped whenever the book is discarded
         self._snapshots = 0
 
     def on_message(
@@ -231,19 +240,6 @@ class BybitBookSync:
     def _check_crossed(self) -> Resubscribe | None:
         return self._resync("crossed") if self.book.crossed() else None
 
-    def reset(self, reason: str) -> None:
-        """Discard the book (the connection was lost); the next subscription brings a snapshot."""
-        if self.state is BookState.LIVE:
-            self.resyncs[reason] += 1
-            self.last_reason = reason
-        self.state = BookState.RESYNCING
-        self.book.clear()
-        self.epoch += 1
-
     def _resync(self, reason: str) -> Resubscribe:
-        self.resyncs[reason] += 1
-        self.last_reason = reason
-        self.epoch += 1
-        self.state = BookState.RESYNCING
-        self.book.clear()
+        self._break(reason)
         return Resubscribe(self.symbol, reason)

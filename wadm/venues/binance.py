@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import orjson
@@ -276,53 +276,55 @@ class CombinedKline(msgspec.Struct, frozen=True, gc=False):
     data: Kline | Shutdown
 
 
+S = TypeVar("S")
 _decode_depth = msgspec.json.Decoder(CombinedDepth, strict=False).decode
 _decode_kline = msgspec.json.Decoder(CombinedKline, strict=False).decode
 
 
-class BinanceBookProtocol:
+class _CombinedProtocol(Generic[S]):
+    """Decodes combined-stream frames of one kind into the streams of one connection plan."""
+
+    _decode: Callable[[bytes], Any]  # a msgspec decoder's bound ``decode`` (not a function: it does not bind)
+
+    def __init__(self, streams: dict[str, S]) -> None:
+        self.streams = streams
+
+    def _take(self, st: S, data: Any, ts_recv: int) -> None:
+        raise NotImplementedError
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
+        try:
+            msg = self._decode(payload)
+        except msgspec.DecodeError:
+            return _decode_other(payload)
+        d = msg.data
+        if type(d) is Shutdown:
+            return ServerShutdown(d.E * _MS)
+        st = self.streams.get(msg.stream)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.stream[:60])
+        self._take(st, d, ts_recv)
+        return None
+
+
+class BinanceBookProtocol(_CombinedProtocol[BookStream]):
     """Decodes diff-depth frames into the book streams of one connection plan."""
 
-    def __init__(self, streams: dict[str, BookStream]) -> None:
-        self.streams = streams
+    _decode = _decode_depth
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
-        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
-        try:
-            msg = _decode_depth(payload)
-        except msgspec.DecodeError:
-            return _decode_other(payload)
-        d = msg.data
-        if type(d) is Shutdown:
-            return ServerShutdown(d.E * _MS)
-        st = self.streams.get(msg.stream)
-        if st is None:
-            raise VenueProtocolError("unknown_stream", msg.stream[:60])
-        st.on_diff(d.U, d.u, d.pu, d.b, d.a, d.E * _MS, ts_recv)  # type: ignore[union-attr]
-        return None
+    def _take(self, st: BookStream, d: DepthUpdate, ts_recv: int) -> None:
+        st.on_diff(d.U, d.u, d.pu, d.b, d.a, d.E * _MS, ts_recv)
 
 
-class BinanceKlineProtocol:
+class BinanceKlineProtocol(_CombinedProtocol[KlineStream]):
     """Decodes kline frames into the kline streams of one connection plan."""
 
-    def __init__(self, streams: dict[str, KlineStream]) -> None:
-        self.streams = streams
+    _decode = _decode_kline
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
-        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
-        try:
-            msg = _decode_kline(payload)
-        except msgspec.DecodeError:
-            return _decode_other(payload)
-        d = msg.data
-        if type(d) is Shutdown:
-            return ServerShutdown(d.E * _MS)
-        st = self.streams.get(msg.stream)
-        if st is None:
-            raise VenueProtocolError("unknown_stream", msg.stream[:60])
+    def _take(self, st: KlineStream, d: Kline, ts_recv: int) -> None:
         st.bars += 1
-        st.on_bar(_kline_row(d.k, ts_recv), d.k.closed)  # type: ignore[union-attr]
-        return None
+        st.on_bar(_kline_row(d.k, ts_recv), d.k.closed)
 
 
 def _kline_row(k: KlineBar, ts_recv: int) -> KlineRow:

@@ -18,7 +18,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import orjson
@@ -221,6 +221,7 @@ class Candle(msgspec.Struct, frozen=True, gc=False):
     confirm: bool  # closed
 
 
+S = TypeVar("S")
 _decode_book = msgspec.json.Decoder(BookData, strict=False).decode
 _decode_candles = msgspec.json.Decoder(list[Candle], strict=False).decode
 
@@ -241,15 +242,14 @@ def _data(decode: Any, msg: Envelope) -> Any:
         raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
 
 
-class BybitBookProtocol:
-    """Decodes ``orderbook`` snapshots and deltas into the book streams of one connection plan.
+class _TopicProtocol(Generic[S]):
+    """Decodes topic frames of one kind into the streams of one connection plan."""
 
-    A broken book (a ``u`` gap or a crossed book) is answered with a resubscription of its
-    topic on the same connection: Bybit sends a fresh snapshot on subscribe.
-    """
-
-    def __init__(self, streams: dict[str, BookStream]) -> None:
+    def __init__(self, streams: dict[str, S]) -> None:
         self.streams = streams
+
+    def _take(self, st: S, msg: Envelope, ts_recv: int) -> Event | None:
+        raise NotImplementedError
 
     def feed(self, payload: bytes, ts_recv: int) -> Event | None:
         """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
@@ -259,6 +259,17 @@ class BybitBookProtocol:
         st = self.streams.get(msg.topic)
         if st is None:
             raise VenueProtocolError("unknown_stream", msg.topic[:60])
+        return self._take(st, msg, ts_recv)
+
+
+class BybitBookProtocol(_TopicProtocol[BookStream]):
+    """Decodes ``orderbook`` snapshots and deltas into the book streams of one connection plan.
+
+    A broken book (a ``u`` gap or a crossed book) is answered with a resubscription of its
+    topic on the same connection: Bybit sends a fresh snapshot on subscribe.
+    """
+
+    def _take(self, st: BookStream, msg: Envelope, ts_recv: int) -> Event | None:
         d = _data(_decode_book, msg)
         broken = st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * _MS, ts_recv)
         if broken and ts_recv - st.last_resubscribe >= RESUBSCRIBE_EVERY:
@@ -275,20 +286,10 @@ def resubscribe_frames(topic: str) -> tuple[bytes, ...]:
     return subscribe_frames([topic], "unsubscribe") + subscribe_frames([topic])
 
 
-class BybitKlineProtocol:
+class BybitKlineProtocol(_TopicProtocol[KlineStream]):
     """Decodes ``kline`` frames into the kline streams of one connection plan."""
 
-    def __init__(self, streams: dict[str, KlineStream]) -> None:
-        self.streams = streams
-
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
-        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
-        msg = _topic_message(payload)
-        if not msg.topic:
-            return _control(msg)
-        st = self.streams.get(msg.topic)
-        if st is None:
-            raise VenueProtocolError("unknown_stream", msg.topic[:60])
+    def _take(self, st: KlineStream, msg: Envelope, ts_recv: int) -> Event | None:
         st.bars += 1
         for c in _data(_decode_candles, msg):
             st.on_bar(_kline_row(c, ts_recv), c.confirm)

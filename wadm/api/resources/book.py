@@ -18,8 +18,9 @@ import orjson
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_range, resolve_series
+from wadm.api.params import parse_limit, parse_range
 from wadm.api.resources.gaps import gaps_between
+from wadm.api.resources.series import SeriesResource
 from wadm.book.sync import BookState
 from wadm.errors import QueryError
 from wadm.pipeline.service import Service
@@ -34,16 +35,11 @@ DEFAULT_HISTORY_LIMIT = 60
 MAX_HISTORY_LIMIT = 3600
 
 
-class BookResource:
+class BookResource(SeriesResource):
     """The live order book of one symbol."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
-        venue, market = resolve_series(self.service.collected, symbol, req.get_param("exchange"),
-                                       req.get_param("market"))
-        symbol = symbol.upper()
+        venue, market, symbol = self.series(req, symbol)
         depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
         stream = self.service.books.get((venue, market, symbol))
         if stream is None:
@@ -79,16 +75,12 @@ class BookResource:
         })
 
 
-class BookHistoryResource:
+class BookHistoryResource(SeriesResource):
     """Stored book snapshots of one symbol in a range, oldest first, with cursor paging."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         svc = self.service
-        venue, market = resolve_series(svc.collected, symbol, req.get_param("exchange"), req.get_param("market"))
-        symbol = symbol.upper()
+        venue, market, symbol = self.series(req, symbol)
         start, end = parse_range(
             req.get_param("start"), req.get_param("end"), req.get_param("window"),
             now=time.time_ns(), default_span=min(svc.settings.retention_book_snapshots, 3600) * 1_000_000_000,

@@ -18,10 +18,10 @@ import falcon.asgi
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_choice, parse_limit, parse_time, parse_window, resolve_series
+from wadm.api.params import parse_choice, parse_limit, parse_time, parse_window
 from wadm.api.resources.gaps import gaps_between
+from wadm.api.resources.series import SeriesResource
 from wadm.errors import QueryError
-from wadm.pipeline.service import Service
 from wadm.records import KLINE_SCHEMA, KLINES, BatchKey
 
 __all__ = ["INTERVALS", "KlinesResource", "resample_klines"]
@@ -71,16 +71,12 @@ def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> p
     )
 
 
-class KlinesResource:
+class KlinesResource(SeriesResource):
     """Bars of one symbol."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         svc = self.service
-        venue, market = resolve_series(svc.collected, symbol, req.get_param("exchange"), req.get_param("market"))
-        symbol = symbol.upper()
+        venue, market, symbol = self.series(req, symbol)
         interval = parse_choice("interval", req.get_param("interval"), INTERVALS, "1m")
         limit = parse_limit(req.get_param("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
         iv = INTERVALS[interval] * MINUTE_NS
