@@ -1,0 +1,63 @@
+"""Order books against the in-process emulator: a shallow snapshot re-seeded as the price walks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wadm.book.sync import BookState
+from wadm.config import Settings, StreamTarget
+from wadm.emulator import Emulator
+from wadm.emulator.market import SyntheticSpec
+from wadm.pipeline.service import Service
+from wadm.records import Market, Venue
+from wadm.store import SqliteStore
+from wadm.venues.streams import BookStream
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 (polls state other tasks update)
+            await asyncio.sleep(0.05)
+    assert predicate(), what
+
+
+async def test_a_shallow_book_is_reseeded_as_the_price_walks_and_stays_exact(tmp_path: Path) -> None:
+    # 20-level snapshots, 10 levels stored: trades eat the touch, the price walks past the
+    # snapshot's edge within seconds, and the book must be re-seeded without ever going down.
+    spec = SyntheticSpec(market="spot", symbol="BTCUSDT", rate=400, book=True, max_fills=3)
+    async with Emulator(synthetic=[spec], seed=5) as emu:
+        settings = Settings(
+            collectors_start_delay=0.0,
+            targets=(StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),),
+            channels=("book",),
+            binance_spot_ws_url=emu.urls["binance"]["spot"],
+            binance_spot_rest_url=emu.rest_urls["binance"]["spot"],
+            book_depth=20,
+            book_snapshot_depth=10,
+            book_snapshot_interval=0.2,
+            stale_after=5.0,
+        )
+        svc = Service(settings, SqliteStore(tmp_path / "w.db"))
+        await svc.start()
+        try:
+            book = next(st for _, st in svc.streams if isinstance(st, BookStream))
+            await _until(lambda: book.state is BookState.LIVE, 10, "the book to go live")
+            await _until(lambda: book.refreshes >= 1, 30, "the book to be re-seeded")
+            emu.pause()
+            await asyncio.sleep(0.5)
+            bids, asks = book.levels(10)
+            true_bids, true_asks, update_id = emu.true_book("binance", "spot", "BTCUSDT", 10)
+            assert book.book.update_id == update_id
+            assert len(bids) >= 5 and len(asks) >= 5  # the re-seeded bounds hold the touch again
+            assert bids == [(float(p), float(q)) for p, q in true_bids[: len(bids)]]
+            assert asks == [(float(p), float(q)) for p, q in true_asks[: len(asks)]]
+            assert not book.sync.resyncs  # re-seeding never took the book down
+            assert book.take_gaps() == []
+        finally:
+            await svc.stop()
