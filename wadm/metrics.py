@@ -54,6 +54,8 @@ class _ServiceCollector(Collector):
                                       labels=[*_STREAM_LABELS, "reason"])
         snapshots = CounterMetricFamily("wadm_book_snapshots_total", "Book snapshots applied (REST or in-band).",
                                         labels=_STREAM_LABELS)
+        gaps = CounterMetricFamily("wadm_gaps_recorded_total", "Windows of missing data recorded in the gaps table.",
+                                   labels=_STREAM_LABELS)
         kline_backfill = CounterMetricFamily("wadm_collector_backfilled_klines_total",
                                              "Closed klines recovered over REST.", labels=_STREAM_LABELS)
         for _, st in svc.streams:
@@ -62,6 +64,7 @@ class _ServiceCollector(Collector):
             pending.add_metric(labels, st.pending)
             dropped.add_metric([*labels, "buffer_full"], getattr(st, "dropped", 0))
             rest_failures.add_metric(labels, svc.recovery.failures.get(st.spec.name, 0))
+            gaps.add_metric(labels, svc.writer.stats.gaps.get(st.spec.name, 0))
             if isinstance(st, TradeStream):
                 for attr, fam in families.items():
                     fam.add_metric(labels, getattr(st, attr) + (st.pending if attr == "trades" else 0))
@@ -74,7 +77,7 @@ class _ServiceCollector(Collector):
                 kline_backfill.add_metric(labels, st.backfilled)
         yield messages
         yield from families.values()
-        yield from (pending, dropped, rest_failures, book_live, resyncs, snapshots, kline_backfill)
+        yield from (pending, dropped, rest_failures, gaps, book_live, resyncs, snapshots, kline_backfill)
 
         budget_labels = ["host"]
         throttled = CounterMetricFamily("wadm_rest_throttled_total", "429 answers (rate limited).",

@@ -261,6 +261,13 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
     for key, resyncs in ((("binance", "spot", "BTCUSDT"), 2), (("binance", "usdm", "BTCUSDT"), 2),
                          (("bybit", "linear", "ETHUSDT"), 1)):
         assert book_streams[key]["resyncs"] >= resyncs, book_streams[key]
+        assert book_streams[key]["gaps"] >= 1, book_streams[key]  # each resync window was recorded
+    metrics = s.get("/metrics").text
+    for line in ('wadm_book_live{channel="book",market="usdm",symbol="BTCUSDT",venue="binance"} 1.0',
+                 'wadm_book_resyncs_total{channel="book",market="linear",reason="gap",symbol="ETHUSDT",venue="bybit"}',
+                 "wadm_collector_backfilled_trades_total{", "wadm_collector_backfilled_klines_total{",
+                 "wadm_gaps_recorded_total{", 'wadm_rest_throttled_total{host="'):
+        assert line in metrics, line
 
     for venue, market, symbol in SERIES:
         where = f"{venue}/{market}/{symbol}"

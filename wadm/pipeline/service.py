@@ -282,6 +282,7 @@ class Service:
                 "messages": st.messages,
                 "reconnects": link.state.reconnects,
                 "rest_failures": self.recovery.failures.get(st.spec.name, 0),
+                "gaps": self.writer.stats.gaps.get(st.spec.name, 0),
                 "error": link.failed_streams.get(st.spec.name),
             }
             entry |= _channel_detail(st)

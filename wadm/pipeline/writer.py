@@ -42,6 +42,7 @@ class WriterStats:
     rows: int = 0
     store_errors: int = 0
     dropped_rows: Counter[str] = field(default_factory=Counter)
+    gaps: Counter[str] = field(default_factory=Counter)  # gaps recorded, by stream name
     flush_seconds: float = 0.0  # total time spent in store writes
     last_write: float | None = None  # wall clock seconds
     last_error: str | None = None
@@ -127,6 +128,7 @@ class Writer:
     def record_gaps(self, key: BatchKey, stream: str, gaps: Sequence[Gap]) -> None:
         """Queue windows of missing data of one series for the ``gaps`` table."""
         self._lost += [(key, stream, gap) for gap in gaps]
+        self.stats.gaps[stream] += len(gaps)
         self._wake.set()
 
     def add_frame(self, key: BatchKey, frame: pl.DataFrame) -> None:
@@ -171,6 +173,7 @@ class Writer:
             del self._pending[index]
             self.pending_rows -= old.count
             self._lost.append((old_key, old_key.table, Gap(old.start, old.end, "store_backlog", old.count)))
+            self.stats.gaps[old_key.table] += 1
             self.stats.dropped_rows["store_backlog"] += old.count
             log.error(
                 "Dropped %d trades of %s: the store is %s behind (backlog over %d rows)",
