@@ -126,6 +126,9 @@ class DiscardStore:
         """Nothing is ever stored."""
         return pl.DataFrame(schema=TRADE_SCHEMA_INT_ID)
 
+    async def latest(self, key: BatchKey) -> pl.DataFrame:
+        return pl.DataFrame()
+
     async def sweep(self, table: str, older_than: int) -> int:
         """Nothing to delete."""
         return 0

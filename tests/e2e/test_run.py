@@ -186,6 +186,33 @@ def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
     assert page["data_complete"] is True
 
 
+def test_a_restart_leaves_no_hole(setup: Setup) -> None:
+    time.sleep(1.0)
+    setup.stopped = True
+    assert stop(setup.app) == 0, setup.app.output
+    time.sleep(2.0)  # the market goes on while WADM is down (a deploy, a crash)
+    port = free_port()
+    with wadm("run", _env(setup.emu_port, setup.data), port) as app:
+        api = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(api + "/health", timeout=5).status_code == 200, 30, "the restart", app)
+        time.sleep(1.0)
+        setup.control("pause")
+        time.sleep(0.5)
+        delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+        expected = list(range(delivered[0], delivered[-1] + 1))
+        stored: list[int] = []
+
+        def complete() -> bool:
+            stored[:] = _all_trades(api)
+            return len(stored) >= len(expected)
+
+        wait_for(complete, 30, "the trades missed while down to be backfilled", app, interval=0.5)
+        assert stored == expected  # the hour before, the outage and after: each trade once, in order
+        gaps = httpx.get(api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"}, timeout=10).json()
+        assert gaps["gaps"] == []
+        assert "Resuming 1 streams" in app.output
+
+
 def test_silent_stream_turns_health_503_then_recovers(setup: Setup) -> None:
     setup.control("silence", seconds=60)  # the socket stays open and answers pings, but no data
     silenced = time.monotonic()

@@ -231,3 +231,13 @@ async def test_book_snapshots_and_klines_round_trip(store: Store) -> None:
     await store.write_many([(book_key, encode_batch(book)), (kline_key, encode_batch(klines))])
     assert_frame_equal(await store.read(book_key, T0, FAR), book, check_exact=True)
     assert_frame_equal(await store.read(kline_key, T0, FAR), klines, check_exact=True)
+
+
+async def test_latest_is_the_batch_that_starts_last(store: Store) -> None:
+    assert (await store.latest(BINANCE_SPOT)).height == 0
+    first, b1 = batch(BINANCE_SPOT, T0, 5, first_id=1)
+    second, b2 = batch(BINANCE_SPOT, T0 + 10 * SECOND, 5, first_id=6)
+    backfill, b3 = batch(BINANCE_SPOT, T0 + 5 * SECOND, 2, first_id=100)  # written last, starts earlier
+    await store.write_many([(BINANCE_SPOT, b1), (BINANCE_SPOT, b2), (BINANCE_SPOT, b3)])
+    assert_frame_equal(await store.latest(BINANCE_SPOT), second, check_exact=True)
+    assert (await store.latest(BYBIT_LINEAR)).height == 0

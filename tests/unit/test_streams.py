@@ -15,7 +15,7 @@ from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
 from wadm.errors import VenueProtocolError
 from wadm.records import KLINE_SCHEMA, Market, Venue, book_snapshot_schema
 from wadm.venues import binance, bybit
-from wadm.venues.base import Gap, SendFrames, StreamSpec
+from wadm.venues.base import Gap, SendFrames, StreamSpec, TradeStream
 from wadm.venues.binance import BinanceBookProtocol, BinanceKlineProtocol
 from wadm.venues.bybit import BybitBookProtocol, BybitKlineProtocol, BybitProtocol
 from wadm.venues.streams import BookStream, KlineStream
@@ -621,3 +621,28 @@ def test_a_lost_connection_forgets_the_open_bar() -> None:
     assert st.open_bar is not None
     st.connection_lost(2)
     assert st.open_bar is None
+
+
+def _agg(i: int) -> bytes:
+    return orjson.dumps({"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": i,
+                                                                 "p": "100.0", "q": "1.0", "f": i, "l": i,
+                                                                 "T": 1000 + i, "m": False}})
+
+
+@pytest.mark.parametrize(("stored", "first_live", "gap"), [
+    (100, 101, None),  # nothing missed
+    (100, 106, (101, 105)),  # five trades while we were down: a gap REST can fill
+    (100, 90, None),  # ids went backwards (another id space, a replay): not a gap, nothing dropped
+    (100, 100 + 10_000_000, None),  # no venue trades that much in an hour: not a gap
+])
+def test_a_restart_resumes_from_the_newest_stored_trade(stored: int, first_live: int,
+                                                        gap: tuple[int, int] | None) -> None:
+    plan = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), "wss://x")[0]
+    st = plan.protocol.streams["btcusdt@aggTrade"]
+    assert isinstance(st, TradeStream)
+    st.resume(999 * MS, stored)
+    plan.protocol.feed(_agg(first_live), 0)
+    plan.protocol.feed(_agg(first_live + 1), 0)
+    got = st.take_gaps()
+    assert [(g.first_id, g.last_id) for g in got] == ([gap] if gap else [])
+    assert st.pending == 2 and st.duplicates == 0

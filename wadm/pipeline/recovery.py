@@ -308,7 +308,7 @@ class Recovery:
         aggregate_ids = self.settings.binance_trade_stream == "aggTrade"  # REST backfills aggTrade ids only
         if st.venue is Venue.BINANCE and aggregate_ids and gap.first_id is not None and gap.last_id is not None:
             self._spawn(self._deadline(st, gap, self._binance_trades), st.spec.name)
-        elif st.venue is Venue.BYBIT and gap.reason == "disconnected":
+        elif st.venue is Venue.BYBIT and gap.reason in ("disconnected", "restart"):
             self._spawn(self._deadline(st, gap, self._bybit_trades), st.spec.name)
         else:
             self._record(st, [gap])

@@ -22,7 +22,7 @@ from wadm.book.sync import BookState
 from wadm.config import Settings
 from wadm.errors import StoreError
 from wadm.pipeline.recovery import Recovery
-from wadm.records import Market, Venue
+from wadm.records import BatchKey, Market, Venue
 from wadm.store.base import Store
 from wadm.transport.ws import Backoff, WsLink
 from wadm.venues import binance, bybit
@@ -171,12 +171,48 @@ class Service:
 
     async def _start_collectors(self) -> None:
         await asyncio.sleep(self.settings.collectors_start_delay)
+        if self.store_open:
+            await self._resume()
         for link in self.links:
             self._link_tasks.append(
                 self._spawn(str(link.plan), link.run, restart=self.settings.collectors_restart_on_error, link=link)
             )
         self.collectors_started = True
         log.info("Started %d collector connections for %d streams", len(self.links), len(self.streams))
+
+    async def _resume(self) -> None:
+        """Continue where the stored trades and klines end, so that a restart leaves no silent hole.
+
+        Only data within its retention is resumed from: an older end is history, not a gap.
+        """
+        now = time.time_ns()
+        resumed = 0
+        for _, st in self.streams:
+            if isinstance(st, TradeStream):
+                horizon = now - self.settings.retention_raw_trades * 1_000_000_000
+            elif isinstance(st, KlineStream):
+                horizon = now - self.settings.retention_aggregates_1m * 1_000_000_000
+            else:
+                continue
+            try:
+                last = await self.store.latest(BatchKey(st.table, st.venue, st.market, st.spec.symbol))
+            except StoreError as exc:
+                log.warning("Could not read where %s ended (%s); collecting from now", st.spec.name, exc)
+                continue
+            if last.height == 0:
+                continue
+            newest = last.sort("ts_event").row(-1, named=True)
+            if newest["ts_event"] < horizon:
+                continue
+            if isinstance(st, TradeStream):
+                newest_id = last["id"].max() if st.venue is Venue.BINANCE else newest["id"]
+                assert isinstance(newest_id, int | str)
+                st.resume(newest["ts_event"], newest_id)
+            else:
+                st.resume(newest["ts_event"] // 1_000_000)
+            resumed += 1
+        if resumed:
+            log.info("Resuming %d streams where the store ends; what was missed meanwhile is backfilled", resumed)
 
     def _spawn(
         self, name: str, fn: Callable[[], Awaitable[None]], *, restart: bool, link: WsLink | None = None

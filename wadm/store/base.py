@@ -64,6 +64,10 @@ class Store(Protocol):
         """
         ...
 
+    async def latest(self, key: BatchKey) -> pl.DataFrame:
+        """Rows of the newest batch of ``key`` (the one that starts last); empty when there is none."""
+        ...
+
     async def sweep(self, table: str, older_than: int) -> int:
         """Delete batches of ``table`` whose ``end`` is before ``older_than`` (ns); returns how many."""
         ...

@@ -31,7 +31,7 @@ from urllib.parse import unquote
 import polars as pl
 from bson import Binary, ObjectId
 from bson.errors import BSONError
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
@@ -257,6 +257,20 @@ class MongoStore:
         if sum(len(b) for b in blobs) > _DECODE_INLINE_BYTES:
             return await asyncio.to_thread(_decode_all, blobs)
         return _decode_all(blobs)
+
+    async def latest(self, key: BatchKey) -> pl.DataFrame:
+        """Rows of the newest batch of ``key``; see :class:`~wadm.store.base.Store`."""
+        query = {"venue": key.venue.value, "market": key.market.value, "symbol": key.symbol}
+        try:
+            doc = await self._collection(key.table).find_one(
+                query, projection={"data": 1}, sort=[("start", DESCENDING), ("end", DESCENDING)])
+        except _DRIVER_ERRORS as exc:
+            raise self._error(f"reading {key}", exc) from exc
+        if doc is None:
+            return pl.DataFrame()
+        if not isinstance(doc.get("data"), bytes):
+            raise StoreError(f"mongodb store {self.host}/{self.database}: a batch of {key} has no data")
+        return _decode_all([doc["data"]])
 
     async def sweep(self, table: str, older_than: int) -> int:
         """Delete batches of ``table`` that ended before ``older_than`` (event time, ns).

@@ -158,6 +158,19 @@ class SqliteStore:
         # Decoding happens on the reader thread too: polars releases the GIL while it works.
         return await self._run(self._readers, fetch)
 
+    async def latest(self, key: BatchKey) -> pl.DataFrame:
+        """Rows of the newest batch of ``key``; see :class:`~wadm.store.base.Store`."""
+
+        def fetch() -> pl.DataFrame:
+            row = self._conn().execute(
+                'SELECT data FROM batches WHERE tbl = ? AND venue = ? AND market = ? AND symbol = ?'
+                ' ORDER BY start DESC, "end" DESC LIMIT 1',
+                (key.table, key.venue.value, key.market.value, key.symbol),
+            ).fetchone()
+            return decode_frame(row[0]) if row else pl.DataFrame()
+
+        return await self._run(self._readers, fetch)
+
     async def sweep(self, table: str, older_than: int) -> int:
         """Delete batches of ``table`` that ended before ``older_than`` (event time, ns)."""
 

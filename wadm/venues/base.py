@@ -88,6 +88,9 @@ class Stream(Protocol):
         ...
 
 
+MAX_RESUME_IDS = 5_000_000  # more trades than an hour of the busiest symbol: a bigger jump is no gap
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
     """One venue stream: its wire name and what it carries."""
@@ -129,6 +132,8 @@ class TradeStream:
     backfilled: int = 0  # trades recovered over REST
     gaps: list[Gap] = field(default_factory=list)  # windows of missing data found on this stream
     gap_open: bool = False  # the connection was lost; the next trade closes the window
+    gap_reason: str = "disconnected"  # why gap_open was set: "disconnected" or "restart"
+    resume_id: int | None = None  # the newest stored trade id before a restart (ordered ids)
     # Trades dropped because the buffer was full since the last cut: [first ts, last ts, count,
     # first id, last id] (ids -1 where the venue's ids are not contiguous).
     drop_window: list[int] | None = None
@@ -141,6 +146,26 @@ class TradeStream:
     def connection_lost(self, ts_recv: int) -> None:
         """Venues without contiguous ids record the window when the next trade arrives."""
         self.gap_open = True
+        self.gap_reason = "disconnected"
+
+    def resume(self, ts_event: int, trade_id: int | str) -> None:
+        """Continue after the newest stored trade (a restart): what came in between is a gap."""
+        self.last_ts = max(self.last_ts, ts_event)
+        if isinstance(trade_id, int):
+            self.resume_id = trade_id  # the first live trade shows how many ids were missed
+        else:
+            self.gap_open, self.gap_reason = True, "restart"
+
+    def resume_from(self, first_id: int) -> int:
+        """The id to count missing trades from, given the first live trade after a restart; -1 for none.
+
+        Ids that went backwards, or a jump no venue makes within the retention window (another
+        id space: the ``trade`` stream's ids instead of ``aggTrade``'s), are not a gap.
+        """
+        resumed, self.resume_id = self.resume_id, None
+        if resumed is None or not 0 <= first_id - resumed - 1 <= MAX_RESUME_IDS:
+            return -1
+        return resumed
 
     def note_drop(self, ts_event: int, trade_id: int | None) -> None:
         """Count a trade dropped for a full buffer; the run of drops becomes one gap at the next cut."""

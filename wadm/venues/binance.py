@@ -178,7 +178,9 @@ class BinanceProtocol:
             if tid <= last:
                 st.duplicates += 1
                 return None
-            if last >= 0:
+            if last < 0 and st.resume_id is not None:  # the first trade since a restart
+                last = st.resume_from(tid)
+            if last >= 0 and tid > last + 1:
                 st.missing_ids += tid - last - 1
                 st.gaps.append(Gap(st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1, last + 1, tid - 1))  # type: ignore[union-attr]
         st.last_id = tid

@@ -180,7 +180,7 @@ class BybitProtocol:
                 # missing, and Bybit ids cannot tell (recent-trade backfill comes later).
                 st.gap_open = False
                 if st.newest_ts():
-                    st.gaps.append(Gap(st.newest_ts(), trades[0].T * _MS, "disconnected"))
+                    st.gaps.append(Gap(st.newest_ts(), trades[0].T * _MS, st.gap_reason))
             recent = self._recent[msg.topic]
             items = st.items
             for trade in trades:

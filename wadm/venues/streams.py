@@ -301,6 +301,10 @@ class KlineStream:
         elif start > self.last_closed:
             self.open_bar = row
 
+    def resume(self, open_ms: int) -> None:
+        """Continue after the newest stored closed bar (a restart): the bars in between are fetched."""
+        self.last_closed = max(self.last_closed, open_ms)
+
     def add_backfill(self, rows: Iterable[KlineRow], first: int, last: int) -> int:
         """Keep fetched closed bars whose open time (ms) is in ``[first, last]``; return how many."""
         kept = 0
