@@ -88,6 +88,8 @@ class Writer:
         self._closing = False
         self._inflight = 0  # batches at the front of the queue that a store call is writing
         self._last_cut = {s: clock() for s in self.streams}
+        # Streams of a row a second (book snapshots) batch longer: fewer, larger stored documents.
+        self._interval = {s: max(flush_interval, getattr(s, "min_flush_interval", 0.0)) for s in self.streams}
         self._keys = {s: BatchKey(s.table, s.venue, s.market, s.spec.symbol) for s in self.streams}
         self._rejected_logged: dict[Stream, float] = {}
         # Gaps waiting for the gaps table: (series, stream, gap).
@@ -107,7 +109,7 @@ class Writer:
             if not n:
                 self._last_cut[st] = now
                 continue
-            if not (force or n >= self.flush_rows or now - self._last_cut[st] >= self.flush_interval):
+            if not (force or n >= self.flush_rows or now - self._last_cut[st] >= self._interval[st]):
                 continue
             self._last_cut[st] = now
             rejected = getattr(st, "rejected", 0)

@@ -73,6 +73,8 @@ class BookStream:
     def _band_columns(self) -> list[str]:
         return list(book_snapshot_schema(self.bands))[6:-4]
 
+    min_flush_interval: float = 10.0  # a snapshot a second: batch ten of them per stored document
+
     @property
     def table(self) -> str:
         """Snapshots go to ``book_snapshots``."""
@@ -241,6 +243,10 @@ class BookStream:
             return None
         rows, self.rows = self.rows, []
         return pl.DataFrame(rows, schema=book_snapshot_schema(self.bands), orient="row")
+
+    def take_copy(self) -> pl.DataFrame:
+        """The queued snapshots as a DataFrame, leaving them queued."""
+        return pl.DataFrame(self.rows, schema=book_snapshot_schema(self.bands), orient="row")
 
     def take_gaps(self) -> list[Gap]:
         """Hand over the gaps found since the last call."""

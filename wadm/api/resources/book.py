@@ -90,6 +90,12 @@ class BookHistoryResource(SeriesResource):
         if (raw := req.get_param("cursor")) is not None:
             start = max(start, _decode_cursor(raw))
         frame = await _page(svc, BatchKey(BOOK_SNAPSHOTS, venue, market, symbol), start, end, limit)
+        live = svc.books.get((venue, market, symbol))
+        if live is not None and live.rows and frame.height <= limit:
+            # Snapshots not flushed to the store yet (they are batched for a few seconds).
+            pending = live.take_copy().filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+            frame = (pl.concat([frame, pending], how="vertical_relaxed") if frame.height else pending)
+            frame = frame.unique(subset=["ts_event"], keep="first").sort("ts_event")
         more = frame.height > limit
         frame = frame.head(limit)
         snapshots = []
