@@ -646,3 +646,52 @@ def test_a_restart_resumes_from_the_newest_stored_trade(stored: int, first_live:
     got = st.take_gaps()
     assert [(g.first_id, g.last_id) for g in got] == ([gap] if gap else [])
     assert st.pending == 2 and st.duplicates == 0
+
+
+# ---- hand-over between two connections ------------------------------------------------------
+
+
+def _usdm_diff(u: int, pu: int, price: float) -> bytes:
+    return _diff(u, u, [(price, 1.0)], [], pu=pu)
+
+
+def test_a_connection_taking_over_ahead_of_the_old_one_does_not_break_the_book() -> None:
+    # USD-M: every diff names the previous one (pu). The new connection delivers diff 7 before
+    # the old one has delivered diff 6: fed directly that is a broken chain.
+    def run(hold: bool) -> BookStream:
+        proto, st = _binance_book(Market.USDM)
+        proto.feed(_usdm_diff(1, 0, 90.0), 0)
+        st.on_snapshot(1, BIDS5, ASKS5, 5, 0)
+        for u in range(2, 6):
+            proto.feed(_usdm_diff(u, u - 1, 90.0 + u), u)
+        new_feed = proto.feed_standby if hold else proto.feed
+        # The new connection's first diff is 7: diff 6 was published before it subscribed, and
+        # the old connection, a little behind, delivers 6 only now; then it closes.
+        new_feed(_usdm_diff(7, 6, 97.0), 7)
+        proto.feed(_usdm_diff(6, 5, 96.0), 8)
+        if hold:
+            assert proto.promote() == []
+        proto.feed(_usdm_diff(8, 7, 98.0), 9)  # only the new connection from here on
+        return st
+
+    direct = run(hold=False)
+    assert _bn(direct).resyncs == {"gap": 1}  # what holding the new connection's frames avoids
+    held = run(hold=True)
+    assert _state(held) is BookState.LIVE and not _bn(held).resyncs
+    assert held.book.update_id == 8 and {96.0, 97.0, 98.0} <= set(held.book.bids)
+
+
+def test_a_bybit_connection_taking_over_replays_its_own_snapshot_and_deltas() -> None:
+    proto, st = _bybit_book()
+    proto.feed(_bybit_msg("snapshot", 100, [["65000", "1"]], [["65001", "1"]]), 0)
+    for u in range(101, 104):
+        proto.feed(_bybit_msg("delta", u, [[str(65000 - u % 10), "1"]], []), u)
+    # The new subscription's snapshot is at 102: older than the book (103).
+    proto.feed_standby(_bybit_msg("snapshot", 102, [["65000", "2"]], [["65001", "2"]]), 200)
+    proto.feed_standby(_bybit_msg("delta", 103, [["64999", "3"]], []), 201)
+    proto.feed_standby(_bybit_msg("delta", 104, [["64998", "4"]], []), 202)
+    proto.feed(_bybit_msg("delta", 104, [["64998", "4"]], []), 203)  # the old one, then it closes
+    assert proto.promote() == []
+    proto.feed(_bybit_msg("delta", 105, [["64997", "5"]], []), 204)
+    assert _state(st) is BookState.LIVE and not _by(st).resyncs
+    assert st.book.update_id == 105 and st.book.bids[64998.0] == 4.0 and st.book.bids[65000.0] == 2.0

@@ -10,7 +10,9 @@ connects, then supervises the live connection until one of these happens:
   deliver nothing): close it and reconnect, with the same backoff;
 * the connection is older than ``rotate_after`` (before the venue's 24 h cut) or the venue sent
   ``serverShutdown``: **make before break** - open a second connection, wait until it delivers
-  data, then close the old one. Both feed the same venue protocol meanwhile; it de-duplicates.
+  data, then close the old one. Both feed the same venue protocol meanwhile; it de-duplicates
+  trades. Book protocols hold the new connection's frames until the old one is closed and then
+  replay them, so a book never interleaves two connections' sequences.
 
 Frames go to the plan's protocol synchronously from picows' callback (no queue, no await on
 the receive path). Bad frames are counted by kind and logged at a limited rate; they never stop
@@ -89,9 +91,13 @@ class LinkState:
 class _Listener(picows.WSListener):
     """picows callbacks for one socket: frames go straight to the venue protocol."""
 
-    def __init__(self, link: WsLink) -> None:
+    def __init__(self, link: WsLink, standby: bool = False) -> None:
         self.link = link
-        self.feed = link.plan.protocol.feed
+        protocol = link.plan.protocol
+        # A connection taking over from another holds its book frames until it does (see
+        # WsLink._hand_over); trades and klines are de-duplicated instead, so they flow at once.
+        hold = getattr(protocol, "feed_standby", None) if standby else None
+        self.feed: Callable[[bytes, int], Event | None] = hold or protocol.feed
         self.frames = 0
         self.transport: picows.WSTransport | None = None
         self.disconnected = asyncio.Event()
@@ -316,10 +322,10 @@ class WsLink:
                     return None
         return None
 
-    async def _connect(self) -> _Listener:
+    async def _connect(self, *, standby: bool = False) -> _Listener:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             _, listener = await picows.ws_connect(
-                lambda: _Listener(self),
+                lambda: _Listener(self, standby),
                 self.plan.url,
                 websocket_handshake_timeout=CONNECT_TIMEOUT,
                 enable_auto_pong=True,
@@ -340,6 +346,16 @@ class WsLink:
         for name in self.progress_at:  # the watchdog counts silence from the new connection
             self.progress_at[name] = max(self.progress_at[name], now)
         return listener
+
+    def _promote(self, listener: _Listener) -> None:
+        """The new connection is the only one now: replay the frames it held, then feed directly."""
+        protocol = self.plan.protocol
+        promote = getattr(protocol, "promote", None)
+        if listener.feed is protocol.feed or promote is None:
+            return
+        listener.feed = protocol.feed
+        for event in promote():
+            self.on_event(listener, event)
 
     def check_progress(self) -> str | None:
         """Update per-stream progress; return the name of a stream silent past ``stale_after``."""
@@ -392,7 +408,7 @@ class WsLink:
         """
         log.info("%s: rotating the connection (%s)", self.plan, reason, extra={"link": str(self.plan)})
         try:
-            new = await self._connect()
+            new = await self._connect(standby=True)
         except (OSError, TimeoutError, picows.WSError, ValueError) as exc:
             self.state.connect_failures += 1
             self.state.last_error = f"rotation connect failed: {type(exc).__name__}: {exc}"[:300]
@@ -410,6 +426,7 @@ class WsLink:
             for st in self.plan.protocol.streams.values():
                 st.connection_lost(lost_at)
         old.close()
+        self._promote(new)
         self.state.rotations += 1
         self.state.connected = True
         self.current = new

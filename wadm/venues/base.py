@@ -20,10 +20,12 @@ from typing import Any, NamedTuple, Protocol
 
 import polars as pl
 
+from wadm.errors import VenueProtocolError
 from wadm.records import TRADES, Market, Venue
 
 __all__ = [
     "Ack",
+    "HoldsStandby",
     "ConnectionPlan",
     "Event",
     "Gap",
@@ -268,6 +270,43 @@ class VenueProtocol(Protocol):
     def feed(self, payload: bytes, ts_recv: int) -> Event | None:
         """Take one frame; trades land in ``streams``; control frames come back as events."""
         ...
+
+
+class HoldsStandby:
+    """For book protocols: frames of a connection taking over are held, then replayed.
+
+    During a make-before-break hand-over two connections deliver the same sequence at slightly
+    different times; a book fed by both could see an update from the faster one before the one
+    it continues from. The transport feeds the new connection's frames to :meth:`feed_standby`
+    and calls :meth:`promote` once the old connection is closed: from then on only the new one
+    feeds the book, and its held frames continue the sequence (updates already applied are
+    duplicates and skipped).
+    """
+
+    max_standby = 50_000  # frames held at most (a hand-over lasts seconds)
+
+    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+        raise NotImplementedError
+
+    def feed_standby(self, payload: bytes, ts_recv: int) -> Event | None:
+        """Hold a frame of the connection that is taking over."""
+        held: list[tuple[bytes, int]] = self.__dict__.setdefault("_standby", [])
+        if len(held) < self.max_standby:
+            held.append((payload, ts_recv))
+        return None
+
+    def promote(self) -> list[Event]:
+        """The taking-over connection is the only one now: replay what it delivered meanwhile."""
+        held: list[tuple[bytes, int]] = self.__dict__.pop("_standby", [])
+        events = []
+        for payload, ts_recv in held:
+            try:
+                event = self.feed(payload, ts_recv)
+            except VenueProtocolError:
+                continue  # the transport counted nothing for it yet; a bad frame is dropped either way
+            if event is not None:
+                events.append(event)
+        return events
 
 
 @dataclass(frozen=True, slots=True)

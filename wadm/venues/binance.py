@@ -28,6 +28,7 @@ from wadm.venues.base import (
     ConnectionPlan,
     Event,
     Gap,
+    HoldsStandby,
     ServerShutdown,
     StreamSpec,
     TradeStream,
@@ -310,7 +311,7 @@ class _CombinedProtocol(Generic[S]):
         return None
 
 
-class BinanceBookProtocol(_CombinedProtocol[BookStream]):
+class BinanceBookProtocol(_CombinedProtocol[BookStream], HoldsStandby):
     """Decodes diff-depth frames into the book streams of one connection plan."""
 
     _decode = _decode_depth

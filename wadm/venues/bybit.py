@@ -32,6 +32,7 @@ from wadm.venues.base import (
     ConnectionPlan,
     Event,
     Gap,
+    HoldsStandby,
     SendFrames,
     StreamSpec,
     TradeStream,
@@ -262,7 +263,7 @@ class _TopicProtocol(Generic[S]):
         return self._take(st, msg, ts_recv)
 
 
-class BybitBookProtocol(_TopicProtocol[BookStream]):
+class BybitBookProtocol(_TopicProtocol[BookStream], HoldsStandby):
     """Decodes ``orderbook`` snapshots and deltas into the book streams of one connection plan.
 
     A broken book (a ``u`` gap or a crossed book) is answered with a resubscription of its
