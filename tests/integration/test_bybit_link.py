@@ -80,9 +80,10 @@ async def test_bybit_trades_are_stored_once_through_drops(tmp_path: Path) -> Non
 
 
 async def test_a_refused_topic_is_reported_and_the_others_keep_flowing(tmp_path: Path) -> None:
-    specs = [SyntheticSpec(market="linear", symbol="BTCUSDT", rate=200, venue="bybit")]
+    specs = [SyntheticSpec(market="linear", symbol=s, rate=200, venue="bybit") for s in ("BTCUSDT", "ETHUSDT")]
     async with Emulator(synthetic=specs, seed=4) as emu:
-        targets = (StreamTarget(venue=Venue.BYBIT, market=Market.LINEAR, symbols=("BTCUSDT", "NOTASYMBOL")),)
+        emu.fail_subscribe("publicTrade.ETHUSDT", market="linear")  # listed, but the venue refuses the topic
+        targets = (StreamTarget(venue=Venue.BYBIT, market=Market.LINEAR, symbols=("BTCUSDT", "ETHUSDT")),)
         svc = Service(_settings(emu, targets), SqliteStore(tmp_path / "w.db"))
         await svc.start()
         try:
@@ -92,8 +93,25 @@ async def test_a_refused_topic_is_reported_and_the_others_keep_flowing(tmp_path:
             assert not healthy
             states = {s["symbol"]: (s["state"], s["error"]) for s in body["streams"]}
             assert states["BTCUSDT"] == ("live", None)
-            assert states["NOTASYMBOL"][0] == "subscription_failed"
-            assert "handler not found" in (states["NOTASYMBOL"][1] or "")
+            assert states["ETHUSDT"][0] == "subscription_failed"
+            assert "handler not found" in (states["ETHUSDT"][1] or "")
             assert svc.links[0].state.reconnects == 0
+        finally:
+            await svc.stop()
+
+
+async def test_a_symbol_bybit_does_not_list_is_reported(tmp_path: Path) -> None:
+    specs = [SyntheticSpec(market="linear", symbol="BTCUSDT", rate=200, venue="bybit")]
+    async with Emulator(synthetic=specs, seed=4) as emu:
+        targets = (StreamTarget(venue=Venue.BYBIT, market=Market.LINEAR, symbols=("BTCUSDT", "NOTASYMBOL")),)
+        svc = Service(_settings(emu, targets), SqliteStore(tmp_path / "w.db"))
+        await svc.start()
+        try:
+            await _until(lambda: "publicTrade.NOTASYMBOL" in svc.links[0].failed_streams, 10)
+            states = {s["symbol"]: (s["state"], s["error"]) for s in svc.health()[1]["streams"]}
+            assert states["BTCUSDT"][1] is None
+            error = states["NOTASYMBOL"][1] or ""
+            # The venue refuses the topic and does not list the symbol; whichever says it first.
+            assert "handler not found" in error or "NOTASYMBOL is not listed on bybit/linear" in error
         finally:
             await svc.stop()

@@ -153,18 +153,24 @@ class Recovery:
         shares nor goes unexplained. Best effort: without an answer the defaults stay.
         """
         links: list[tuple[WsLink, Stream]] = [*self.books, *self.trades, *self.klines]
-        for market in (Market.SPOT, Market.USDM):
-            mine = [(link, st) for link, st in links if st.venue is Venue.BINANCE and st.market is market]
+        for venue, market in ((Venue.BINANCE, Market.SPOT), (Venue.BINANCE, Market.USDM),
+                              (Venue.BYBIT, Market.SPOT), (Venue.BYBIT, Market.LINEAR)):
+            mine = [(link, st) for link, st in links if st.venue is venue and st.market is market]
             if not mine:
                 continue
             symbols = sorted({st.spec.symbol for _, st in mine})
-            status = await venue_info.binance_symbols(self.clients[(Venue.BINANCE, market)], market, symbols)
+            client = self.clients[(venue, market)]
+            if venue is Venue.BINANCE:
+                status = await venue_info.binance_symbols(client, market, symbols)
+            else:
+                status = await venue_info.bybit_symbols(client, market, symbols)
+            trading = "TRADING" if venue is Venue.BINANCE else "Trading"
             for link, st in mine:
                 state = status.get(st.spec.symbol)
-                if state is not None and state != "TRADING":
-                    link.failed_streams[st.spec.name] = f"{st.spec.symbol} is {state} on binance/{market}"
-            for symbol in sorted({sym for sym, state in status.items() if state != "TRADING"}):
-                log.error("binance/%s: %s is %s on the venue; its streams will stay empty", market, symbol,
+                if state is not None and state != trading:
+                    link.failed_streams.setdefault(st.spec.name, f"{st.spec.symbol} is {state} on {venue}/{market}")
+            for symbol in sorted(sym for sym, state in status.items() if state != trading):
+                log.error("%s/%s: %s is %s on the venue; its streams will stay empty", venue, market, symbol,
                           status[symbol], extra={"symbol": symbol})
 
     def step(self) -> None:

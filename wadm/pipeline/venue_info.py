@@ -1,7 +1,8 @@
 """Instrument metadata read at start: request-weight limits and which symbols trade.
 
 PROTOCOLS.md §1.5 asks to read the weight budget from ``exchangeInfo.rateLimits`` rather than
-hard-code it, and §5.11 to check symbols against the venue's list before relying on them.
+hard-code it, and §5.8 and §5.11 to check symbols against the venue's list (``exchangeInfo``,
+``instruments-info``) before relying on them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import orjson
 from wadm.records import Market
 from wadm.transport.rest import RestClient, RestError
 
-__all__ = ["NOT_LISTED", "binance_symbols"]
+__all__ = ["NOT_LISTED", "binance_symbols", "bybit_symbols"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +60,24 @@ def _adopt_limit(client: RestClient, market: Market, info: dict[str, Any]) -> No
                 client.budget.set_limit(rule["limit"])
                 log.info("binance/%s: the venue allows %d request weight per minute", market, rule["limit"])
             return
+
+
+async def bybit_symbols(client: RestClient, market: Market, symbols: list[str]) -> dict[str, str]:
+    """Return each symbol's Bybit status (``Trading``, ``PreLaunch``, ``Delivering``... or ``not listed``).
+
+    One ``instruments-info`` request per symbol (the full list is paginated); a symbol the venue
+    could not be asked about is left out of the answer.
+    """
+    out: dict[str, str] = {}
+    for symbol in symbols:
+        try:
+            answer = await client.get("/v5/market/instruments-info", {"category": market.value, "symbol": symbol})
+        except RestError as exc:
+            log.info("bybit/%s: could not read instruments-info for %s (%s)", market, symbol, exc)
+            continue
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict) or answer.get("retCode") != 0:
+            continue
+        listed = [x for x in result.get("list") or [] if isinstance(x, dict) and x.get("symbol") == symbol]
+        out[symbol] = str(listed[0].get("status")) if listed else NOT_LISTED
+    return out
