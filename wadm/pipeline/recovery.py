@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.05
 RESUBSCRIBE_AFTER = 5.0
+LISTING_CHECK_EVERY = 3600.0
 MAX_ATTEMPTS = 8
 _MS = 1_000_000
 
@@ -130,7 +131,7 @@ class Recovery:
 
     async def run(self) -> None:
         """Poll the streams and start recovery jobs, forever."""
-        self._spawn(self.read_venue_limits(), "exchangeInfo")
+        self._spawn(self._check_listings(), "instrument metadata")
         while True:
             self.step()
             await asyncio.sleep(TICK)
@@ -144,6 +145,12 @@ class Recovery:
                 await task
         for client in set(self.clients.values()):
             await client.close()
+
+    async def _check_listings(self) -> None:
+        """Read instrument metadata at start and every hour: symbols get halted and delisted."""
+        while True:
+            await self.read_venue_limits()
+            await asyncio.sleep(LISTING_CHECK_EVERY)
 
     async def read_venue_limits(self) -> None:
         """Read Binance's published request-weight limits and check that the configured symbols trade.
