@@ -238,7 +238,7 @@ def main() -> int:
               f"{time.monotonic() - t0:.0f} s; store file {size / 1e6:.0f} MB")
 
         emu = start_emulator("--symbols", ",".join(SYMBOLS), "--markets", "spot", "--rate", str(RATE),
-                             "--seed", "1")
+                             "--seed", "1", "--book", "on")
         port = free_port()
         env = {
             "WADM_DATA_DIR": str(data),
@@ -250,6 +250,8 @@ def main() -> int:
             "BYBIT_SPOT_SYMBOLS": "",
             "COLLECTORS_START_DELAY": "0",
             "WADM_BINANCE_SPOT_WS_URL": emu.spot_url,
+            # Books (REST snapshots from the emulator) and klines too: the memory of a full setup.
+            "WADM_BINANCE_SPOT_REST_URL": emu.spot_url.replace("ws://", "http://", 1),
             "PYTHONUNBUFFERED": "1",
         }
         api = f"http://127.0.0.1:{port}"
