@@ -163,8 +163,9 @@ def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
     time.sleep(1.0)
     dropped = 0
     for _ in range(3):
+        wait_for(lambda: setup.health().status_code == 200, 30, "the stream to be back", setup.app)
         dropped += setup.control("drop")["affected"]
-        time.sleep(1.0)
+        time.sleep(0.5)
     delivered = setup.recover_and_freeze()
     assert dropped == 3 and len(delivered) > 500
     expected = list(range(delivered[0], delivered[-1] + 1))  # aggTrade ids are contiguous

@@ -44,6 +44,16 @@ HANDOVER_TIMEOUT = 15.0  # how long a rotation waits for the new connection's fi
 LOG_EVERY = 30.0  # seconds between two log lines about the same kind of bad frame
 
 
+async def _first_of(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """Wait until any of ``events`` is set, or ``seconds`` have passed."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 class Backoff:
     """Capped exponential backoff with jitter: ``uniform(base / 2, min(cap, base * 2**n))``.
 
@@ -394,11 +404,7 @@ class WsLink:
             if self.plan.app_ping is not None and now >= ping_due and listener.transport is not None:
                 listener.transport.send(picows.WSMsgType.TEXT, self.plan.app_ping)
                 ping_due = now + self.plan.app_ping_interval
-            waits = [asyncio.ensure_future(e.wait()) for e in (listener.disconnected, listener.shutdown_notice,
-                                                               self._stopping)]
-            _, pending = await asyncio.wait(waits, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            await _first_of((listener.disconnected, listener.shutdown_notice, self._stopping), tick)
 
     async def _hand_over(self, old: _Listener, reason: str) -> None:
         """Make before break: a new connection delivers data before the old one closes.
@@ -417,16 +423,36 @@ class WsLink:
                               "stays, retrying in %.1f s", self.plan, self.state.last_error, delay)
             await self._sleep(delay)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(new.first_data.wait(), HANDOVER_TIMEOUT)
-        lost, first = old.disconnected_at, new.first_data_at
-        if lost is not None and (first is None or lost < first):
-            # The old connection died before the new one delivered: data in between may be lost.
-            lost_at = time.time_ns()
-            for st in self.plan.protocol.streams.values():
-                st.connection_lost(lost_at)
-        old.close()
-        self._promote(new)
-        self.state.rotations += 1
-        self.state.connected = True
-        self.current = new
+        promoted = False
+        try:
+            await _first_of((new.first_data, new.disconnected, self._stopping), HANDOVER_TIMEOUT)
+            if self._stopping.is_set():
+                return
+            if new.first_data_at is None or new.disconnected.is_set():
+                # The replacement died or stayed silent: keep the current connection (run() replaces
+                # it the usual way if it has died too) and try again later.
+                self.state.connect_failures += 1
+                self.state.last_error = "rotation: the replacement connection delivered no data"
+                delay = self.backoff.next()
+                self._log_limited("connect", "%s: the replacement connection delivered no data; the current one "
+                                  "stays, retrying in %.1f s", self.plan, delay)
+                await self._sleep(delay)
+                return
+            lost, first = old.disconnected_at, new.first_data_at
+            if lost is not None and lost < first:
+                # The old connection died before the new one delivered: data in between may be lost.
+                lost_at = time.time_ns()
+                for st in self.plan.protocol.streams.values():
+                    st.connection_lost(lost_at)
+            old.close()
+            self._promote(new)
+            promoted = True
+            self.state.rotations += 1
+            self.state.connected = True
+            self.current = new
+        finally:
+            if not promoted:
+                new.close()
+                discard = getattr(self.plan.protocol, "discard_standby", None)
+                if discard is not None:
+                    discard()

@@ -295,6 +295,10 @@ class HoldsStandby:
             held.append((payload, ts_recv))
         return None
 
+    def discard_standby(self) -> None:
+        """The taking-over connection failed: forget what it delivered."""
+        self.__dict__.pop("_standby", None)
+
     def promote(self) -> list[Event]:
         """The taking-over connection is the only one now: replay what it delivered meanwhile."""
         held: list[tuple[bytes, int]] = self.__dict__.pop("_standby", [])

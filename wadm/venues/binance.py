@@ -137,11 +137,13 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
     ).filter(pl.col("price") > 0, pl.col("qty") > 0)
 
 
-class BinanceProtocol:
+class BinanceProtocol(HoldsStandby):
     """Decodes the frames of one Binance connection plan into its trade streams.
 
     Trade ids are contiguous per symbol, so de-duplication across overlapping connections
-    (make-before-break rotation) is a high-water mark, and a skipped id is a missed trade.
+    (make-before-break rotation) is a high-water mark, and a skipped id is a missed trade. A
+    connection taking over is held until the old one closes (:class:`HoldsStandby`), so the
+    high-water mark never jumps past trades the old one has yet to deliver.
     """
 
     def __init__(self, streams: dict[str, TradeStream]) -> None:
