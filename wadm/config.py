@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from wadm.errors import ConfigError
-from wadm.records import VENUE_MARKETS, Market, Venue
+from wadm.records import USDM_DEPTH_LIMITS, VENUE_MARKETS, Market, Venue
 
 __all__ = ["DEFAULT_SYMBOLS", "Settings", "StreamTarget", "load_settings"]
 
@@ -260,9 +260,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         raise ConfigError(
             "WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY"), "must be at least WADM_RECONNECT_MIN_DELAY"
         )
-    if kw.get("book_snapshot_depth", 100) > kw.get("book_depth", 1000):
+    depth, stored = kw.get("book_depth", 1000), kw.get("book_snapshot_depth", 100)
+    usdm_depth = max((v for v in USDM_DEPTH_LIMITS if v <= depth), default=USDM_DEPTH_LIMITS[0])
+    if stored > depth:
         raise ConfigError("BOOK_SNAPSHOT_DEPTH", get("BOOK_SNAPSHOT_DEPTH") or "100",
-                          f"at most BOOK_DEPTH ({kw.get('book_depth', 1000)}): only snapshot levels are known")
+                          f"at most BOOK_DEPTH ({depth}): only snapshot levels are known")
+    if stored > usdm_depth:
+        raise ConfigError("BOOK_SNAPSHOT_DEPTH", get("BOOK_SNAPSHOT_DEPTH") or "100",
+                          f"at most {usdm_depth}: Binance USD-M snapshots of BOOK_DEPTH={depth} hold "
+                          f"{usdm_depth} levels (it offers {', '.join(map(str, USDM_DEPTH_LIMITS))})")
     if (raw := get("WADM_HOST")) is not None:
         kw["host"] = raw
     if (raw := get("WADM_DATA_DIR")) is not None:

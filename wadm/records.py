@@ -27,6 +27,7 @@ __all__ = [
     "TRADES",
     "TRADE_SCHEMA_INT_ID",
     "TRADE_SCHEMA_STR_ID",
+    "USDM_DEPTH_LIMITS",
     "Venue",
     "trade_schema",
 ]
@@ -46,6 +47,9 @@ class Market(enum.StrEnum):
     USDM = "usdm"
     LINEAR = "linear"
 
+
+# Depth snapshot sizes Binance USD-M accepts (spot takes any from 1 to 5000).
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
 VENUE_MARKETS: dict[Venue, tuple[Market, ...]] = {
     Venue.BINANCE: (Market.SPOT, Market.USDM),

@@ -233,7 +233,7 @@ async def test_book_snapshots_and_klines_round_trip(store: Store) -> None:
     assert_frame_equal(await store.read(kline_key, T0, FAR), klines, check_exact=True)
 
 
-async def test_latest_is_the_batch_that_starts_last(store: Store) -> None:
+async def test_latest_is_the_batch_that_ends_last(store: Store) -> None:
     assert (await store.latest(BINANCE_SPOT)).height == 0
     first, b1 = batch(BINANCE_SPOT, T0, 5, first_id=1)
     second, b2 = batch(BINANCE_SPOT, T0 + 10 * SECOND, 5, first_id=6)

@@ -85,6 +85,7 @@ def test_symbols_file(tmp_path: Path) -> None:
         ({"WADM_CHANNELS": "trades,news"}, "WADM_CHANNELS", "trades, book, klines"),
         ({"WADM_BACKFILL_DEADLINE": "0"}, "WADM_BACKFILL_DEADLINE", "between 1 and 86400"),
         ({"BOOK_DEPTH": "50", "BOOK_SNAPSHOT_DEPTH": "60"}, "BOOK_SNAPSHOT_DEPTH", "at most BOOK_DEPTH (50)"),
+        ({"BOOK_DEPTH": "300", "BOOK_SNAPSHOT_DEPTH": "200"}, "BOOK_SNAPSHOT_DEPTH", "USD-M snapshots"),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_allowed(

@@ -631,12 +631,13 @@ def _agg(i: int) -> bytes:
 
 @pytest.mark.parametrize(("stored", "first_live", "gap"), [
     (100, 101, None),  # nothing missed
-    (100, 106, (101, 105)),  # five trades while we were down: a gap REST can fill
-    (100, 90, None),  # ids went backwards (another id space, a replay): not a gap, nothing dropped
-    (100, 100 + 10_000_000, None),  # no venue trades that much in an hour: not a gap
+    (100, 106, (101, 105)),  # five trades while we were down: a gap of ids REST can fill
+    (100, 90, "time"),  # ids went backwards (another id space, a replay): a window of time
+    (100, 100 + 10_000_000, "time"),  # no venue trades that much in an hour: a window of time
+    (None, 101, "time"),  # the stored trades end before the retention horizon
 ])
-def test_a_restart_resumes_from_the_newest_stored_trade(stored: int, first_live: int,
-                                                        gap: tuple[int, int] | None) -> None:
+def test_a_restart_resumes_from_the_newest_stored_trade(stored: int | None, first_live: int,
+                                                        gap: tuple[int, int] | str | None) -> None:
     plan = binance.plan_trade_connections(Market.SPOT, ("BTCUSDT",), "wss://x")[0]
     st = plan.protocol.streams["btcusdt@aggTrade"]
     assert isinstance(st, TradeStream)
@@ -644,54 +645,27 @@ def test_a_restart_resumes_from_the_newest_stored_trade(stored: int, first_live:
     plan.protocol.feed(_agg(first_live), 0)
     plan.protocol.feed(_agg(first_live + 1), 0)
     got = st.take_gaps()
-    assert [(g.first_id, g.last_id) for g in got] == ([gap] if gap else [])
-    assert st.pending == 2 and st.duplicates == 0
+    if gap is None:
+        assert got == []
+    elif gap == "time":
+        assert got == [Gap(999 * MS, (1000 + first_live) * MS, "restart")]  # recorded, not backfilled
+    else:
+        assert [(g.first_id, g.last_id, g.reason) for g in got] == [(*gap, "missing_ids")]
+    assert st.pending == 2 and st.duplicates == 0  # live trades are never dropped
 
 
-# ---- hand-over between two connections ------------------------------------------------------
-
-
-def _usdm_diff(u: int, pu: int, price: float) -> bytes:
-    return _diff(u, u, [(price, 1.0)], [], pu=pu)
-
-
-def test_a_connection_taking_over_ahead_of_the_old_one_does_not_break_the_book() -> None:
-    # USD-M: every diff names the previous one (pu). The new connection delivers diff 7 before
-    # the old one has delivered diff 6: fed directly that is a broken chain.
-    def run(hold: bool) -> BookStream:
-        proto, st = _binance_book(Market.USDM)
-        proto.feed(_usdm_diff(1, 0, 90.0), 0)
-        st.on_snapshot(1, BIDS5, ASKS5, 5, 0)
-        for u in range(2, 6):
-            proto.feed(_usdm_diff(u, u - 1, 90.0 + u), u)
-        new_feed = proto.feed_standby if hold else proto.feed
-        # The new connection's first diff is 7: diff 6 was published before it subscribed, and
-        # the old connection, a little behind, delivers 6 only now; then it closes.
-        new_feed(_usdm_diff(7, 6, 97.0), 7)
-        proto.feed(_usdm_diff(6, 5, 96.0), 8)
-        if hold:
-            assert proto.promote() == []
-        proto.feed(_usdm_diff(8, 7, 98.0), 9)  # only the new connection from here on
-        return st
-
-    direct = run(hold=False)
-    assert _bn(direct).resyncs == {"gap": 1}  # what holding the new connection's frames avoids
-    held = run(hold=True)
-    assert _state(held) is BookState.LIVE and not _bn(held).resyncs
-    assert held.book.update_id == 8 and {96.0, 97.0, 98.0} <= set(held.book.bids)
-
-
-def test_a_bybit_connection_taking_over_replays_its_own_snapshot_and_deltas() -> None:
-    proto, st = _bybit_book()
-    proto.feed(_bybit_msg("snapshot", 100, [["65000", "1"]], [["65001", "1"]]), 0)
-    for u in range(101, 104):
-        proto.feed(_bybit_msg("delta", u, [[str(65000 - u % 10), "1"]], []), u)
-    # The new subscription's snapshot is at 102: older than the book (103).
-    proto.feed_standby(_bybit_msg("snapshot", 102, [["65000", "2"]], [["65001", "2"]]), 200)
-    proto.feed_standby(_bybit_msg("delta", 103, [["64999", "3"]], []), 201)
-    proto.feed_standby(_bybit_msg("delta", 104, [["64998", "4"]], []), 202)
-    proto.feed(_bybit_msg("delta", 104, [["64998", "4"]], []), 203)  # the old one, then it closes
-    assert proto.promote() == []
-    proto.feed(_bybit_msg("delta", 105, [["64997", "5"]], []), 204)
-    assert _state(st) is BookState.LIVE and not _by(st).resyncs
-    assert st.book.update_id == 105 and st.book.bids[64998.0] == 4.0 and st.book.bids[65000.0] == 2.0
+def test_a_bybit_restart_does_not_store_the_stored_trades_again() -> None:
+    plan = bybit.plan_trade_connections(Market.LINEAR, ("BTCUSDT",), "wss://x")[0]
+    proto = plan.protocol
+    assert isinstance(proto, BybitProtocol)
+    st = proto.streams["publicTrade.BTCUSDT"]
+    assert isinstance(st, TradeStream)
+    st.resume(1000 * MS, "b")
+    proto.remember("publicTrade.BTCUSDT", ["a", "b"])  # the newest stored batch
+    frame = {"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1,
+             "data": [{"T": 1005, "s": "BTCUSDT", "S": "Buy", "v": "1", "p": "100", "i": "d"}]}
+    proto.feed(orjson.dumps(frame), 0)
+    assert st.take_gaps() == [Gap(1000 * MS, 1005 * MS, "restart")]
+    rest = [bybit.RestTrade(1000, "Buy", 1.0, 100.0, "b"), bybit.RestTrade(1000, "Sell", 1.0, 100.0, "c"),
+            bybit.RestTrade(1005, "Buy", 1.0, 100.0, "d")]
+    assert [t.i for t in proto.accept_backfill("publicTrade.BTCUSDT", rest, 1000 * MS, 1005 * MS)] == ["c"]

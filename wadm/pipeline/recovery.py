@@ -125,6 +125,7 @@ class Recovery:
         self._busy: set[tuple[int, str]] = set()  # (id of stream, job) running now
         self._tasks: set[asyncio.Task[None]] = set()
         self._resubscribed: dict[int, float] = {}
+        self._unlisted: set[tuple[int, str]] = set()  # (link, stream) the listing check flagged
         # Trade gaps whose backfill is running, per (venue, market, symbol).
         self.pending: dict[tuple[Venue, Market, str], list[_Pending]] = {}
         self._last_log: dict[str, float] = {}
@@ -173,12 +174,32 @@ class Recovery:
                 status = await venue_info.bybit_symbols(client, market, symbols)
             trading = "TRADING" if venue is Venue.BINANCE else "Trading"
             for link, st in mine:
-                state = status.get(st.spec.symbol)
+                state, name = status.get(st.spec.symbol), st.spec.name
                 if state is not None and state != trading:
-                    link.failed_streams.setdefault(st.spec.name, f"{st.spec.symbol} is {state} on {venue}/{market}")
+                    message = f"{st.spec.symbol} is {state} on {venue}/{market}"
+                    if link.failed_streams.setdefault(name, message) == message:
+                        self._unlisted.add((id(link), name))
+                elif state == trading and (id(link), name) in self._unlisted:
+                    # Trading again: the watchdog watches the stream again (it flows, or gets replaced).
+                    self._unlisted.discard((id(link), name))
+                    link.failed_streams.pop(name, None)
             for symbol in sorted(sym for sym, state in status.items() if state != trading):
                 log.error("%s/%s: %s is %s on the venue; its streams will stay empty", venue, market, symbol,
                           status[symbol], extra={"symbol": symbol})
+
+    def record_leftovers(self) -> None:
+        """At shutdown: record every gap the streams noticed but nobody will backfill now."""
+        streams: list[Stream] = [*(st for _, st in self.books), *(st for _, st in self.trades),
+                                 *(st for _, st in self.klines)]
+        for st in streams:
+            if st.gaps:
+                self._record(st, st.take_gaps())
+        for _, klines in self.klines:
+            ranges, klines.missing = klines.missing, []
+            iv = klines.interval_ms
+            gaps = [Gap(a * _MS, (b + iv) * _MS, "klines_missing", (b - a) // iv + 1) for a, b in ranges]
+            if gaps:
+                self._record(klines, gaps)
 
     def step(self) -> None:
         """Look at every stream once; start the jobs that are due."""
@@ -400,7 +421,7 @@ class Recovery:
             self.writer.add_frame(BatchKey(TRADES, st.venue, st.market, st.spec.symbol), frame)
             st.backfilled += frame.height
         oldest = rows[0].T * _MS if rows else gap.end
-        if oldest < gap.start:
+        if oldest <= gap.start:
             progress.left = None  # the venue's recent trades reach back past the window: nothing is missing
             return
         log.info("%s: recent trades cover %d of the disconnect window; the rest is recorded as a gap",
@@ -412,21 +433,27 @@ class Recovery:
     async def _klines(self, st: KlineStream, first: int, last: int) -> None:
         """Fetch closed 1-minute bars with open times in ``[first, last]`` (ms), 1000 per request."""
         iv = st.interval_ms
-        expected = (last - first) // iv + 1
-        kept, page_first = 0, first
+        page_first = first
+        missing: list[Gap] = []
         try:
             async with asyncio.timeout(self.settings.backfill_deadline):
                 while page_first <= last:
                     page_last = min(last, page_first + 999 * iv)
                     rows = await self._get(st, *self._kline_request(st, page_first, page_last))
-                    kept += st.add_backfill(rows, page_first, page_last)
+                    kept = st.add_backfill(rows, page_first, page_last)
+                    if kept < (page_last - page_first) // iv + 1:
+                        missing.append(Gap(page_first * _MS, (page_last + iv) * _MS, "klines_missing",
+                                           (page_last - page_first) // iv + 1 - kept))
                     page_first = page_last + iv
         except (TimeoutError, RestError, VenueProtocolError) as exc:
             log.warning("%s: kline backfill failed (%s)", st.spec.name, exc, extra={"stream": st.spec.name})
         finally:
-            if kept < expected:  # also when cancelled at shutdown
-                gap = Gap(first * _MS, (last + iv) * _MS, "klines_missing", expected - kept)
-                self.writer.record_gaps(BatchKey(KLINES, st.venue, st.market, st.spec.symbol), st.spec.name, [gap])
+            if page_first <= last:  # not fetched: a timeout, an error, or shutdown
+                missing.append(Gap(page_first * _MS, (last + iv) * _MS, "klines_missing",
+                                   (last - page_first) // iv + 1))
+            if missing:
+                self.writer.record_gaps(BatchKey(KLINES, st.venue, st.market, st.spec.symbol), st.spec.name,
+                                        missing)
 
     @staticmethod
     def _kline_request(

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import polars as pl
 
 from wadm.book.sync import BookState
 from wadm.config import Settings
@@ -187,7 +188,7 @@ class Service:
         """
         now = time.time_ns()
         resumed = 0
-        for _, st in self.streams:
+        for link, st in self.streams:
             if isinstance(st, TradeStream):
                 horizon = now - self.settings.retention_raw_trades * 1_000_000_000
             elif isinstance(st, KlineStream):
@@ -200,16 +201,20 @@ class Service:
                 log.warning("Could not read where %s ended (%s); collecting from now", st.spec.name, exc)
                 continue
             if last.height == 0:
-                continue
+                continue  # nothing stored: a first start
             newest = last.sort("ts_event").row(-1, named=True)
-            if newest["ts_event"] < horizon:
-                continue
-            if isinstance(st, TradeStream):
+            if isinstance(st, KlineStream):
+                if newest["ts_event"] >= horizon:
+                    st.resume(newest["ts_event"] // 1_000_000)
+            elif newest["ts_event"] < horizon:
+                st.resume(horizon, None)  # stored trades end before the window we keep: record it
+            else:
                 newest_id = last["id"].max() if st.venue is Venue.BINANCE else newest["id"]
                 assert isinstance(newest_id, int | str)
                 st.resume(newest["ts_event"], newest_id)
-            else:
-                st.resume(newest["ts_event"] // 1_000_000)
+                remember = getattr(link.plan.protocol, "remember", None)
+                if remember is not None:  # ids that cannot be ordered: the stored ones are not new
+                    remember(st.spec.name, last["id"].cast(pl.String).to_list())
             resumed += 1
         if resumed:
             log.info("Resuming %d streams where the store ends; what was missed meanwhile is backfilled", resumed)
@@ -282,6 +287,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery_task
         await self.recovery.close()  # running jobs record what they could not recover
+        self.writer.cut(force=True)  # the last trades; a buffer that overflowed notes its gap now
+        self.recovery.record_leftovers()
         self.writer.close()
         if self._drain_task is not None:
             done, _ = await asyncio.wait([self._drain_task], timeout=deadline)

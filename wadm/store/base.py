@@ -65,7 +65,7 @@ class Store(Protocol):
         ...
 
     async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the newest batch of ``key`` (the one that starts last); empty when there is none."""
+        """Rows of the batch of ``key`` that ends last (where the stored data ends); empty when none."""
         ...
 
     async def sweep(self, table: str, older_than: int) -> int:

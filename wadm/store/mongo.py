@@ -259,11 +259,11 @@ class MongoStore:
         return _decode_all(blobs)
 
     async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the newest batch of ``key``; see :class:`~wadm.store.base.Store`."""
+        """Rows of the batch of ``key`` that ends last; see :class:`~wadm.store.base.Store`."""
         query = {"venue": key.venue.value, "market": key.market.value, "symbol": key.symbol}
         try:
             doc = await self._collection(key.table).find_one(
-                query, projection={"data": 1}, sort=[("start", DESCENDING), ("end", DESCENDING)])
+                query, projection={"data": 1}, sort=[("end", DESCENDING), ("start", DESCENDING)])
         except _DRIVER_ERRORS as exc:
             raise self._error(f"reading {key}", exc) from exc
         if doc is None:

@@ -159,12 +159,12 @@ class SqliteStore:
         return await self._run(self._readers, fetch)
 
     async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the newest batch of ``key``; see :class:`~wadm.store.base.Store`."""
+        """Rows of the batch of ``key`` that ends last; see :class:`~wadm.store.base.Store`."""
 
         def fetch() -> pl.DataFrame:
             row = self._conn().execute(
                 'SELECT data FROM batches WHERE tbl = ? AND venue = ? AND market = ? AND symbol = ?'
-                ' ORDER BY start DESC, "end" DESC LIMIT 1',
+                ' ORDER BY "end" DESC, start DESC LIMIT 1',
                 (key.table, key.venue.value, key.market.value, key.symbol),
             ).fetchone()
             return decode_frame(row[0]) if row else pl.DataFrame()

@@ -136,6 +136,7 @@ class TradeStream:
     gap_open: bool = False  # the connection was lost; the next trade closes the window
     gap_reason: str = "disconnected"  # why gap_open was set: "disconnected" or "restart"
     resume_id: int | None = None  # the newest stored trade id before a restart (ordered ids)
+    restart_from: int | None = None  # ns: where the stored trades end, before a restart (ordered ids)
     # Trades dropped because the buffer was full since the last cut: [first ts, last ts, count,
     # first id, last id] (ids -1 where the venue's ids are not contiguous).
     drop_window: list[int] | None = None
@@ -150,24 +151,34 @@ class TradeStream:
         self.gap_open = True
         self.gap_reason = "disconnected"
 
-    def resume(self, ts_event: int, trade_id: int | str) -> None:
-        """Continue after the newest stored trade (a restart): what came in between is a gap."""
+    def resume(self, ts_event: int, trade_id: int | str | None) -> None:
+        """Continue after the newest stored trade (a restart): what came in between is a gap.
+
+        ``trade_id`` is None when the stored trades end before the retention horizon and
+        ``ts_event`` is that horizon: the window is recorded, not backfilled.
+        """
         self.last_ts = max(self.last_ts, ts_event)
-        if isinstance(trade_id, int):
-            self.resume_id = trade_id  # the first live trade shows how many ids were missed
+        if self.venue is Venue.BINANCE:
+            self.restart_from = ts_event  # the first live trade shows how much was missed
+            self.resume_id = trade_id if isinstance(trade_id, int) else None
         else:
             self.gap_open, self.gap_reason = True, "restart"
 
-    def resume_from(self, first_id: int) -> int:
-        """The id to count missing trades from, given the first live trade after a restart; -1 for none.
+    def resume_from(self, first_id: int, first_ts: int) -> int:
+        """Given the first live trade after a restart, the id to count missing trades from (-1: none).
 
-        Ids that went backwards, or a jump no venue makes within the retention window (another
-        id space: the ``trade`` stream's ids instead of ``aggTrade``'s), are not a gap.
+        A plausible id jump is a gap of ids, which REST can fill. Anything else (ids that went
+        backwards, a jump no venue makes within the retention window, i.e. another id space such
+        as the ``trade`` stream's instead of ``aggTrade``'s, or no stored id) is recorded as a
+        window of time instead.
         """
-        resumed, self.resume_id = self.resume_id, None
-        if resumed is None or not 0 <= first_id - resumed - 1 <= MAX_RESUME_IDS:
-            return -1
-        return resumed
+        resumed, since = self.resume_id, self.restart_from
+        self.resume_id = self.restart_from = None
+        if resumed is not None and 0 <= first_id - resumed - 1 <= MAX_RESUME_IDS:
+            return resumed
+        if since is not None and first_ts > since:
+            self.gaps.append(Gap(since, first_ts, "restart"))
+        return -1
 
     def note_drop(self, ts_event: int, trade_id: int | None) -> None:
         """Count a trade dropped for a full buffer; the run of drops becomes one gap at the next cut."""

@@ -22,7 +22,7 @@ import polars as pl
 
 from wadm.book.sync import BinanceBookSync
 from wadm.errors import VenueProtocolError
-from wadm.records import Market, Venue
+from wadm.records import USDM_DEPTH_LIMITS, Market, Venue
 from wadm.venues.base import (
     Ack,
     ConnectionPlan,
@@ -181,8 +181,8 @@ class BinanceProtocol(HoldsStandby):
             if tid <= last:
                 st.duplicates += 1
                 return None
-            if last < 0 and st.resume_id is not None:  # the first trade since a restart
-                last = st.resume_from(tid)
+            if last < 0 and st.restart_from is not None:  # the first trade since a restart
+                last = st.resume_from(tid, d.T * _MS)  # type: ignore[union-attr]
             if last >= 0 and tid > last + 1:
                 st.missing_ids += tid - last - 1
                 st.gaps.append(Gap(st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1, last + 1, tid - 1))  # type: ignore[union-attr]
@@ -389,9 +389,6 @@ def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
     """Decode REST klines into stored rows (the newest may still be open: callers filter)."""
     rows = _rest(_decode_rest_klines, payload, "klines")
     return [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10]) for r in rows]
-
-
-USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
 
 def snapshot_limit(market: Market, depth: int) -> int:

@@ -195,6 +195,12 @@ class BybitProtocol:
             return None
         return _control(msg)
 
+    def remember(self, topic: str, trade_ids: list[str]) -> None:
+        """Treat these ids as delivered (the stored ones before a restart): a backfill skips them."""
+        recent = self._recent[topic]
+        for trade_id in trade_ids:
+            recent.add(trade_id)
+
     def accept_backfill(self, topic: str, trades: list[Any], start: int, end: int) -> list[Any]:
         """Keep the REST trades of ``topic`` inside ``[start, end]`` (ns) that the stream never delivered."""
         recent = self._recent[topic]

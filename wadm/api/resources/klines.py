@@ -28,6 +28,7 @@ __all__ = ["INTERVALS", "KlinesResource", "resample_klines"]
 
 _MS = 1_000_000
 MINUTE_NS = 60_000_000_000
+CLOSE_GRACE_NS = 5_000_000_000
 INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240}
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1500
@@ -43,8 +44,10 @@ def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> p
     iv = interval_minutes * MINUTE_NS
     if interval_minutes == 1 or minutes.height == 0:
         return minutes.with_columns(minutes=pl.lit(1, pl.UInt32), complete=pl.lit(True))
-    # Complete: every minute that has ended within the bar is there, closed.
-    elapsed = (pl.min_horizontal(pl.col("ts_event") + iv, pl.lit(now)) - pl.col("ts_event")) // MINUTE_NS
+    # Complete: every minute that has ended within the bar is there, closed. A minute counts as
+    # ended a few seconds late: the venue's closing push takes a moment.
+    ended = pl.lit(now - CLOSE_GRACE_NS)
+    elapsed = ((pl.min_horizontal(pl.col("ts_event") + iv, ended) - pl.col("ts_event")) // MINUTE_NS).clip(0)
     return (
         minutes.sort("ts_event")
         .with_columns(bucket=pl.col("ts_event") - pl.col("ts_event") % iv)
@@ -93,7 +96,10 @@ class KlinesResource(SeriesResource):
         lo = start if start is not None else end - (window if window is not None else lookback)
         if lo > end:
             raise QueryError("start", "start must not be after end")
-        lo -= lo % iv  # whole bars only
+        if start is not None:
+            lo -= lo % iv  # the bar that holds start
+        elif lo % iv:
+            lo += iv - lo % iv  # the first whole bar of the window (the one before is partly gone)
 
         stored = await svc.store.read(BatchKey(KLINES, venue, market, symbol), lo, end)
         minutes = stored.select(list(KLINE_SCHEMA)) if stored.height else pl.DataFrame(schema=KLINE_SCHEMA)
