@@ -83,8 +83,13 @@ async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
             healthy, body = svc.health()
             assert not healthy and body["store"]["ok"] is False
             assert body["streams"][0]["state"] == "live"  # the receive path never waits on the store
+            # Trades waiting for the store are not readable yet: data endpoints must say so.
+            await _until(lambda: bool(svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62)), 15)
+            (waiting,) = svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62)
+            assert waiting["reason"] == "not_yet_written" and waiting["missing"] > 0
             await nx.start()
             await _until(lambda: svc.writer.pending_rows == 0 and svc.writer.stats.store_ok, 30)
+            assert svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62) == []
             emu.pause()
             await asyncio.sleep(0.3)
         finally:

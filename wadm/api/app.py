@@ -19,6 +19,7 @@ from wadm.api.resources.trades import TradesResource
 from wadm.errors import QueryError, StoreError
 from wadm.metrics import Metrics
 from wadm.pipeline.service import Service
+from wadm.records import TRADES
 
 __all__ = ["create_app"]
 
@@ -82,8 +83,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> falcon.asgi.
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiResource(__version__))
     app.add_route("/api/v1/symbols", SymbolsResource(service))
-    app.add_route("/api/v1/trades/{symbol}", TradesResource(service.settings, service.collected, service.store,
-                                                            service.recovery.pending_gaps))
+    app.add_route("/api/v1/trades/{symbol}", TradesResource(
+        service.settings, service.collected, service.store,
+        lambda venue, market, symbol, start, end: service.unfinished(venue, market, symbol, TRADES, start, end)))
     app.add_route("/api/v1/gaps", GapsResource(service.settings, service.collected, service.store))
     app.add_route("/api/v1/klines/{symbol}", KlinesResource(service))
     app.add_route("/api/v1/orderbook/{symbol}", BookResource(service))

@@ -23,7 +23,7 @@ from wadm.book.sync import BookState
 from wadm.config import Settings
 from wadm.errors import StoreError
 from wadm.pipeline.recovery import Recovery
-from wadm.records import BatchKey, Market, Venue
+from wadm.records import BOOK_SNAPSHOTS, KLINES, TRADES, BatchKey, Market, Venue
 from wadm.store.base import Store
 from wadm.transport.ws import Backoff, WsLink
 from wadm.venues import binance, bybit
@@ -35,6 +35,7 @@ __all__ = ["Service", "build_plans"]
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0
+_CHANNEL_OF_TABLE = {TRADES: "trades", BOOK_SNAPSHOTS: "book", KLINES: "klines"}
 STOP_DEADLINE = 25.0
 
 
@@ -381,6 +382,19 @@ class Service:
             "connections": connections,
         }
         return status == "ok", body
+
+    def unfinished(self, venue: Venue, market: Market, symbol: str, table: str, start: int,
+                   end: int) -> list[dict[str, Any]]:
+        """Windows of ``[start, end]`` (ns) that readers cannot see complete yet, as API gap rows:
+        trades still being backfilled, and rows a slow store has not taken yet."""
+        rows = self.recovery.pending_gaps(venue, market, symbol, start, end) if table == TRADES else []
+        queued = self.writer.behind(BatchKey(table, venue, market, symbol), start, end, time.time_ns())
+        if queued is not None:
+            rows.append({"exchange": str(venue), "market": str(market), "symbol": symbol,
+                         "channel": _CHANNEL_OF_TABLE.get(table, table), "stream": table,
+                         "start": queued.start // 1_000_000, "end": queued.end // 1_000_000,
+                         "reason": queued.reason, "missing": queued.missing})
+        return rows
 
     def stream_state(self, st: Stream) -> str:
         """The health state of one stream (``live``, ``stale``, ``resyncing``...)."""

@@ -127,6 +127,19 @@ class Writer:
             self._enqueue_gaps()
         return queued
 
+    def behind(self, key: BatchKey, start: int, end: int, now: int, lag: int = 5_000_000_000) -> Gap | None:
+        """Rows of ``key`` in ``[start, end]`` (ns) queued for the store for more than ``lag`` ns.
+
+        Readers do not see them yet; a slow or failing store makes that last, and data endpoints
+        say so. Returns one window covering them (with the row count), or None.
+        """
+        lo, hi, rows = 0, 0, 0
+        for k, batch in self._pending:
+            if k == key and batch.end >= start and batch.start <= end and batch.end < now - lag:
+                lo, hi = (batch.start, batch.end) if not rows else (min(lo, batch.start), max(hi, batch.end))
+                rows += batch.count
+        return Gap(lo, hi, "not_yet_written", rows) if rows else None
+
     def record_gaps(self, key: BatchKey, stream: str, gaps: Sequence[Gap]) -> None:
         """Queue windows of missing data of one series for the ``gaps`` table."""
         self._lost += [(key, stream, gap) for gap in gaps]

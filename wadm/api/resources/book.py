@@ -116,6 +116,7 @@ class BookHistoryResource(SeriesResource):
         if more:
             nxt = _encode_cursor(int(frame["ts_event"][-1]) + 1)
         gaps = await gaps_between(svc.store, venue, market, symbol, start, end, "book")
+        gaps += svc.unfinished(venue, market, symbol, BOOK_SNAPSHOTS, start, end)
         send_json(resp, {
             "exchange": str(venue),
             "market": str(market),

@@ -127,6 +127,7 @@ class KlinesResource(SeriesResource):
         first = rows[0]["ts"] * _MS if rows else lo
         last = rows[-1]["ts"] * _MS + iv - 1 if rows else end
         gaps = await gaps_between(svc.store, venue, market, symbol, first, last, "klines")
+        gaps += svc.unfinished(venue, market, symbol, KLINES, first, last)
         partial = [r["ts"] for r in rows if not r["complete"]]
         send_json(resp, {
             "exchange": str(venue),
