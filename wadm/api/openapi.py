@@ -203,10 +203,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "start": {"type": "integer", "description": "Last good record before the gap, epoch ms."},
                         "end": {"type": "integer", "description": "First good record after the gap, epoch ms."},
                         "channel": {"type": "string", "enum": ["trades", "book", "klines"]},
-                        "reason": {"type": "string", "description": "missing_ids (skipped trade ids), "
-                                   "disconnected (a disconnect window), store_backlog (dropped for a failing "
-                                   "store), klines_missing (closed bars not recovered), book_<why> (the book "
-                                   "was not exact: gap, crossed, disconnected)."},
+                        "reason": {"type": "string", "description": "missing_ids (skipped trade ids REST "
+                                   "could not recover), disconnected (a disconnect window), restart (WADM was "
+                                   "not running), buffer_full (a stream buffer overflowed), store_backlog "
+                                   "(dropped for a failing store), klines_missing (closed bars not recovered), "
+                                   "book_<why> (the book was not exact: gap, crossed, disconnected); and, "
+                                   "until they end: backfilling, not_yet_written (a slow store)."},
                         "missing": {"type": ["integer", "null"], "description": "Records known missing; null "
                                     "when unknown."},
                     },
