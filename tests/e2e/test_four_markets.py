@@ -232,7 +232,8 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
     # It outlasts STALE_AFTER, so the watchdog replaces the connections: on Bybit, whose trade
     # ids cannot reveal a loss, the disconnect window is what tells us trades may be missing.
     boundary_in = (60_000 - s.emu.call(s.emu.emu.clock) % 60_000) / 1000
-    assert boundary_in > 2, "the faults above took too long to reach the first minute boundary"
+    if boundary_in < 3:  # the faults above took long (a loaded machine): use the next boundary
+        boundary_in += 60
     time.sleep(boundary_in - 1.0)
     assert c("silence", seconds=STALE_AFTER + 1.5)["affected"] == 12
     time.sleep(STALE_AFTER + 2.0)

@@ -145,8 +145,6 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     assert conn["rotations"] >= 1, conn  # serverShutdown was handled make-before-break
     assert dropped >= 2 and conn["reconnects"] >= dropped + conn["rotations"], conn
     assert conn["errors"].get("invalid_json") == 3 and conn["errors"].get("unknown_event") == 2, conn
-    stream = body["streams"][0]
-    assert stream["duplicates"] > 0  # the rotation overlapped and the overlap was removed
     metrics = httpx.get(setup.api + "/metrics", timeout=5).text
     for name in ("wadm_collector_messages_total", "wadm_collector_trades_total", "wadm_collector_errors_total",
                  "wadm_transport_reconnects_total", "wadm_transport_rotations_total",
