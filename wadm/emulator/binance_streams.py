@@ -146,27 +146,17 @@ class BinanceDepthPublisher:
             return
         bids = format_levels(self.feed, sorted(sides[BID].items(), reverse=True))
         asks = format_levels(self.feed, sorted(sides[ASK].items()))
-        if self.usdm:
-            payload = b'{"e":"depthUpdate","E":%d,"T":%d,"s":"%s","U":%d,"u":%d,"pu":%d,"b":%s,"a":%s}' % (
-                now_ms,
-                book.last_change_ms,
-                self._symbol,
-                first,
-                last,
-                pu,
-                bids,
-                asks,
-            )
-        else:
-            payload = b'{"e":"depthUpdate","E":%d,"s":"%s","U":%d,"u":%d,"b":%s,"a":%s}' % (
-                now_ms,
-                self._symbol,
-                first,
-                last,
-                bids,
-                asks,
-            )
+        payload = self._update(now_ms, book.last_change_ms, first, last, pu, bids, asks)
         publish(self.channel, payload, mono)
+
+    def _update(self, now_ms: int, change_ms: int, first: int, last: int, pu: int, bids: bytes,
+                asks: bytes) -> bytes:
+        """A ``depthUpdate`` event: USD-M carries ``T`` and ``pu``, spot does not."""
+        if self.usdm:
+            return b'{"e":"depthUpdate","E":%d,"T":%d,"s":"%s","U":%d,"u":%d,"pu":%d,"b":%s,"a":%s}' % (
+                now_ms, change_ms, self._symbol, first, last, pu, bids, asks)
+        return b'{"e":"depthUpdate","E":%d,"s":"%s","U":%d,"u":%d,"b":%s,"a":%s}' % (
+            now_ms, self._symbol, first, last, bids, asks)
 
     def _partial(self, mono: float, now_ms: int, first: int) -> None:
         book = feed_model(self.feed).book
@@ -185,16 +175,7 @@ class BinanceDepthPublisher:
         bids = format_levels(self.feed, top_bids)
         asks = format_levels(self.feed, top_asks)
         if self.usdm:
-            payload = b'{"e":"depthUpdate","E":%d,"T":%d,"s":"%s","U":%d,"u":%d,"pu":%d,"b":%s,"a":%s}' % (
-                now_ms,
-                book.last_change_ms,
-                self._symbol,
-                first,
-                book.uid,
-                pu,
-                bids,
-                asks,
-            )
+            payload = self._update(now_ms, book.last_change_ms, first, book.uid, pu, bids, asks)
         else:
             payload = b'{"lastUpdateId":%d,"bids":%s,"asks":%s}' % (book.uid, bids, asks)
         publish(self.channel, payload, mono)

@@ -29,6 +29,7 @@ __all__ = [
     "ConnectionPlan",
     "Event",
     "Gap",
+    "GapQueue",
     "Stream",
     "SendFrames",
     "ServerShutdown",
@@ -105,8 +106,21 @@ class StreamSpec:
     min_silence: float = 0.0
 
 
+class GapQueue:
+    """The gaps a stream found, queued until recovery takes them (a base of every stream)."""
+
+    __slots__ = ()
+    gaps: list[Gap]
+
+    def take_gaps(self) -> list[Gap]:
+        """Hand over the gaps found since the last call."""
+        gaps = self.gaps.copy()  # the list stays the stream's: a slotted base cannot rebind it
+        self.gaps.clear()
+        return gaps
+
+
 @dataclass(slots=True, eq=False)
-class TradeStream:
+class TradeStream(GapQueue):
     """Live state of one trade stream: pending trades, de-duplication mark and counters.
 
     ``items`` holds the venue's decoded structs in order and ``ts_recv`` their receive times;
@@ -211,11 +225,6 @@ class TradeStream:
     def newest_ts(self) -> int:
         """Trade time (ns) of the newest trade accepted, pending or cut; 0 before any."""
         return self.items[-1].T * 1_000_000 if self.items else self.last_ts
-
-    def take_gaps(self) -> list[Gap]:
-        """Hand over the gaps found since the last call."""
-        gaps, self.gaps = self.gaps, []
-        return gaps
 
     @property
     def seen(self) -> int:

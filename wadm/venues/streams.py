@@ -19,7 +19,7 @@ import polars as pl
 from wadm.book.l2 import L2Book, Level, book_metrics, book_snapshot
 from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
 from wadm.records import BANDS, BOOK_SNAPSHOTS, KLINE_SCHEMA, KLINES, Market, Venue, book_snapshot_schema
-from wadm.venues.base import Gap, StreamSpec
+from wadm.venues.base import Gap, GapQueue, StreamSpec
 
 __all__ = ["KLINE_MIN_SILENCE", "BookStream", "KlineRow", "KlineStream"]
 
@@ -32,7 +32,7 @@ KlineRow = tuple[int, int, float, float, float, float, float, float, int | None,
 
 
 @dataclass(slots=True, eq=False)
-class BookStream:
+class BookStream(GapQueue):
     """One instrument's order book stream: sync state, trusted bounds and stored snapshots.
 
     Binance books are seeded from a REST snapshot of limited depth; levels beyond it stay
@@ -248,14 +248,9 @@ class BookStream:
         """The queued snapshots as a DataFrame, leaving them queued."""
         return pl.DataFrame(self.rows, schema=book_snapshot_schema(self.bands), orient="row")
 
-    def take_gaps(self) -> list[Gap]:
-        """Hand over the gaps found since the last call."""
-        gaps, self.gaps = self.gaps, []
-        return gaps
-
 
 @dataclass(slots=True, eq=False)
-class KlineStream:
+class KlineStream(GapQueue):
     """One instrument's venue klines: the open bar, closed bars for the store, bars to fetch."""
 
     venue: Venue
@@ -338,7 +333,3 @@ class KlineStream:
         rows, self.rows = self.rows, []
         return pl.DataFrame(rows, schema=KLINE_SCHEMA, orient="row").sort("ts_event")
 
-    def take_gaps(self) -> list[Gap]:
-        """Hand over the gaps found since the last call."""
-        gaps, self.gaps = self.gaps, []
-        return gaps
