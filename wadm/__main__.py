@@ -1,13 +1,14 @@
 """The ``wadm`` command: run | serve | emulate | check-config.
 
-This is the only module that configures logging.
+This is the only module that configures logging. The exchange emulator is imported only by
+``wadm emulate``: a collecting or serving process never loads it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import os
 import sys
 from typing import Any
 
@@ -51,29 +52,41 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
-def make_asgi_app() -> Any:
-    """Granian's factory target: settings from the environment, a store, a service and the app."""
-    from wadm.api.app import create_app
+def _app(settings: Settings) -> Any:
+    from wadm.api.app import create_app, http10_compatible
     from wadm.pipeline.service import Service
     from wadm.store import make_store
 
-    settings = _settings_or_exit()
     configure_logging(settings.log_level)
-    if os.environ.get("WADM_API_ONLY") == "1":
-        import dataclasses
-
-        settings = dataclasses.replace(settings, collectors_enabled=False)
     store = make_store(settings.mongodb_uri, settings.data_dir, settings.retention())
     service = Service(settings, store)
-    return create_app(service)
+    return http10_compatible(create_app(settings, store, service.live, lifespan=service))
 
 
-def _serve(settings: Settings, workers: int) -> int:
-    from granian.constants import Interfaces, Loops
+def make_asgi_app() -> Any:
+    """Granian's factory target of ``wadm run``: collectors and the API in one worker."""
+    return _app(_settings_or_exit())
+
+
+def make_api_app() -> Any:
+    """Granian's factory target of ``wadm serve``: the API over the store, without collectors."""
+    return _app(dataclasses.replace(_settings_or_exit(), collectors_enabled=False))
+
+
+# Connections each worker serves at once (Granian holds one permit per open connection, idle or
+# not); the process needs more file descriptors than this (see docker-compose.yml ulimits).
+MAX_CONNECTIONS = 4096
+HEADER_READ_TIMEOUT_MS = 10_000  # a client that sends no complete request head in time is closed
+MAX_REQUEST_HEAD = 65_536  # bytes of request line and headers; more is answered 431 by Granian
+
+
+def _serve(settings: Settings, workers: int, target: str) -> int:
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     server = Server(
-        "wadm.__main__:make_asgi_app",
+        target,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
@@ -82,6 +95,12 @@ def _serve(settings: Settings, workers: int) -> int:
         factory=True,
         log_access=False,
         workers_kill_timeout=60,
+        # HTTP/1.1 only: in "auto" mode a socket that sends nothing is never timed out, and a
+        # thousand of them would starve every other client (/health included).
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=MAX_REQUEST_HEAD),
+        backlog=2048,
+        backpressure=MAX_CONNECTIONS,
     )
     server.serve()
     return 0
@@ -95,14 +114,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "mongodb" if settings.mongodb_uri else f"sqlite in {settings.data_dir}",
     )
     # NOTE: one worker: the lifespan starts the collectors once per worker.
-    return _serve(settings, 1)
+    return _serve(settings, 1, "wadm.__main__:make_asgi_app")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     configure_logging(settings.log_level)
-    os.environ["WADM_API_ONLY"] = "1"
-    return _serve(settings, args.workers)
+    return _serve(settings, args.workers, "wadm.__main__:make_api_app")
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -111,11 +129,19 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_emulate(args: argparse.Namespace) -> int:
+def _emulate(argv: list[str]) -> int:
+    """``wadm emulate``: the emulator's own command line (imported only here)."""
     from wadm.emulator import cli
 
+    parser = argparse.ArgumentParser(prog="wadm emulate", description=EMULATE_HELP)
+    cli.add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
     configure_logging(args.log_level)
     return cli.run(args)
+
+
+EMULATE_HELP = "run the local exchange emulator (tests, demos, benchmarks)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,17 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
     check = sub.add_parser("check-config", help="validate the configuration and print the effective settings")
     check.set_defaults(func=_cmd_check_config)
-    emulate = sub.add_parser("emulate", help="run the local exchange emulator (tests, demos, benchmarks)")
-    from wadm.emulator import cli as emulator_cli
-
-    emulator_cli.add_arguments(emulate)
-    emulate.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    emulate.set_defaults(func=_cmd_emulate)
+    # Listed for --help; `wadm emulate ...` is parsed by the emulator itself (see main).
+    sub.add_parser("emulate", help=EMULATE_HELP + "; see wadm emulate --help", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wadm`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulate"]:
+        return _emulate(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -7,18 +7,20 @@ of WADM receives a :class:`Settings` through its constructor. A bad value raises
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from wadm.errors import ConfigError
-from wadm.records import USDM_DEPTH_LIMITS, VENUE_MARKETS, Market, Venue
+from wadm.records import CHANNELS, USDM_DEPTH_LIMITS, VENUE_MARKETS, Market, Venue
 
 __all__ = ["DEFAULT_SYMBOLS", "Settings", "StreamTarget", "load_settings"]
 
@@ -46,9 +48,11 @@ DEFAULT_URLS: dict[str, str] = {
     "WADM_BYBIT_REST_URL": "https://api.bybit.com",
 }
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+# The REST API's rule too: checked on the ASCII text before upper-casing ('ſ'.upper() == 'S').
+SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
+SYMBOL_RULE = "a symbol is 2-20 ASCII letters or digits as the venue writes it, e.g. BTCUSDT"
+DEFAULT_DATA_DIR = Path("data")
 BINANCE_TRADE_STREAMS = ("aggTrade", "trade")
-CHANNELS = ("trades", "book", "klines")
 BYBIT_BOOK_DEPTHS = (1, 50, 200, 1000)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE = {"1", "true", "yes", "on"}
@@ -89,7 +93,7 @@ class Settings:
     backfill_deadline: float = 600.0
     host: str = "0.0.0.0"
     port: int = 8920
-    data_dir: Path = Path("data")
+    data_dir: Path = DEFAULT_DATA_DIR
     mongodb_uri: str = ""
     stale_after: float = 60.0
     binance_spot_ws_url: str = DEFAULT_URLS["WADM_BINANCE_SPOT_WS_URL"]
@@ -107,6 +111,8 @@ class Settings:
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 60.0
     log_level: str = "INFO"
+    api_concurrency: int = 2  # heavy API requests (store reads, large answers) working at once
+    api_queue: int = 32  # heavy API requests waiting for a turn; more are answered 429
 
     def retention(self) -> dict[str, int]:
         """Seconds each table keeps its rows (event time)."""
@@ -132,7 +138,7 @@ class Settings:
             {"venue": str(t.venue), "market": str(t.market), "symbols": list(t.symbols)}
             for t in self.targets
         ]
-        out["mongodb_uri"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.mongodb_uri)
+        out["mongodb_uri"] = _mask_password(self.mongodb_uri)
         return out
 
 
@@ -146,50 +152,107 @@ def _bool(name: str, raw: str) -> bool:
 
 
 def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, integer: bool) -> Any:
-    kind = "an integer" if integer else "a number"
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        raise ConfigError(name, raw, f"expected {kind} between {minimum:g} and {maximum:g}") from None
-    if not (minimum <= value <= maximum) or (not integer and not math.isfinite(value)):
-        raise ConfigError(name, raw, f"expected {kind} between {minimum:g} and {maximum:g}")
+    allowed = f"expected {'an integer' if integer else 'a number'} between {minimum:g} and {maximum:g}"
+    value: float | None = None
+    if raw.isascii():  # int() and float() also read digits such as '٣' or '８'
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            pass
+    # NaN fails every comparison, so it is refused here too.
+    if value is None or not (minimum <= value <= maximum) or not math.isfinite(value):
+        raise ConfigError(name, raw, allowed)
     return value
 
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     value = raw.strip().rstrip("/")
+    allowed = f"expected a base URL starting with {' or '.join(s + '://' for s in schemes)}"
     if not re.match(r"^[a-z]+://[^/\s]+", value) or value.split("://", 1)[0] not in schemes:
-        raise ConfigError(name, raw, f"expected a base URL starting with {' or '.join(s + '://' for s in schemes)}")
+        raise ConfigError(name, raw, allowed)
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number in 0-65535
+    except ValueError as exc:  # also a broken [IPv6] literal
+        raise ConfigError(name, raw, f"{allowed}, a host and a valid port ({exc})") from None
+    if not host:
+        raise ConfigError(name, raw, f"{allowed} and a host")
     return value
 
 
 def _symbols(name: str, raw: object) -> tuple[str, ...]:
+    """Read a symbol list: a comma-separated string (empty items skipped) or a YAML list of strings."""
     if isinstance(raw, str):
-        items = [s for s in re.split(r"[,\s]+", raw) if s]
+        items = [s for s in (part.strip() for part in raw.split(",")) if s]
     elif isinstance(raw, list) and all(isinstance(s, str) for s in raw):
         items = list(raw)
     else:
         raise ConfigError(name, raw, "expected a list of symbols such as BTCUSDT,ETHUSDT")
     out: list[str] = []
     for item in items:
-        sym = item.strip().upper()
-        if not SYMBOL_RE.match(sym):
-            raise ConfigError(name, item, "a symbol is 2-30 letters or digits as the venue writes it, e.g. BTCUSDT")
+        if any(c.isspace() for c in item):
+            raise ConfigError(name, item, f"symbols are separated by commas, not spaces; {SYMBOL_RULE}")
+        sym = item.upper()
+        if not (item.isascii() and SYMBOL_RE.fullmatch(sym)):
+            raise ConfigError(name, item, SYMBOL_RULE)
         if sym not in out:
             out.append(sym)
     return tuple(out)
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names one key twice."""
+
+    def __init__(self, key: object, line: int, first_line: int) -> None:
+        super().__init__(problem=f"duplicate key {key!r} on line {line} (first on line {first_line})")
+        self.key = key
+        self.line = line
+        self.first_line = first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # SafeLoader itself refuses it below
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKeyError(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start : exc.end]
+        raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a UTF-8 text file (line {line} holds {bad!r})") from exc
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{path}: {exc.key}", exc.key, f"each key once per mapping; line {exc.line} repeats line {exc.first_line}"
+        ) from exc
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2025-02-30
         raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
     if doc is None:
         return {}
     if not isinstance(doc, dict):
         raise ConfigError(str(path), doc, "a mapping of venue -> market -> list of symbols")
     found: dict[tuple[Venue, Market], tuple[str, ...]] = {}
+    given_as: dict[tuple[Venue, Market], str] = {}
     for venue_name, markets in doc.items():
         try:
             venue = Venue(str(venue_name).lower())
@@ -204,8 +267,56 @@ def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]
             if market is None:
                 allowed = ", ".join(m.value for m in allowed_markets)
                 raise ConfigError(f"{path}: {venue_name}.{market_name}", market_name, f"a market of {venue}: {allowed}")
-            found[(venue, market)] = _symbols(f"{path}: {venue_name}.{market_name}", syms if syms else [])
+            key = f"{venue_name}.{market_name}"
+            if (venue, market) in given_as:  # e.g. `binance` and `Binance`: the same market twice
+                raise ConfigError(f"{path}: {key}", market_name,
+                                  f"each market once; it is already given as {given_as[(venue, market)]}")
+            given_as[(venue, market)] = key
+            found[(venue, market)] = _symbols(f"{path}: {key}", [] if syms is None else syms)
     return found
+
+
+def _check_data_dir(data_dir: Path, cwd: Path) -> None:
+    """Refuse a store folder that exists as a file, or lies under one (the store could never create it)."""
+    full = data_dir if data_dir.is_absolute() else cwd / data_dir
+    try:
+        for p in (full, *full.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise ConfigError("WADM_DATA_DIR", str(data_dir), f"a folder for the embedded store; {p} is a file")
+                return
+    except OSError as exc:  # e.g. a folder on the way that we may not read
+        raise ConfigError("WADM_DATA_DIR", str(data_dir), f"a folder the embedded store can use ({exc})") from exc
+
+
+def _mask_password(uri: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", uri)
+
+
+def _mongodb_uri(raw: str) -> str:
+    """A MongoDB connection string that names at least one host (checked offline: no DNS)."""
+    allowed = ("empty (embedded store) or a connection string such as mongodb://user:password@host:27017/ "
+               "or mongodb+srv://user:password@cluster.example.com/")
+    if not raw.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError("MONGODB_URI", _mask_password(raw), allowed)
+    if raw.startswith("mongodb+srv://"):
+        authority = raw.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+        if not authority or ":" in authority or "," in authority:
+            raise ConfigError("MONGODB_URI", _mask_password(raw), f"{allowed}; mongodb+srv:// names one host "
+                              "without a port")
+        return raw
+    # The driver's own parser (imported here: only a MongoDB deployment pays for it); it does no
+    # network I/O for mongodb:// strings.
+    from pymongo import errors as pymongo_errors
+    from pymongo import uri_parser
+
+    try:
+        nodes = uri_parser.parse_uri(raw)["nodelist"]
+    except (ValueError, pymongo_errors.PyMongoError) as exc:
+        raise ConfigError("MONGODB_URI", _mask_password(raw), f"{allowed} ({exc})") from None
+    if not nodes or any(not host for host, _ in nodes):
+        raise ConfigError("MONGODB_URI", _mask_password(raw), f"{allowed}: every host needs a name")
+    return raw
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -252,14 +363,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("WADM_WRITER_MAX_PENDING_ROWS", "writer_max_pending_rows", 1000, 1_000_000_000, True),
         ("WADM_RECONNECT_MIN_DELAY", "reconnect_min_delay", 0.01, 600, False),
         ("WADM_RECONNECT_MAX_DELAY", "reconnect_max_delay", 0.01, 3600, False),
+        ("WADM_API_CONCURRENCY", "api_concurrency", 1, 64, True),
+        ("WADM_API_QUEUE", "api_queue", 0, 10_000, True),
     )
     for name, attr, lo, hi, integer in numbers:
         if (raw := get(name)) is not None:
             kw[attr] = _number(name, raw, minimum=lo, maximum=hi, integer=integer)
-    if kw.get("reconnect_max_delay", 60.0) < kw.get("reconnect_min_delay", 0.5):
-        raise ConfigError(
-            "WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY"), "must be at least WADM_RECONNECT_MIN_DELAY"
-        )
+    if (max_delay := kw.get("reconnect_max_delay", 60.0)) < (min_delay := kw.get("reconnect_min_delay", 0.5)):
+        raise ConfigError("WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY") or f"{max_delay:g}",
+                          f"must be at least WADM_RECONNECT_MIN_DELAY ({min_delay:g})")
     depth, stored = kw.get("book_depth", 1000), kw.get("book_snapshot_depth", 100)
     usdm_depth = max((v for v in USDM_DEPTH_LIMITS if v <= depth), default=USDM_DEPTH_LIMITS[0])
     if stored > depth:
@@ -270,13 +382,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
                           f"at most {usdm_depth}: Binance USD-M snapshots of BOOK_DEPTH={depth} hold "
                           f"{usdm_depth} levels (it offers {', '.join(map(str, USDM_DEPTH_LIMITS))})")
     if (raw := get("WADM_HOST")) is not None:
+        try:
+            ipaddress.ip_address(raw)
+        except ValueError:
+            raise ConfigError("WADM_HOST", raw, "an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0 or ::") from None
         kw["host"] = raw
     if (raw := get("WADM_DATA_DIR")) is not None:
         kw["data_dir"] = Path(raw)
     if (raw := get("MONGODB_URI")) is not None:
-        if not raw.startswith(("mongodb://", "mongodb+srv://")):
-            raise ConfigError("MONGODB_URI", raw, "empty (embedded store) or a URI starting with mongodb:// or mongodb+srv://")
-        kw["mongodb_uri"] = raw
+        kw["mongodb_uri"] = _mongodb_uri(raw)
+    else:
+        _check_data_dir(kw.get("data_dir", DEFAULT_DATA_DIR), cwd)
     if (raw := get("WADM_BINANCE_TRADE_STREAM")) is not None:
         if raw not in BINANCE_TRADE_STREAMS:
             raise ConfigError("WADM_BINANCE_TRADE_STREAM", raw, f"one of {', '.join(BINANCE_TRADE_STREAMS)}")
@@ -304,7 +420,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     file_raw = get("WADM_SYMBOLS_FILE")
     path = Path(file_raw) if file_raw else Path("config/symbols.yaml")
     path = path if path.is_absolute() else cwd / path
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a folder on the way that we may not read
+        raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
+    if exists:
         symbols.update(_read_symbols_file(path))
     elif file_raw:
         raise ConfigError("WADM_SYMBOLS_FILE", file_raw, "the path of an existing YAML file")
@@ -312,5 +432,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         raw_symbols = env.get(name)
         if raw_symbols is not None:
             symbols[key] = _symbols(name, raw_symbols)
+    if not any(symbols.values()):
+        given = {name: env.get(name, f"none in {path}") for name in SYMBOL_VARIABLES.values()}
+        raise ConfigError(", ".join(SYMBOL_VARIABLES.values()), given,
+                          f"at least one symbol in one of these variables or in {path}: "
+                          "with every market empty the service could never be healthy")
     kw["targets"] = tuple(StreamTarget(venue=v, market=m, symbols=s) for (v, m), s in symbols.items() if s)
     return Settings(**kw)

@@ -56,14 +56,22 @@ class QueryError(UsageError):
         message: a sentence naming what was wrong and what is allowed.
         status: the HTTP status to answer with.
         code: the machine-readable error code.
+        headers: extra response headers (e.g. ``Retry-After``).
     """
 
     def __init__(
-        self, parameter: str | None, message: str, *, status: int = 400, code: str = "invalid_parameter"
+        self,
+        parameter: str | None,
+        message: str,
+        *,
+        status: int = 400,
+        code: str = "invalid_parameter",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.parameter = parameter
         self.status = status
         self.code = code
+        self.headers = headers or {}
         super().__init__(message)
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import polars as pl
 
 __all__ = [
     "BANDS",
     "BOOK_SNAPSHOTS",
+    "CHANNELS",
+    "CHANNEL_OF_TABLE",
     "BatchKey",
     "KLINES",
     "KLINE_SCHEMA",
+    "KlineRow",
+    "TABLE_OF_CHANNEL",
+    "band_columns",
     "band_name",
     "book_snapshot_schema",
     "GAPS",
@@ -60,6 +66,11 @@ TRADES = "trades"
 GAPS = "gaps"
 BOOK_SNAPSHOTS = "book_snapshots"
 KLINES = "klines"
+
+# What is collected for every symbol, and the table each channel's rows go to.
+CHANNELS = ("trades", "book", "klines")
+TABLE_OF_CHANNEL = {"trades": TRADES, "book": BOOK_SNAPSHOTS, "klines": KLINES}
+CHANNEL_OF_TABLE = {table: channel for channel, table in TABLE_OF_CHANNEL.items()}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -116,6 +127,11 @@ def band_name(band: float) -> str:
     return f"{band * 100:g}pct"
 
 
+def band_columns(bands: tuple[float, ...] = BANDS) -> list[str]:
+    """The metric columns of a stored book snapshot, in schema order: depth and imbalance per band."""
+    return [f"{kind}_{band_name(band)}" for band in bands for kind in ("bid_depth", "ask_depth", "imbalance")]
+
+
 def book_snapshot_schema(bands: tuple[float, ...] = BANDS) -> dict[str, pl.DataType]:
     """A stored book snapshot: when it was taken, the book's top levels and derived metrics.
 
@@ -131,10 +147,7 @@ def book_snapshot_schema(bands: tuple[float, ...] = BANDS) -> dict[str, pl.DataT
         "mid": pl.Float64(),
         "spread": pl.Float64(),
     }
-    for band in bands:
-        name = band_name(band)
-        schema |= {f"bid_depth_{name}": pl.Float64(), f"ask_depth_{name}": pl.Float64(),
-                   f"imbalance_{name}": pl.Float64()}
+    schema |= dict.fromkeys(band_columns(bands), pl.Float64())
     schema |= {
         "bid_price": pl.List(pl.Float64()),
         "bid_qty": pl.List(pl.Float64()),
@@ -159,3 +172,19 @@ KLINE_SCHEMA: dict[str, pl.DataType] = {
     "taker_buy_volume": pl.Float64(),
     "taker_buy_quote": pl.Float64(),
 }
+
+
+class KlineRow(NamedTuple):
+    """One row of :data:`KLINE_SCHEMA`, as a venue stream or REST answer gives it."""
+
+    ts_event: int  # open time, ns
+    ts_recv: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quote_volume: float
+    trades: int | None
+    taker_buy_volume: float | None
+    taker_buy_quote: float | None

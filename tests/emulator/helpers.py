@@ -1,16 +1,52 @@
-"""Test helpers: a recording picows client and small waiting utilities."""
+"""Test helpers: the emulator the tests run, a recording picows client and waiting utilities."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from tests.helpers import until
+from wadm.emulator import Emulator, SyntheticSpec
+
 TIMEOUT = 5.0
 """Generous upper bound for anything the tests wait for."""
+
+
+def emulator(
+    *,
+    rate: float,
+    seed: int,
+    binance: Sequence[str] = ("spot", "usdm"),
+    bybit: Sequence[str] = (),
+    symbols: Sequence[str] = ("BTCUSDT",),
+    book_levels: int | None = None,
+    **kwargs: Any,
+) -> Emulator:
+    """An emulator with one synthetic feed per venue market and symbol, all at ``rate`` trades/s.
+
+    Args:
+        rate: Trades per second of every feed.
+        seed: Seed of the emulator's random generators.
+        binance: Binance markets that get feeds.
+        bybit: Bybit markets that get feeds.
+        symbols: Symbols of every market.
+        book_levels: Levels per side of the synthetic books (None: the emulator's default).
+        **kwargs: Further `Emulator` arguments (policies, clock, timing, ...).
+    """
+    specs = [
+        SyntheticSpec(venue=venue, market=market, symbol=symbol, rate=rate)
+        for venue, markets in (("binance", binance), ("bybit", bybit))
+        for market in markets
+        for symbol in symbols
+    ]
+    if book_levels is not None:
+        specs = [replace(spec, book_levels=book_levels) for spec in specs]
+    return Emulator(synthetic=specs, seed=seed, **kwargs)
 
 
 class Client(WSListener):
@@ -103,16 +139,30 @@ class Client(WSListener):
 
 
 async def eventually(predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
-    """Wait until ``predicate()`` is true; fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    for _ in range(100_000):
-        if predicate():
-            return
-        if loop.time() > deadline:
-            break
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {within} s")
+    """Wait until ``predicate()`` is true; fail after ``within`` seconds (`tests.helpers.until`)."""
+    await until(predicate, within, "the condition", every=0.01)
+
+
+async def caught_up(client: Client, venue: str = "binance") -> None:
+    """Wait until every frame the server wrote to ``client`` before this call has arrived.
+
+    Sends a request the server answers at once (Binance ``LIST_SUBSCRIPTIONS``, Bybit
+    ``ping``) and waits for the answer: the server writes its queued frames before it,
+    on the same socket, so whatever it sent earlier is ahead of the answer. Silences and
+    pauses do not hold answers back, which makes this the marker after such a fault.
+
+    Args:
+        client: The connection.
+        venue: ``binance`` or ``bybit`` (the request each understands).
+    """
+    if venue == "bybit":
+        acks = len(client.acks())
+        client.send({"op": "ping"})
+        await until(lambda: len(client.acks()) > acks, TIMEOUT, "the pong after the frames already sent")
+    else:
+        replies = len(client.replies())
+        client.send({"method": "LIST_SUBSCRIPTIONS", "id": 424242})
+        await until(lambda: len(client.replies()) > replies, TIMEOUT, "the reply after the frames already sent")
 
 
 def ids(payloads: list[dict[str, Any]], key: str) -> list[int]:

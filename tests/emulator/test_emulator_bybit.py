@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -11,10 +12,11 @@ from typing import Any
 import pytest
 from picows import WSCloseCode
 
-from wadm.emulator import BYBIT_POLICY, Emulator, StreamTiming, SyntheticSpec, wall_clock_ms
+from tests.helpers import until
+from wadm.emulator import BYBIT_POLICY, Emulator, StreamTiming, wall_clock_ms
 
 from .conftest import Connect, Http
-from .helpers import apply_levels, eventually, sorted_side
+from .helpers import TIMEOUT, apply_levels, caught_up, emulator, eventually, sorted_side
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -24,19 +26,19 @@ TIMING = StreamTiming(
     bybit_depth=((1, 0.02), (50, 0.03), (200, 0.05), (1000, 0.1)),
     bybit_depth1_repush=0.3,
 )
-
-
-def _emulator(rate: float = 200.0, **kwargs: Any) -> Emulator:
-    specs = [
-        SyntheticSpec(venue="bybit", market=m, symbol=s, rate=rate, book_levels=80)
-        for m in ("spot", "linear")
-        for s in ("BTCUSDT", "ETHUSDT")
-    ]
-    return Emulator(synthetic=specs, seed=5, timing=TIMING, **kwargs)
+SETUP: dict[str, Any] = {
+    "seed": 5,
+    "binance": (),
+    "bybit": ("spot", "linear"),
+    "symbols": ("BTCUSDT", "ETHUSDT"),
+    "book_levels": 80,
+    "timing": TIMING,
+}
+"""Bybit spot/linear feeds of two symbols, with fast book and kline pushes."""
 
 
 async def test_subscribe_acks_ping_and_errors(connect: Connect) -> None:
-    async with _emulator(rate=20) as emu:
+    async with emulator(rate=20, **SETUP) as emu:
         spot = await connect(emu.urls["bybit"]["spot"])
         linear = await connect(emu.urls["bybit"]["linear"])
         for client in (spot, linear):
@@ -76,7 +78,7 @@ def client_market(emu: Emulator, client: Any) -> str:
 
 
 async def test_spot_args_limit(connect: Connect) -> None:
-    async with _emulator(rate=20) as emu:
+    async with emulator(rate=20, **SETUP) as emu:
         client = await connect(emu.urls["bybit"]["spot"])
         topics = [f"kline.{i}.BTCUSDT" for i in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720, "D")]
         client.send({"req_id": "x", "op": "subscribe", "args": topics})
@@ -98,7 +100,7 @@ async def test_spot_args_limit(connect: Connect) -> None:
 
 
 async def test_trades_arrays_ids_and_delivered_log(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=400) as emu:
+    async with emulator(rate=400, **SETUP) as emu:
         spot = await connect(emu.urls["bybit"]["spot"])
         linear = await connect(emu.urls["bybit"]["linear"])
         for client in (spot, linear):
@@ -106,7 +108,8 @@ async def test_trades_arrays_ids_and_delivered_log(connect: Connect, http: Http)
         await eventually(lambda: sum(len(f["data"]) for f in linear.topic("publicTrade.BTCUSDT")) >= 100)
         await eventually(lambda: sum(len(f["data"]) for f in spot.topic("publicTrade.BTCUSDT")) >= 100)
         emu.pause(venue="bybit")
-        await asyncio.sleep(0.05)
+        for client in (spot, linear):
+            await caught_up(client, "bybit")  # every trade frame sent before the pause has arrived
         frames = linear.topic("publicTrade.BTCUSDT")
         assert any(len(f["data"]) > 1 for f in frames)  # a batch per tick
         for frame in frames:
@@ -131,12 +134,22 @@ async def test_trades_arrays_ids_and_delivered_log(connect: Connect, http: Http)
 
 
 async def test_orderbook_snapshot_deltas_rebuild_the_true_book(connect: Connect) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         client = await connect(emu.urls["bybit"]["linear"])
         client.send({"op": "subscribe", "args": ["orderbook.50.BTCUSDT", "orderbook.1.BTCUSDT"]})
         await eventually(lambda: len(client.topic("orderbook.50.BTCUSDT")) >= 20)
         emu.pause(venue="bybit", market="linear")
-        await asyncio.sleep(0.2)  # the last push reflects the paused book
+        # The book stands still now. A push whose cross sequence is the current one was built
+        # after the last trade, so it reflects the final book; wait for one on each topic.
+        model = emu.feeds[("bybit", "linear", "BTCUSDT")].model
+        assert model is not None
+        final_seq = model.cross_seq()
+        for topic in ("orderbook.50.BTCUSDT", "orderbook.1.BTCUSDT"):
+            await until(
+                lambda t=topic: client.topic(t)[-1]["data"]["seq"] == final_seq,
+                TIMEOUT,
+                f"a {topic} push of the paused book",
+            )
         frames = client.topic("orderbook.50.BTCUSDT")
         assert frames[0]["type"] == "snapshot" and all(f["type"] == "delta" for f in frames[1:])
         assert list(frames[0]) == ["topic", "type", "ts", "data", "cts"]
@@ -162,7 +175,7 @@ async def test_orderbook_snapshot_deltas_rebuild_the_true_book(connect: Connect)
 async def test_kline_two_candles_at_the_minute_boundary(connect: Connect) -> None:
     now = wall_clock_ms()
     offset = (now // 60_000 + 1) * 60_000 - 700 - now  # emulated time: 0.7 s before a boundary
-    async with _emulator(rate=200, clock=lambda: wall_clock_ms() + offset) as emu:
+    async with emulator(rate=200, **SETUP, clock=lambda: wall_clock_ms() + offset) as emu:
         emu.pause()  # every trade of the bar reaches the client
         client = await connect(emu.urls["bybit"]["spot"])
         client.send({"op": "subscribe", "args": ["kline.1.BTCUSDT", "publicTrade.BTCUSDT"]})
@@ -197,20 +210,32 @@ async def test_kline_two_candles_at_the_minute_boundary(connect: Connect) -> Non
 
 
 async def test_idle_timeout_closes_silent_connections(connect: Connect) -> None:
-    policy = replace(BYBIT_POLICY, idle_timeout=0.4)
-    async with _emulator(rate=20, bybit_policy=policy) as emu:
+    idle = 0.5
+    policy = replace(BYBIT_POLICY, idle_timeout=idle)
+    async with emulator(rate=20, **SETUP, bybit_policy=policy) as emu:
         silent = await connect(emu.urls["bybit"]["linear"])
         pinging = await connect(emu.urls["bybit"]["linear"])
-        for _ in range(6):
+        pinging.send({"op": "ping"})
+        await until(lambda: len(pinging.acks()) == 1, TIMEOUT, "the first pong")
+        server_side = next(c for c in emu.hub.select(venue="bybit") if c.frames_received)
+
+        async def ping_until_both_had_their_timeout() -> bool:
+            """One ping and its pong; done once the silent connection is closed and the server
+            has kept the pinging one open for twice the idle timeout."""
+            sent = len(pinging.acks()) + 1
             pinging.send({"op": "ping"})
-            await asyncio.sleep(0.15)
-        await asyncio.wait_for(silent.disconnected.wait(), 2)
-        assert silent.close_code == WSCloseCode.GOING_AWAY
-        assert not pinging.disconnected.is_set()
+            await until(lambda: len(pinging.acks()) == sent, TIMEOUT, "the pong")
+            held = time.monotonic() - server_side.connected_at
+            return silent.disconnected.is_set() and held > 2 * idle
+
+        # NOTE: `every` paces the pings (5 per idle timeout), it is not a wait for anything.
+        await until(ping_until_both_had_their_timeout, TIMEOUT, "the silent connection to close", every=idle / 5)
+        assert silent.close_code == WSCloseCode.GOING_AWAY and silent.close_reason == "Idle timeout"
+        assert not pinging.disconnected.is_set() and not server_side.closing
 
 
 async def test_book_faults_gap_crossed_restart(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         client = await connect(emu.urls["bybit"]["linear"])
         client.send({"op": "subscribe", "args": ["orderbook.200.BTCUSDT"]})
         topic = "orderbook.200.BTCUSDT"
@@ -246,7 +271,7 @@ async def test_book_faults_gap_crossed_restart(connect: Connect, http: Http) -> 
 
 
 async def test_subscription_failure_and_connection_faults(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=200, shutdown_grace=0.3) as emu:
+    async with emulator(rate=200, **SETUP, shutdown_grace=0.3) as emu:
         api = http(emu)
         resp = await api.get("/control/fail_subscribe", params={"topic": "orderbook.50.ETHUSDT", "times": "1"})
         assert resp.json() == {"affected": 1}
@@ -261,13 +286,19 @@ async def test_subscription_failure_and_connection_faults(connect: Connect, http
 
         # One stream goes quiet while the other keeps flowing on the same connection.
         resp = await api.get(
-            "/control/silence_stream", params={"venue": "bybit", "stream": "publicTrade.ETHUSDT", "seconds": "0.5"}
+            "/control/silence_stream", params={"venue": "bybit", "stream": "publicTrade.ETHUSDT", "seconds": "1.0"}
         )
         assert resp.json() == {"affected": 1}
+        await caught_up(client, "bybit")  # trade frames sent before the silence have arrived
         trades, books = len(client.topic("publicTrade.ETHUSDT")), len(client.topic("orderbook.50.ETHUSDT"))
-        await asyncio.sleep(0.3)
+        feed = emu.feeds[("bybit", "spot", "ETHUSDT")]
+        generated = feed.generated
+        await until(
+            lambda: feed.generated >= generated + 5 and len(client.topic("orderbook.50.ETHUSDT")) > books + 3,
+            TIMEOUT,
+            "trades generated and book pushes sent while the trade topic is silenced",
+        )
         assert len(client.topic("publicTrade.ETHUSDT")) == trades
-        assert len(client.topic("orderbook.50.ETHUSDT")) > books + 3
         await eventually(lambda: len(client.topic("publicTrade.ETHUSDT")) > trades)
 
         resp = await api.get("/control/malformed", params={"venue": "bybit", "kind": "zero_price", "count": "1"})

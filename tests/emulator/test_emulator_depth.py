@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
-from wadm.emulator import Emulator, StreamTiming, SyntheticSpec, wall_clock_ms
+from tests.helpers import until
+from wadm.emulator import Emulator, StreamTiming, wall_clock_ms
 
 from .conftest import Connect, Http
-from .helpers import Client, apply_levels, eventually, sorted_side
+from .helpers import TIMEOUT, Client, apply_levels, caught_up, emulator, eventually, sorted_side
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 TIMING = StreamTiming(binance_kline=0.2)
 SNAPSHOT = {"spot": "/binance/spot/api/v3/depth", "usdm": "/binance/usdm/fapi/v1/depth"}
-
-
-def _emulator(rate: float = 300.0, **kwargs: Any) -> Emulator:
-    specs = [SyntheticSpec(market=m, symbol="BTCUSDT", rate=rate, book_levels=60) for m in ("spot", "usdm")]
-    return Emulator(synthetic=specs, seed=3, timing=TIMING, **kwargs)
+SETUP: dict[str, Any] = {"seed": 3, "book_levels": 60, "timing": TIMING}
+"""Binance spot/USD-M BTCUSDT feeds with small books and fast kline pushes."""
 
 
 def _depth_url(emu: Emulator, market: str, streams: str = "btcusdt@depth@100ms") -> str:
@@ -56,12 +53,17 @@ async def _sync(client: Client, api: httpx.AsyncClient, market: str) -> tuple[di
 
 @pytest.mark.parametrize("market", ["spot", "usdm"])
 async def test_snapshot_plus_diffs_rebuild_the_true_book(connect: Connect, http: Http, market: str) -> None:
-    async with _emulator() as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         client = await connect(_depth_url(emu, market))
         bids, asks, book_id = await _sync(client, http(emu), market)
-        await asyncio.sleep(0.5)
+        synced = len(client.data(event="depthUpdate"))
+        await until(lambda: len(client.data(event="depthUpdate")) >= synced + 3, TIMEOUT, "3 events after the sync")
         emu.pause(market=market)
-        await asyncio.sleep(0.25)  # the last event carries the final changes
+        # The book stands still now; its next event carries the final changes (``u`` = the book's id).
+        _, _, final_id = emu.true_book("binance", market, "BTCUSDT")
+        await until(
+            lambda: client.data(event="depthUpdate")[-1]["u"] == final_id, TIMEOUT, "the event of the last change"
+        )
         events = client.data(event="depthUpdate")
         for prev, event in zip(events, events[1:], strict=False):
             if market == "spot":
@@ -85,7 +87,7 @@ async def test_snapshot_plus_diffs_rebuild_the_true_book(connect: Connect, http:
 
 @pytest.mark.parametrize("market", ["spot", "usdm"])
 async def test_gap_and_crossed_faults(connect: Connect, http: Http, market: str) -> None:
-    async with _emulator() as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         client = await connect(_depth_url(emu, market))
         api = http(emu)
         bids, asks, book_id = await _sync(client, api, market)
@@ -116,7 +118,7 @@ async def test_gap_and_crossed_faults(connect: Connect, http: Http, market: str)
 async def test_partial_depth_and_klines(connect: Connect) -> None:
     now = wall_clock_ms()
     offset = (now // 60_000 + 1) * 60_000 - 600 - now
-    async with _emulator(rate=200, clock=lambda: wall_clock_ms() + offset) as emu:
+    async with emulator(rate=200, **SETUP, clock=lambda: wall_clock_ms() + offset) as emu:
         emu.pause()  # every trade of the bar reaches the client
         spot = await connect(
             emu.urls["binance"]["spot"] + "/stream?streams=btcusdt@kline_1m/btcusdt@depth5@100ms/btcusdt@aggTrade"
@@ -148,7 +150,7 @@ async def test_partial_depth_and_klines(connect: Connect) -> None:
 
 
 async def test_true_book_endpoint_and_one_silenced_stream(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         api = http(emu)
         resp = await api.get(
             "/control/book", params={"venue": "binance", "market": "usdm", "symbol": "btcusdt", "depth": "5"}
@@ -166,10 +168,16 @@ async def test_true_book_endpoint_and_one_silenced_stream(connect: Connect, http
 
         client = await connect(_depth_url(emu, "spot", "btcusdt@depth@100ms/btcusdt@trade"))
         await eventually(lambda: len(client.data("btcusdt@trade")) >= 5)
-        resp = await api.get("/control/silence_stream", params={"stream": "btcusdt@trade", "seconds": "0.5"})
+        resp = await api.get("/control/silence_stream", params={"stream": "btcusdt@trade", "seconds": "1.0"})
         assert resp.json() == {"affected": 1}
+        await caught_up(client)  # trade frames sent before the silence have arrived
         trades, depth = len(client.data("btcusdt@trade")), len(client.data("btcusdt@depth@100ms"))
-        await asyncio.sleep(0.35)
+        feed = emu.feeds[("binance", "spot", "BTCUSDT")]
+        generated = feed.generated
+        await until(
+            lambda: feed.generated >= generated + 5 and len(client.data("btcusdt@depth@100ms")) >= depth + 2,
+            TIMEOUT,
+            "trades generated and depth events sent while the trade stream is silenced",
+        )
         assert len(client.data("btcusdt@trade")) == trades  # this stream stalls ...
-        assert len(client.data("btcusdt@depth@100ms")) >= depth + 2  # ... the other keeps flowing
-        await eventually(lambda: len(client.data("btcusdt@trade")) > trades)
+        await eventually(lambda: len(client.data("btcusdt@trade")) > trades)  # ... until the silence ends

@@ -3,36 +3,56 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 
-from wadm.emulator import Emulator, RestLimits, SyntheticSpec, wall_clock_ms
+from tests.helpers import until
+from wadm.emulator import Emulator, RestLimits, wall_clock_ms
 
 from .conftest import Connect, Http
-from .helpers import eventually, ids
+from .helpers import TIMEOUT, emulator, eventually, ids
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
-
-def _emulator(rate: float = 200.0, **kwargs: Any) -> Emulator:
-    specs = [SyntheticSpec(market=m, symbol="BTCUSDT", rate=rate, book_levels=60) for m in ("spot", "usdm")]
-    specs += [SyntheticSpec(venue="bybit", market=m, symbol="BTCUSDT", rate=rate) for m in ("spot", "linear")]
-    return Emulator(synthetic=specs, seed=9, **kwargs)
+SETUP: dict[str, Any] = {"seed": 9, "bybit": ("spot", "linear"), "book_levels": 60}
+"""Binance spot/USD-M and Bybit spot/linear BTCUSDT feeds."""
 
 
-def _minute_start_clock() -> Any:
-    """A clock that starts 1 s into a minute, so a test never crosses a weight window."""
-    now = wall_clock_ms()
-    offset = (now // 60_000 + 1) * 60_000 + 1000 - now
-    return lambda: wall_clock_ms() + offset
+class MinuteClock:
+    """An emulator clock that starts 1 s into a minute and moves forward when a test says so.
+
+    Starting early in a minute keeps a test inside one weight window; `advance` ends a
+    ban without waiting for it.
+    """
+
+    def __init__(self) -> None:
+        now = wall_clock_ms()
+        self.offset = (now // 60_000 + 1) * 60_000 + 1000 - now
+
+    def __call__(self) -> int:
+        return wall_clock_ms() + self.offset
+
+    def advance(self, ms: int) -> None:
+        """Move the clock ``ms`` milliseconds forward."""
+        self.offset += ms
+
+
+def _history(emu: Emulator, venue: str, market: str) -> int:
+    """Trades the BTCUSDT feed of a market keeps for REST (generated whether or not anybody listens)."""
+    history = emu.feeds[(venue, market, "BTCUSDT")].history
+    assert history is not None
+    return len(history)
 
 
 async def test_binance_endpoints_shapes_and_weights(http: Http) -> None:
-    async with _emulator(clock=_minute_start_clock()) as emu:
+    async with emulator(rate=200, **SETUP, clock=MinuteClock()) as emu:
         api = http(emu)
-        await asyncio.sleep(0.3)
+        await until(
+            lambda: _history(emu, "binance", "spot") >= 20 and _history(emu, "binance", "usdm") >= 1,
+            TIMEOUT,
+            "20 spot trades to page through",
+        )
         spot = "/binance/spot/api/v3"
         usdm = "/binance/usdm/fapi/v1"
         resp = await api.get(f"{spot}/depth", params={"symbol": "BTCUSDT", "limit": 5})
@@ -92,9 +112,13 @@ async def test_binance_endpoints_shapes_and_weights(http: Http) -> None:
 
 
 async def test_bybit_endpoints(http: Http) -> None:
-    async with _emulator(rate=1500) as emu:
+    async with emulator(rate=1500, **SETUP) as emu:
         api = http(emu)
-        await asyncio.sleep(0.5)
+        await until(
+            lambda: _history(emu, "bybit", "linear") >= 500 and _history(emu, "bybit", "spot") >= 60,
+            TIMEOUT,
+            "a default page of recent trades on both categories",
+        )
         resp = await api.get("/bybit/v5/market/orderbook", params={"category": "linear", "symbol": "BTCUSDT"})
         body = resp.json()
         assert list(body) == ["retCode", "retMsg", "result", "retExtInfo", "time"] and body["retMsg"] == "OK"
@@ -132,7 +156,8 @@ async def test_bybit_endpoints(http: Http) -> None:
 
 async def test_weight_budget_429_then_418(http: Http) -> None:
     limits = RestLimits(spot_weight=20, ban_after=2, ban_seconds=0.5)
-    async with _emulator(rate=10, clock=_minute_start_clock(), rest_limits=limits) as emu:
+    clock = MinuteClock()
+    async with emulator(rate=10, **SETUP, clock=clock, rest_limits=limits) as emu:
         api = http(emu)
         path = "/binance/spot/api/v3/depth"
         statuses = []
@@ -148,15 +173,19 @@ async def test_weight_budget_429_then_418(http: Http) -> None:
         assert (await api.get("/binance/usdm/fapi/v1/time")).status_code == 200  # its own budget
         info = (await api.get("/binance/spot/api/v3/exchangeInfo")).json()
         assert info["code"] == -1003
-        await asyncio.sleep(0.6)
+        clock.advance(int(limits.ban_seconds * 1000) + 1)
         assert (await api.get(path, params={"symbol": "BTCUSDT"})).status_code == 429  # ban over, budget still spent
 
 
 async def test_rest_faults(http: Http) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         api = http(emu)
-        emu.true_book("binance", "spot", "BTCUSDT")  # attach the book now: it has a history by the stale test
-        await asyncio.sleep(0.3)
+        _, _, attached = emu.true_book("binance", "spot", "BTCUSDT")  # attach the book: the stale test needs a past
+        await until(
+            lambda: emu.true_book("binance", "spot", "BTCUSDT")[2] > attached + 25,
+            TIMEOUT,
+            "more than 25 book changes since the book was attached",
+        )
         path = "/binance/spot/api/v3/depth"
         params = {"symbol": "BTCUSDT", "limit": 1000}
         resp = await api.get("/control/rest_status", params={"status": "429", "count": "2", "retry_after": "7"})
@@ -174,8 +203,7 @@ async def test_rest_faults(http: Http) -> None:
         assert resp.status_code == 503 and resp.json()["retCode"] == 10016
         assert (await api.get(path, params=params)).status_code == 200
 
-        emu.pause(market="spot", venue="binance")
-        await asyncio.sleep(0.05)
+        emu.pause(market="spot", venue="binance")  # the book stands still from now on
         _, _, true_id = emu.true_book("binance", "spot", "BTCUSDT")
         resp = await api.get("/control/stale_snapshots", params={"updates": "25", "market": "spot"})
         assert resp.json() == {"affected": 1}
@@ -184,24 +212,35 @@ async def test_rest_faults(http: Http) -> None:
         assert fresh["lastUpdateId"] == true_id and stale["lastUpdateId"] == true_id - 25
         assert (stale["bids"], stale["asks"]) != (fresh["bids"], fresh["asks"])
 
-        emu.slow_snapshots(0.5, symbol="BTCUSDT", venue="binance")
-        started = time.monotonic()
-        slow = (await api.get(path, params=params)).json()
-        assert time.monotonic() - started >= 0.5
-        assert slow == fresh
-        started = time.monotonic()
-        await api.get(path, params=params)
-        assert time.monotonic() - started < 0.4
+        # The slow answer is held back while the server goes on answering: a normal request
+        # sent after the slow one was taken (its fault consumed) is answered first. The delay
+        # only has to outlast one loopback round trip; the test never measures it.
+        assert emu.slow_snapshots(2.0, symbol="BTCUSDT", venue="binance") == 1
+        slow = asyncio.create_task(api.get(path, params=params))
+        await until(
+            lambda: not any(f.kind == "slow" for f in emu.rest_faults.pending),
+            TIMEOUT,
+            "the server to take the slow request",
+        )
+        normal = await api.get(path, params=params)  # the fault was for one request: this one is not held
+        assert not slow.done()
+        assert normal.status_code == 200 and normal.json() == fresh
+        held = await asyncio.wait_for(slow, TIMEOUT)
+        assert held.status_code == 200 and held.json() == fresh
 
 
 async def test_agg_trades_backfill_what_a_drop_missed(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=400) as emu:
+    async with emulator(rate=400, **SETUP) as emu:
         url = emu.urls["binance"]["spot"] + "/stream?streams=btcusdt@aggTrade"
         client = await connect(url)
         await eventually(lambda: len(client.data()) >= 30)
         assert emu.drop(market="spot") == 1
         await asyncio.wait_for(client.disconnected.wait(), 5)
-        await asyncio.sleep(0.3)  # nobody listens: these trades are never sent
+        # Nobody listens: the feed goes on (ids advance) but sends nothing; the delivered log
+        # below shows none of these trades went out.
+        last = ids(client.data(), "a")[-1]
+        feed = emu.feeds[("binance", "spot", "BTCUSDT")]
+        await until(lambda: feed.next_agg_id > last + 51, TIMEOUT, "more than 50 trades while nobody listens")
         again = await connect(url)
         await eventually(lambda: len(again.data()) >= 30)
         before, after = ids(client.data(), "a"), ids(again.data(), "a")

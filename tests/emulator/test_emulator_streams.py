@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from wadm.emulator import SPOT_POLICY, Emulator, SyntheticSpec
+from wadm.emulator import SPOT_POLICY
 
 from .conftest import Connect, Http
-from .helpers import eventually, ids
+from .helpers import emulator, eventually, ids
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -20,11 +20,8 @@ SPOT_TRADE_KEYS = ["e", "E", "s", "t", "p", "q", "T", "m", "M"]
 SPOT_AGG_KEYS = ["e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"]
 USDM_TRADE_KEYS = ["e", "E", "T", "s", "t", "p", "q", "X", "m"]
 USDM_AGG_KEYS = ["e", "E", "s", "a", "p", "q", "f", "l", "T", "m"]
-
-
-def _emulator(rate: float = 200.0, **kwargs: Any) -> Emulator:
-    specs = [SyntheticSpec(market=m, symbol="BTCUSDT", rate=rate) for m in ("spot", "usdm")]
-    return Emulator(synthetic=specs, seed=7, **kwargs)
+SETUP: dict[str, Any] = {"seed": 7}
+"""Binance spot/USD-M BTCUSDT feeds."""
 
 
 def _contiguous(values: list[int]) -> bool:
@@ -32,7 +29,7 @@ def _contiguous(values: list[int]) -> bool:
 
 
 async def test_spot_combined_stream_shapes(connect: Connect) -> None:
-    async with _emulator() as emu:
+    async with emulator(rate=200, **SETUP) as emu:
         url = emu.urls["binance"]["spot"]
         client = await connect(f"{url}/stream?streams=btcusdt@trade/btcusdt@aggTrade")
         await eventually(lambda: len(client.data("btcusdt@trade")) >= 5 and len(client.data("btcusdt@aggTrade")) >= 5)
@@ -54,7 +51,7 @@ async def test_spot_combined_stream_shapes(connect: Connect) -> None:
 
 
 async def test_usdm_raw_streams_on_their_routes(connect: Connect) -> None:
-    async with _emulator() as emu:
+    async with emulator(rate=200, **SETUP) as emu:
         url = emu.urls["binance"]["usdm"]
         public = await connect(f"{url}/public/ws/btcusdt@trade")
         market = await connect(f"{url}/market/ws/btcusdt@aggTrade")
@@ -70,7 +67,7 @@ async def test_usdm_raw_streams_on_their_routes(connect: Connect) -> None:
 
 async def test_subscribe_ack_list_and_errors(connect: Connect) -> None:
     policy = replace(SPOT_POLICY, max_messages_per_s=100)
-    async with _emulator(spot_policy=policy) as emu:
+    async with emulator(rate=200, **SETUP, spot_policy=policy) as emu:
         client = await connect(emu.urls["binance"]["spot"] + "/ws")
         client.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1})
         client.send({"method": "LIST_SUBSCRIPTIONS", "id": "list1"})
@@ -104,7 +101,7 @@ async def test_subscribe_ack_list_and_errors(connect: Connect) -> None:
 
 
 async def test_usdm_wrong_route_acks_but_stays_silent(connect: Connect) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         url = emu.urls["binance"]["usdm"]
         wrong = await connect(f"{url}/market/stream?streams=btcusdt@trade")
         routeless = await connect(f"{url}/stream?streams=btcusdt@aggTrade")
@@ -122,7 +119,7 @@ async def test_usdm_wrong_route_acks_but_stays_silent(connect: Connect) -> None:
 
 
 async def test_two_connections_receive_identical_trades(connect: Connect) -> None:
-    async with _emulator(rate=300) as emu:
+    async with emulator(rate=300, **SETUP) as emu:
         url = emu.urls["binance"]["spot"] + "/stream?streams=btcusdt@trade"
         first = await connect(url)
         second = await connect(url)
@@ -136,7 +133,7 @@ async def test_two_connections_receive_identical_trades(connect: Connect) -> Non
 
 
 async def test_delivered_log_matches_what_the_client_received(connect: Connect, http: Http) -> None:
-    async with _emulator(rate=500) as emu:
+    async with emulator(rate=500, **SETUP) as emu:
         url = emu.urls["binance"]["spot"] + "/stream?streams=btcusdt@aggTrade"
         client = await connect(url)
         await eventually(lambda: len(client.texts) >= 50)
@@ -158,7 +155,7 @@ async def test_delivered_log_matches_what_the_client_received(connect: Connect, 
 
 
 async def test_unknown_paths_and_streams(connect: Connect, http: Http) -> None:
-    async with _emulator() as emu:
+    async with emulator(rate=200, **SETUP) as emu:
         api = http(emu)
         assert (await api.get("/nope")).status_code == 404
         assert (await api.get("/binance/coinm/ws/x")).status_code == 404

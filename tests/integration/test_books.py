@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import links, streams, until
 from wadm.book.sync import BookState
 from wadm.config import Settings, StreamTarget
 from wadm.emulator import Emulator
@@ -18,13 +17,6 @@ from wadm.store import SqliteStore
 from wadm.venues.streams import BookStream
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110 (polls state other tasks update)
-            await asyncio.sleep(0.05)
-    assert predicate(), what
 
 
 async def test_a_shallow_book_is_reseeded_as_the_price_walks_and_stays_exact(tmp_path: Path) -> None:
@@ -46,11 +38,12 @@ async def test_a_shallow_book_is_reseeded_as_the_price_walks_and_stays_exact(tmp
         svc = Service(settings, SqliteStore(tmp_path / "w.db"))
         await svc.start()
         try:
-            book = next(st for _, st in svc.streams if isinstance(st, BookStream))
-            await _until(lambda: book.state is BookState.LIVE, 10, "the book to go live")
-            await _until(lambda: book.refreshes >= 1, 30, "the book to be re-seeded")
+            book = next(st for st in streams(svc) if isinstance(st, BookStream))
+            await until(lambda: book.state is BookState.LIVE, 10, "the book to go live")
+            await until(lambda: book.refreshes >= 1, 30, "the book to be re-seeded")
             emu.pause()
-            await asyncio.sleep(0.5)
+            await until(lambda: book.book.update_id == emu.true_book("binance", "spot", "BTCUSDT", 1)[2], 10,
+                        "the last update to arrive")
             bids, asks = book.levels(10)
             true_bids, true_asks, update_id = emu.true_book("binance", "spot", "BTCUSDT", 10)
             assert book.book.update_id == update_id
@@ -58,7 +51,7 @@ async def test_a_shallow_book_is_reseeded_as_the_price_walks_and_stays_exact(tmp
             assert bids == [(float(p), float(q)) for p, q in true_bids[: len(bids)]]
             assert asks == [(float(p), float(q)) for p, q in true_asks[: len(asks)]]
             assert not book.sync.resyncs  # re-seeding never took the book down
-            assert book.take_gaps() == []
+            assert svc.writer.stats.gaps[book.spec.name] == 0  # no gap was recorded
         finally:
             await svc.stop()
 
@@ -85,18 +78,21 @@ async def test_books_stay_live_through_make_before_break_rotations(tmp_path: Pat
         svc = Service(settings, SqliteStore(tmp_path / "w.db"))
         await svc.start()
         try:
-            books = [st for _, st in svc.streams if isinstance(st, BookStream)]
-            await _until(lambda: all(b.state is BookState.LIVE for b in books), 10, "the books to go live")
-            await _until(lambda: all(link.state.rotations >= 3 for link in svc.links), 30, "three rotations each")
+            books = [st for st in streams(svc) if isinstance(st, BookStream)]
+            await until(lambda: all(b.state is BookState.LIVE for b in books), 10, "the books to go live")
+            await until(lambda: all(link.state.rotations >= 3 for link in links(svc)), 30, "three rotations each")
             emu.pause()
-            await asyncio.sleep(0.6)
-            for book in books:
-                venue, market = str(book.venue), str(book.market)
-                true_bids, true_asks, _ = emu.true_book(venue, market, book.spec.symbol, 20)
+
+            def exact(book: BookStream) -> bool:
+                true_bids, true_asks, _ = emu.true_book(str(book.venue), str(book.market), book.spec.symbol, 20)
                 bids, asks = book.levels(20)
-                assert bids == [(float(p), float(q)) for p, q in true_bids], book.spec
-                assert asks == [(float(p), float(q)) for p, q in true_asks], book.spec
+                return (bids == [(float(p), float(q)) for p, q in true_bids]
+                        and asks == [(float(p), float(q)) for p, q in true_asks])
+
+            await until(lambda: all(exact(b) for b in books), 10, "every book to equal the true book")
+            for book in books:
                 # The hand-overs never broke a book: no resync, no gap.
-                assert not book.sync.resyncs and book.take_gaps() == [], (book.spec, book.sync.resyncs)
+                assert not book.sync.resyncs and svc.writer.stats.gaps[book.spec.name] == 0, (book.spec,
+                                                                                              book.sync.resyncs)
         finally:
             await svc.stop()

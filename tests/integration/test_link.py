@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.conftest import free_port
+from tests.helpers import binance_spot_settings, free_port, health, streams, until
 from wadm.config import Settings, StreamTarget
 from wadm.emulator import ConnectionPolicy, Emulator
 from wadm.emulator.market import SyntheticSpec
@@ -17,7 +17,7 @@ from wadm.pipeline.service import Service
 from wadm.records import GAPS, TRADES, BatchKey, Market, Venue
 from wadm.store import SqliteStore
 from wadm.venues import binance
-from wadm.venues.base import ConnectionPlan, Event, TradeStream
+from wadm.venues.base import ConnectionPlan, Event, ProtocolBase, TradeStream
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,27 +30,20 @@ async def emu() -> AsyncIterator[Emulator]:
 
 
 def _settings(emu: Emulator, **kw: object) -> Settings:
-    base: dict[str, object] = {
-        "collectors_start_delay": 0.0,
-        "targets": (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT", "ETHUSDT")),),
-        "binance_spot_ws_url": emu.urls["binance"]["spot"],
-        "binance_spot_rest_url": emu.rest_urls["binance"]["spot"],
-        "channels": ("trades",),
-        "stale_after": 3.0,
-        "flush_interval": 0.1,
-        "reconnect_min_delay": 0.05,
-        "reconnect_max_delay": 0.3,
-    }
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
+    return binance_spot_settings(emu, ("BTCUSDT", "ETHUSDT"), **kw)
 
 
-async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    # Polling is the point here: the predicates read counters that the links update.
-    async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    assert predicate(), what
+async def _caught_up(svc: Service, emu: Emulator) -> None:
+    """Wait until every trade the (paused) emulator delivered has reached its stream."""
+    def done() -> bool:
+        for st in streams(svc):
+            assert isinstance(st, TradeStream)
+            delivered = emu.delivered(st.spec.name, "spot")
+            if delivered and st.last_id != delivered[-1]:
+                return False
+        return True
+
+    await until(done, 10, "the last delivered trades to arrive")
 
 
 async def _stored_ids(store: SqliteStore, symbol: str) -> list[int]:
@@ -62,10 +55,10 @@ async def test_rotation_is_make_before_break_and_loses_nothing(emu: Emulator, tm
     store = SqliteStore(tmp_path / "w.db")
     svc = Service(_settings(emu, rotate_after=1.0), store)
     await svc.start()
-    link = svc.links[0]
-    await _until(lambda: link.state.rotations >= 3, 20, "three rotations")
+    link = svc.collectors[0].link
+    await until(lambda: link.state.rotations >= 3, 20, "three rotations")
     emu.pause()
-    await asyncio.sleep(0.3)
+    await _caught_up(svc, emu)
     await svc.stop()
     await store.open()
     for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -73,7 +66,7 @@ async def test_rotation_is_make_before_break_and_loses_nothing(emu: Emulator, tm
         assert len(delivered) > 500
         assert await _stored_ids(store, symbol) == delivered
     assert link.state.reconnects == link.state.rotations  # every new connection was a rotation, none a loss
-    assert sum(st.duplicates for _, st in svc.streams) > 0  # the overlaps happened and were removed
+    assert sum(st.duplicates for st in streams(svc) if isinstance(st, TradeStream)) > 0  # overlaps were removed
     await store.close()
 
 
@@ -84,9 +77,9 @@ async def test_one_failing_connection_does_not_affect_the_others(emu: Emulator, 
     svc = Service(settings, SqliteStore(tmp_path / "w.db"), plans=dead + good)
     await svc.start()
     try:
-        await _until(lambda: svc.links[0].state.connect_failures >= 3, 10, "retries against the dead port")
-        await _until(lambda: svc.streams[1][1].messages > 100, 10, "the good stream flowing")
-        healthy, body = svc.health()
+        await until(lambda: svc.collectors[0].link.state.connect_failures >= 3, 10, "retries against the dead port")
+        await until(lambda: streams(svc)[1].messages > 100, 10, "the good stream flowing")
+        healthy, body = health(svc)
         assert not healthy
         states = {s["symbol"]: s["state"] for s in body["streams"]}
         assert states == {"ETHUSDT": "connecting", "BTCUSDT": "live"}
@@ -95,7 +88,7 @@ async def test_one_failing_connection_does_not_affect_the_others(emu: Emulator, 
         await svc.stop()
 
 
-class _BuggyProtocol:
+class _BuggyProtocol(ProtocolBase):
     """A venue protocol with a bug that throws on one frame (to exercise supervision)."""
 
     def __init__(self, inner: binance.BinanceProtocol, fail_at: int) -> None:
@@ -104,7 +97,7 @@ class _BuggyProtocol:
         self.fail_at = fail_at
         self.frames = 0
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
         self.frames += 1
         if self.frames == self.fail_at:
             raise KeyError("a bug")
@@ -124,16 +117,16 @@ async def test_unexpected_collector_failure(emu: Emulator, tmp_path: Path, resta
     svc = Service(settings, SqliteStore(tmp_path / "w.db"), plans=_buggy_plan(emu))
     await svc.start()
     try:
-        await _until(lambda: sum(svc.restarts.values()) >= 1, 10, "the failure to reach the supervisor")
+        await until(lambda: sum(svc.supervisor.restarts.values()) >= 1, 10, "the failure to reach the supervisor")
         if restart:
-            proto = svc.links[0].plan.protocol
-            await _until(lambda: proto.streams["btcusdt@aggTrade"].messages > 100, 15, "data after the restart")
-            healthy, body = svc.health()
-            assert healthy, body
+            proto = svc.collectors[0].plan.protocol
+            await until(lambda: proto.streams["btcusdt@aggTrade"].messages > 100, 15, "data after the restart")
+            await until(lambda: health(svc)[0], 10, "health to say so")
+            healthy, body = health(svc)
             assert body["collectors"]["restarts"] == {"binance/spot/trades/0": 1}
         else:
-            await asyncio.sleep(0.5)
-            healthy, body = svc.health()
+            await until(lambda: svc.collectors[0].link.state.failed is not None, 10, "the collector to give up")
+            healthy, body = health(svc)
             assert not healthy
             assert body["streams"][0]["state"] == "failed"
             assert "KeyError" in body["connections"][0]["failed"]
@@ -151,11 +144,11 @@ async def test_server_pings_are_answered_and_a_hard_cut_is_survived(tmp_path: Pa
         svc = Service(settings, SqliteStore(tmp_path / "w.db"))
         await svc.start()
         try:
-            link = svc.links[0]
-            await _until(lambda: link.state.connected, 5, "a connection")
+            link = svc.collectors[0].link
+            await until(lambda: link.state.connected, 5, "a connection")
             await asyncio.sleep(2.0)
             assert link.state.reconnects == 0  # pings were answered within the deadline
-            await _until(lambda: link.state.reconnects >= 1 and link.state.connected, 10, "a reconnect after the cut")
+            await until(lambda: link.state.reconnects >= 1 and link.state.connected, 10, "a reconnect after the cut")
             assert link.state.rotations == 0
             assert emu.stats()["connections"], "connected again"
         finally:
@@ -169,14 +162,15 @@ async def test_a_symbol_the_venue_does_not_list_is_reported_and_does_not_fail_ov
     svc = Service(_settings(emu, targets=targets), SqliteStore(tmp_path / "w.db"))
     await svc.start()
     try:
-        await _until(lambda: bool(svc.links[0].failed_streams), 10, "exchangeInfo to be read")
-        await asyncio.sleep(4.0)  # past stale_after: the silent stream must not replace the connection
-        healthy, body = svc.health()
+        link = svc.collectors[0].link
+        await until(lambda: link.excused("nopeusdt@aggTrade") is not None, 10, "exchangeInfo to be read")
+        await asyncio.sleep(4.0)  # NOTE: past stale_after: the silent stream must not replace the connection
+        healthy, body = health(svc)
         states = {s["symbol"]: (s["state"], s["error"]) for s in body["streams"]}
         assert states["BTCUSDT"] == ("live", None)
         assert states["NOPEUSDT"] == ("subscription_failed", "NOPEUSDT is not listed on binance/spot")
         assert not healthy  # a configured symbol is not being collected: that is not ok
-        assert svc.links[0].state.stale_reconnects == 0 and svc.links[0].state.reconnects == 0
+        assert link.state.stale_reconnects == 0 and link.state.reconnects == 0
     finally:
         await svc.stop()
 
@@ -186,21 +180,21 @@ async def test_a_window_being_backfilled_is_reported_until_it_is_recovered(emu: 
     svc = Service(_settings(emu, targets=targets), SqliteStore(tmp_path / "w.db"))
     await svc.start()
     try:
-        await _until(lambda: svc.health()[0], 10, "the stream to go live")
+        await until(lambda: health(svc)[0], 10, "the stream to go live")
         emu.force_rest_status(503, count=1_000_000)  # the venue's REST API is down for now
         emu.drop()
-        await _until(lambda: bool(svc.recovery.pending), 10, "a backfill to start")
-        await _until(lambda: bool(svc.recovery.pending_gaps(Venue.BINANCE, Market.SPOT, "BTCUSDT", 0, 2**62)),
-                     10, "the missing window to be pending")
-        rows = svc.recovery.pending_gaps(Venue.BINANCE, Market.SPOT, "BTCUSDT", 0, 2**62)
-        assert rows[0]["reason"] == "backfilling" and rows[0]["missing"] > 0
+        key = BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT")
+        await until(lambda: bool(svc.collectors[0].pending), 10, "a backfill to start")
+        await until(lambda: bool(svc.live.unfinished(key, 0, 2**62)), 10, "the missing window to be pending")
+        rows = svc.live.unfinished(key, 0, 2**62)
+        assert rows[0].reason == "backfilling" and rows[0].missing is not None and rows[0].missing > 0
         emu.clear_faults()  # REST is back: the next retry recovers the window
-        await _until(lambda: not any(svc.recovery.pending.values()), 60, "the backfill to finish")
-        stream = svc.streams[0][1]
+        await until(lambda: not svc.collectors[0].pending, 60, "the backfill to finish")
+        stream = streams(svc)[0]
         assert isinstance(stream, TradeStream)
         assert stream.backfilled == stream.missing_ids > 0
         emu.pause()
-        await asyncio.sleep(0.5)
+        await _caught_up(svc, emu)
     finally:
         await svc.stop()
     store = SqliteStore(tmp_path / "w.db")

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port, health, streams, until
 from tests.mongo import accepts_connections, nx_27017_command
 from wadm.config import Settings, StreamTarget
 from wadm.emulator import Emulator
@@ -21,6 +20,7 @@ from wadm.emulator.market import SyntheticSpec
 from wadm.pipeline.service import Service
 from wadm.records import TRADES, BatchKey, Market, Venue
 from wadm.store.mongo import MongoStore
+from wadm.venues.base import TradeStream
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,18 +43,12 @@ class Nx:
             "--log-file", str(self.folder / "nx.log"),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.folder,
         )
-        await _until(lambda: accepts_connections(self.port), 20)
+        await until(lambda: accepts_connections(self.port), 20, "nx-27017 to listen")
 
     async def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         await self.proc.wait()
-
-
-async def _until(predicate: Callable[[], bool], seconds: float) -> None:
-    async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110 (polls counters other tasks update)
-            await asyncio.sleep(0.05)
 
 
 def _settings(emu: Emulator, **kw: object) -> Settings:
@@ -77,21 +71,25 @@ async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
         svc = Service(_settings(emu), store)
         await svc.start()
         try:
-            await _until(lambda: svc.writer.stats.rows > 100, 10)
+            key = BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT")
+            await until(lambda: svc.writer.stats.rows > 100, 10, "trades to be written")
             await nx.kill()
-            await _until(lambda: svc.writer.stats.store_errors > 0 and svc.writer.pending_rows > 300, 15)
-            healthy, body = svc.health()
+            await until(lambda: svc.writer.stats.store_errors > 0 and svc.writer.pending_rows > 300, 15,
+                        "writes to fail and trades to wait")
+            healthy, body = health(svc)
             assert not healthy and body["store"]["ok"] is False
             assert body["streams"][0]["state"] == "live"  # the receive path never waits on the store
             # Trades waiting for the store are not readable yet: data endpoints must say so.
-            await _until(lambda: bool(svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62)), 15)
-            (waiting,) = svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62)
-            assert waiting["reason"] == "not_yet_written" and waiting["missing"] > 0
+            await until(lambda: bool(svc.live.unfinished(key, 0, 2**62)), 15, "the wait to show")
+            (waiting,) = svc.live.unfinished(key, 0, 2**62)
+            assert waiting.reason == "not_yet_written" and waiting.missing is not None and waiting.missing > 0
             await nx.start()
-            await _until(lambda: svc.writer.pending_rows == 0 and svc.writer.stats.store_ok, 30)
-            assert svc.unfinished(Venue.BINANCE, Market.SPOT, "BTCUSDT", TRADES, 0, 2**62) == []
+            await until(lambda: svc.writer.pending_rows == 0 and svc.writer.stats.store_ok, 30, "the backlog to drain")
+            assert svc.live.unfinished(key, 0, 2**62) == []
             emu.pause()
-            await asyncio.sleep(0.3)
+            last = streams(svc)[0]
+            await until(lambda: isinstance(last, TradeStream) and last.last_id == emu.delivered(
+                "btcusdt@aggTrade", "spot")[-1], 10, "the last delivered trade to arrive")
         finally:
             await svc.stop()
         delivered = emu.delivered("btcusdt@aggTrade", "spot")
@@ -111,8 +109,8 @@ async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, capl
         with caplog.at_level(logging.ERROR, logger="wadm.pipeline.writer"):
             await svc.start()
             try:
-                await _until(lambda: svc.writer.stats.dropped_rows["store_backlog"] > 0, 15)
-                healthy, body = svc.health()
+                await until(lambda: svc.writer.stats.dropped_rows["store_backlog"] > 0, 15, "a batch to be dropped")
+                healthy, body = health(svc)
                 assert not healthy
                 assert body["store"]["dropped_rows"] > 0
                 assert svc.writer.pending_rows <= 1000 + 1000  # bounded: at most the bound plus one batch

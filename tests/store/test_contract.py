@@ -159,26 +159,14 @@ async def test_sweep_is_exact_to_the_nanosecond(store: Store) -> None:
 async def test_reads_run_concurrently_with_writes(store: Store) -> None:
     key, n, rows = BYBIT_LINEAR, 20, 25
     frames = [batch(key, T0 + i * rows * SECOND, rows, first_id=i * rows)[0] for i in range(n)]
-
-    async def writer() -> None:
-        for frame in frames:
-            await store.write(key, encode_batch(frame))
-            await asyncio.sleep(0)
-
-    async def reader() -> list[int]:
-        heights = []
-        for _ in range(n):
-            got = await store.read(key, 0, FAR)
-            heights.append(got.height)
-            if got.height:  # a prefix of whole batches, never a torn one
-                assert_frame_equal(got, pl.concat(frames[: got.height // rows]))
-        return heights
-
-    results = await asyncio.gather(writer(), reader(), reader())
-
-    for heights in results[1:]:
-        assert heights == sorted(heights)
-        assert all(h % rows == 0 for h in heights)
+    for i, frame in enumerate(frames):
+        write = asyncio.ensure_future(store.write(key, encode_batch(frame)))
+        got = await store.read(key, 0, FAR)  # while that write is in flight
+        await write
+        # Every finished write is seen; the one in flight is seen whole or not at all, never torn.
+        assert got.height in (i * rows, (i + 1) * rows), (i, got.height)
+        if got.height:
+            assert_frame_equal(got, pl.concat(frames[: got.height // rows]))
     assert_frame_equal(await store.read(key, 0, FAR), pl.concat(frames))
 
 
@@ -241,3 +229,13 @@ async def test_latest_is_the_batch_that_ends_last(store: Store) -> None:
     await store.write_many([(BINANCE_SPOT, b1), (BINANCE_SPOT, b2), (BINANCE_SPOT, b3)])
     assert_frame_equal(await store.latest(BINANCE_SPOT), second, check_exact=True)
     assert (await store.latest(BYBIT_LINEAR)).height == 0
+
+
+async def test_latest_before_ignores_what_ends_later(store: Store) -> None:
+    # A restart asks where the previous run's data ends, not where this run's first batches do.
+    first, b1 = batch(BINANCE_SPOT, T0, 5, first_id=1)
+    live, b2 = batch(BINANCE_SPOT, T0 + 60 * SECOND, 5, first_id=50)
+    await store.write_many([(BINANCE_SPOT, b1), (BINANCE_SPOT, b2)])
+    assert_frame_equal(await store.latest(BINANCE_SPOT, before=T0 + 30 * SECOND), first, check_exact=True)
+    assert_frame_equal(await store.latest(BINANCE_SPOT), live, check_exact=True)
+    assert (await store.latest(BINANCE_SPOT, before=T0 + 4 * SECOND)).height == 0  # it ends at T0 + 4 s

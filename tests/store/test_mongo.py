@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from wadm.errors import StoreError, UsageError
+from wadm.errors import StoreError
 from wadm.store.mongo import _DECODE_INLINE_BYTES, MongoStore, _redact
 
 from .conftest import free_port
@@ -143,10 +143,13 @@ async def test_an_unreachable_server_raises_store_error_naming_the_host() -> Non
         assert chained
 
 
-async def test_use_before_open_is_a_usage_error() -> None:
+async def test_use_before_open_is_a_store_error_the_caller_can_retry() -> None:
+    # Not open yet (the server did not answer at start): writers retry, readers answer 503.
     store = MongoStore("mongodb://127.0.0.1:1/")
-    with pytest.raises(UsageError):
+    with pytest.raises(StoreError, match="not open"):
         await store.write(BINANCE_SPOT, batch(BINANCE_SPOT, T0)[1])
+    with pytest.raises(StoreError, match="not open"):
+        await store.read(BINANCE_SPOT, 0, 2**62)
     assert await store.healthcheck() is False
     await store.close()
 

@@ -9,8 +9,10 @@ import pytest
 from tests.conftest import recorded_frames
 from wadm.errors import VenueProtocolError
 from wadm.records import TRADE_SCHEMA_INT_ID, Market
-from wadm.venues.base import Ack, ServerShutdown, VenueErrorReply
+from wadm.venues.base import Ack, Event, Gap, RecoverTrades, ServerShutdown, Taken, VenueErrorReply
 from wadm.venues.binance import MAX_STREAMS_PER_CONNECTION, plan_trade_connections
+
+MS = 1_000_000
 
 
 def _protocol(market: Market, stream: str = "trade", symbols: tuple[str, ...] = ("BTCUSDT",), max_rows: int = 10**6):
@@ -35,17 +37,17 @@ def test_recorded_trades_decode_exactly(name: str, market: Market) -> None:
     assert len(recorded) > 9000
     proto = _protocol(market)
     for ts_recv, frame in recorded:
-        assert proto.feed(frame, ts_recv) is None
+        assert proto.feed(frame, ts_recv) == ()
     st = proto.streams["btcusdt@trade"]
-    got = st.take()
-    assert got is not None
+    got, actions = st.take()
+    assert got is not None and actions == ()
     assert got.schema == pl.Schema(TRADE_SCHEMA_INT_ID)
     expected = _independent_rebuild([f for _, f in recorded])
     assert got.drop("ts_recv").equals(expected)
     assert got["ts_recv"].to_list() == [ts for ts, _ in recorded]
     assert st.messages == len(recorded) and st.trades == len(recorded)
     assert st.missing_ids == 0 and st.duplicates == 0 and st.rejected == 0
-    assert st.take() is None  # the buffer was reset
+    assert st.take() == Taken(None)  # the buffer was reset
 
 
 def test_overlapping_connections_are_deduplicated() -> None:
@@ -57,7 +59,7 @@ def test_overlapping_connections_are_deduplicated() -> None:
         if i >= 100:
             proto.feed(recorded[i - 50], i)
     st = proto.streams["btcusdt@trade"]
-    got = st.take()
+    got = st.take().frame
     assert got is not None
     assert got["id"].to_list() == [orjson.loads(f)["data"]["t"] for f in recorded]
     assert st.duplicates == 400
@@ -66,15 +68,16 @@ def test_overlapping_connections_are_deduplicated() -> None:
 def test_missing_ids_are_counted() -> None:
     recorded = [f for _, f in recorded_frames("spot_btcusdt_20240808.gz", b"@trade")][:100]
     proto = _protocol(Market.SPOT)
+    events: list[Event] = []
     for frame in recorded[:40] + recorded[45:]:
-        proto.feed(frame, 0)
+        events += proto.feed(frame, 0)
     st = proto.streams["btcusdt@trade"]
     assert st.missing_ids == 5
     before, after = (orjson.loads(recorded[i])["data"]["T"] * 1_000_000 for i in (39, 45))
     first, last = (orjson.loads(recorded[i])["data"]["t"] for i in (40, 44))
     # The gap names the missing ids, so a REST backfill can fetch exactly them.
-    assert st.take_gaps() == [(before, after, "missing_ids", 5, first, last)]
-    assert st.take_gaps() == []
+    assert events == [RecoverTrades("btcusdt@trade", Gap(before, after, "missing_ids", 5, first, last))]
+    assert st.take().actions == ()  # the gap came back once, from the frame that showed it
 
 
 def test_agg_trades_and_side_mapping() -> None:
@@ -84,7 +87,7 @@ def test_agg_trades_and_side_mapping() -> None:
     buy = sell.replace(b'"a":7', b'"a":8').replace(b'"m":true', b'"m":false')
     proto.feed(sell, 10)
     proto.feed(buy, 11)
-    got = proto.streams["btcusdt@aggTrade"].take()
+    got = proto.streams["btcusdt@aggTrade"].take().frame
     assert got is not None
     assert got.select("id", "price", "qty", "side").rows() == [(7, 61800.3, 0.5, -1), (8, 61800.3, 0.5, 1)]
     assert got["ts_event"].to_list() == [1723161256322_000_000] * 2
@@ -98,7 +101,7 @@ def test_zero_price_trades_are_rejected_and_counted() -> None:
     proto.feed(good, 0)
     proto.feed(zero, 0)
     st = proto.streams["btcusdt@trade"]
-    got = st.take()
+    got = st.take().frame
     assert got is not None and got["id"].to_list() == [5]
     assert st.rejected == 1 and st.trades == 1
 
@@ -127,14 +130,14 @@ def test_bad_frames_raise_a_kind_and_leave_state_intact(frame: bytes, kind: str)
 
 def test_control_frames() -> None:
     proto = _protocol(Market.SPOT)
-    assert proto.feed(b'{"result":null,"id":1}', 0) == Ack(1)
-    assert proto.feed(b'{"code":2,"msg":"Invalid request","id":3}', 0) == VenueErrorReply(2, "Invalid request", 3)
-    assert proto.feed(b'{"error":{"code":4,"msg":"Too many subscriptions"},"id":19}', 0) == VenueErrorReply(
-        4, "Too many subscriptions", 19
+    assert proto.feed(b'{"result":null,"id":1}', 0) == (Ack(1),)
+    assert proto.feed(b'{"code":2,"msg":"Invalid request","id":3}', 0) == (VenueErrorReply(2, "Invalid request", 3),)
+    assert proto.feed(b'{"error":{"code":4,"msg":"Too many subscriptions"},"id":19}', 0) == (
+        VenueErrorReply(4, "Too many subscriptions", 19),
     )
     combined = b'{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}'
-    assert proto.feed(combined, 0) == ServerShutdown(1770123456789_000_000)
-    assert proto.feed(b'{"e":"serverShutdown","E":1770123456789}', 0) == ServerShutdown(1770123456789_000_000)
+    assert proto.feed(combined, 0) == (ServerShutdown(1770123456789_000_000),)
+    assert proto.feed(b'{"e":"serverShutdown","E":1770123456789}', 0) == (ServerShutdown(1770123456789_000_000),)
 
 
 def test_full_buffer_drops_newest_and_counts() -> None:
@@ -160,3 +163,45 @@ def test_plans_route_usdm_streams_and_group_symbols() -> None:
     assert plans[0].max_lifetime == 24 * 3600
     with pytest.raises(ValueError):
         plan_trade_connections(Market.LINEAR, ("BTCUSDT",), "wss://x")
+
+
+# ---- make-before-break hand-over ----------------------------------------------------------------
+
+
+def _agg(i: int) -> bytes:
+    return orjson.dumps({"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": i,
+                                                                 "p": "100.0", "q": "1.0", "f": i, "l": i,
+                                                                 "T": 1000 + i, "m": False}})
+
+
+def test_a_taking_over_connection_is_held_until_promoted() -> None:
+    proto = _protocol(Market.SPOT, "aggTrade")
+    st = proto.streams["btcusdt@aggTrade"]
+    for i in (1, 2, 3):
+        proto.feed(_agg(i), i)
+    # The new connection is a little ahead (and skipped id 7); its frames wait, the old one goes on.
+    for i in (3, 4, 5, 6, 8):
+        assert proto.feed_standby(_agg(i), 10 + i) == ()
+    assert proto.feed_standby(b"\xff", 20) == ()  # a bad frame is held too, and dropped on replay
+    assert st.pending == 3 and st.last_id == 3
+    assert proto.feed(_agg(4), 4) == ()
+    events = proto.promote()
+    # Replayed in order: 3 and 4 are duplicates, 5, 6 and 8 continue the sequence, 7 is missing.
+    assert events == [RecoverTrades("btcusdt@aggTrade", Gap(1006 * MS, 1008 * MS, "missing_ids", 1, 7, 7))]
+    assert st.duplicates == 2 and st.last_id == 8
+    got = st.take().frame
+    assert got is not None and got["id"].to_list() == [1, 2, 3, 4, 5, 6, 8]
+    assert got["ts_recv"].to_list() == [1, 2, 3, 4, 15, 16, 18]
+    assert proto.promote() == []  # nothing is replayed twice
+
+
+def test_a_failed_takeover_is_forgotten() -> None:
+    proto = _protocol(Market.SPOT, "aggTrade")
+    st = proto.streams["btcusdt@aggTrade"]
+    proto.feed(_agg(1), 1)
+    for i in (2, 3):
+        proto.feed_standby(_agg(i), i)
+    proto.discard_standby()
+    assert proto.promote() == []
+    assert st.pending == 1 and st.last_id == 1
+    assert proto.feed(_agg(2), 2) == ()  # the old connection continues where it was

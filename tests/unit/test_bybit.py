@@ -7,8 +7,10 @@ import pytest
 
 from wadm.errors import VenueProtocolError
 from wadm.records import TRADE_SCHEMA_STR_ID, Market
-from wadm.venues.base import Ack, VenueErrorReply
+from wadm.venues.base import Ack, Gap, RecoverTrades, VenueErrorReply
 from wadm.venues.bybit import MAX_TOPICS_PER_REQUEST, plan_trade_connections, subscribe_frames
+
+MS = 1_000_000
 
 # Real captured frames (PROTOCOLS.md §3.3): linear (UUID ids, with L) and spot (numeric ids).
 LINEAR = (b'{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1786310819681,"data":[{"T":1786310819680,'
@@ -24,20 +26,20 @@ def _proto(market: Market, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")):  
 
 
 def _batch(n: int, start: int = 0, side: str = "Buy") -> bytes:
-    data = [{"T": 1786310819680 + k, "s": "BTCUSDT", "S": side, "v": "0.5", "p": f"{65000 + k}.10",
+    data = [{"T": 1786310819680 + start + k, "s": "BTCUSDT", "S": side, "v": "0.5", "p": f"{65000 + k}.10",
              "i": f"id-{start + k}", "BT": k % 2 == 0, "RPI": False} for k in range(n)]
     return orjson.dumps({"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1, "data": data})
 
 
 def test_real_frames_decode() -> None:
     proto = _proto(Market.LINEAR)
-    assert proto.feed(LINEAR, 11) is None
-    frame = proto.streams["publicTrade.BTCUSDT"].take()
-    assert frame is not None and frame.schema == dict(TRADE_SCHEMA_STR_ID)
+    assert proto.feed(LINEAR, 11) == ()
+    frame, actions = proto.streams["publicTrade.BTCUSDT"].take()
+    assert frame is not None and actions == () and frame.schema == dict(TRADE_SCHEMA_STR_ID)
     assert frame.rows() == [(1786310819680_000_000, 11, "a9188a0a-82bc-50de-be60-03eedbe3cdd7", 65114.2, 0.004, -1)]
     spot = _proto(Market.SPOT)
-    spot.feed(SPOT, 12)
-    frame = spot.streams["publicTrade.ETHUSDT"].take()
+    assert spot.feed(SPOT, 12) == ()
+    frame = spot.streams["publicTrade.ETHUSDT"].take().frame
     assert frame is not None
     assert frame.rows() == [(1786310821917_000_000, 12, "2280000001739247417", 1923.28, 0.04537, -1)]
 
@@ -47,7 +49,7 @@ def test_arrays_keep_order_and_overlaps_are_removed() -> None:
     proto.feed(_batch(1024), 1)
     proto.feed(_batch(100, start=1000), 2)  # 24 repeated from a second connection, 76 new
     st = proto.streams["publicTrade.BTCUSDT"]
-    frame = st.take()
+    frame = st.take().frame
     assert frame is not None
     assert frame["id"].to_list() == [f"id-{k}" for k in range(1100)]
     assert frame["side"].unique().to_list() == [1]
@@ -58,7 +60,7 @@ def test_zero_price_trades_are_rejected() -> None:
     proto = _proto(Market.SPOT)
     proto.feed(_batch(3).replace(b'"65001.10"', b'"0"'), 1)
     st = proto.streams["publicTrade.BTCUSDT"]
-    frame = st.take()
+    frame = st.take().frame
     assert frame is not None and frame.height == 2 and st.rejected == 1
 
 
@@ -66,15 +68,15 @@ def test_control_frames() -> None:
     proto = _proto(Market.SPOT)
     spot_ack = b'{"success":true,"ret_msg":"subscribe","conn_id":"d9avt8shteepr00gfc1g-4zd1x","op":"subscribe"}'
     linear_ack = b'{"success":true,"ret_msg":"","conn_id":"d8bu1olkndm7crnfs1e0-j6akw","req_id":"","op":"subscribe"}'
-    assert proto.feed(spot_ack, 0) == Ack(None)
-    assert proto.feed(linear_ack, 0) == Ack(None)
-    assert proto.feed(b'{"success":true,"ret_msg":"pong","conn_id":"x","op":"ping"}', 0) is None
+    assert proto.feed(spot_ack, 0) == (Ack(None),)
+    assert proto.feed(linear_ack, 0) == (Ack(None),)
+    assert proto.feed(b'{"success":true,"ret_msg":"pong","conn_id":"x","op":"ping"}', 0) == ()
     refused = (b'{"success":false,"ret_msg":"error:handler not found,topic:publicTrade.NOTASYMBOL",'
                b'"conn_id":"x","op":"subscribe"}')
-    event = proto.feed(refused, 0)
+    (event,) = proto.feed(refused, 0)
     assert isinstance(event, VenueErrorReply) and event.stream == "publicTrade.NOTASYMBOL"
     too_many = b'{"success":false,"ret_msg":"args size >10","conn_id":"x","op":"subscribe"}'
-    event = proto.feed(too_many, 0)
+    (event,) = proto.feed(too_many, 0)
     assert isinstance(event, VenueErrorReply) and event.stream is None and "args size" in event.message
 
 
@@ -111,3 +113,21 @@ def test_plans_subscribe_in_chunks_and_ping() -> None:
     assert len(subscribe_frames([f"t{i}" for i in range(25)])) == 3 and MAX_TOPICS_PER_REQUEST == 10
     with pytest.raises(ValueError):
         plan_trade_connections(Market.USDM, ("BTCUSDT",), "wss://x")
+
+
+def test_a_taking_over_connection_is_taken_at_once() -> None:
+    # Bybit ids are de-duplicated by id, so the two connections may interleave: nothing is held.
+    proto = _proto(Market.LINEAR)
+    st = proto.streams["publicTrade.BTCUSDT"]
+    proto.feed(_batch(3), 1)
+    st.connection_lost(2)
+    events = proto.feed_standby(_batch(3, start=3), 3)  # taken right away, the window too
+    assert events == (RecoverTrades("publicTrade.BTCUSDT", Gap(1786310819682 * MS, 1786310819683 * MS,
+                                                                "disconnected")),)
+    assert st.pending == 6
+    assert proto.feed(_batch(5), 4) == ()  # the old connection, still open: repeats only
+    proto.discard_standby()  # nothing was held, so nothing is undone
+    assert proto.promote() == []
+    frame = st.take().frame
+    assert frame is not None and frame["id"].to_list() == [f"id-{k}" for k in range(6)]
+    assert st.duplicates == 5

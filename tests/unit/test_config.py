@@ -86,6 +86,26 @@ def test_symbols_file(tmp_path: Path) -> None:
         ({"WADM_BACKFILL_DEADLINE": "0"}, "WADM_BACKFILL_DEADLINE", "between 1 and 86400"),
         ({"BOOK_DEPTH": "50", "BOOK_SNAPSHOT_DEPTH": "60"}, "BOOK_SNAPSHOT_DEPTH", "at most BOOK_DEPTH (50)"),
         ({"BOOK_DEPTH": "300", "BOOK_SNAPSHOT_DEPTH": "200"}, "BOOK_SNAPSHOT_DEPTH", "USD-M snapshots"),
+        ({"WADM_HOST": "localhost"}, "WADM_HOST", "an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0 or ::"),
+        ({"WADM_HOST": "example.com"}, "WADM_HOST", "IPv4 or IPv6 address"),
+        ({"WADM_HOST": "1.2.3"}, "WADM_HOST", "IPv4 or IPv6 address"),
+        ({"WADM_HOST": "0.0.0.0:80"}, "WADM_HOST", "IPv4 or IPv6 address"),
+        ({"WADM_HOST": "[::1]"}, "WADM_HOST", "IPv4 or IPv6 address"),
+        ({"WADM_HOST": "１２７.0.0.1"}, "WADM_HOST", "IPv4 or IPv6 address"),
+        ({"BINANCE_SYMBOLS": "btc usdt"}, "BINANCE_SYMBOLS", "separated by commas, not spaces"),
+        ({"BYBIT_SYMBOLS": "BTCUSDT\tETHUSDT"}, "BYBIT_SYMBOLS", "separated by commas, not spaces"),
+        ({"BINANCE_SYMBOLS": "btcuſdt"}, "BINANCE_SYMBOLS", "2-20 ASCII letters or digits"),  # 'ſ'.upper() == 'S'
+        ({"BINANCE_SYMBOLS": "ıcpusdt"}, "BINANCE_SYMBOLS", "2-20 ASCII letters or digits"),  # 'ı'.upper() == 'I'
+        ({"BYBIT_SPOT_SYMBOLS": "B"}, "BYBIT_SPOT_SYMBOLS", "2-20 ASCII letters or digits"),
+        ({"BINANCE_USDM_SYMBOLS": "A" * 21}, "BINANCE_USDM_SYMBOLS", "2-20 ASCII letters or digits"),
+        ({"WADM_PORT": "８０８０"}, "WADM_PORT", "integer between 0 and 65535"),
+        ({"COLLECTORS_START_DELAY": "٣"}, "COLLECTORS_START_DELAY", "number between 0 and 3600"),
+        ({"WADM_FLUSH_INTERVAL": "inf"}, "WADM_FLUSH_INTERVAL", "number between 0.05 and 3600"),
+        ({"WADM_RECONNECT_MAX_DELAY": "-nan"}, "WADM_RECONNECT_MAX_DELAY", "number between 0.01 and 3600"),
+        ({"WADM_BUFFER_MAX_ROWS": "9" * 5000}, "WADM_BUFFER_MAX_ROWS", "integer"),
+        ({"WADM_BYBIT_REST_URL": "https://api.bybit.com:99999"}, "WADM_BYBIT_REST_URL", "a valid port"),
+        ({"WADM_BINANCE_SPOT_WS_URL": "ws://[::1:9443"}, "WADM_BINANCE_SPOT_WS_URL", "a valid port"),
+        ({"WADM_BINANCE_USDM_WS_URL": "wss://:443"}, "WADM_BINANCE_USDM_WS_URL", "and a host"),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_allowed(
@@ -108,6 +128,9 @@ def test_bad_values_name_the_variable_value_and_what_is_allowed(
         ("binance:\n  spot: [BTC-USDT]\n", "letters or digits"),
         ("binance: [BTCUSDT]\n", "mapping of market"),
         ("binance: {spot: [x]\n", "readable YAML"),
+        ("binance:\n  spot: false\n", "expected a list of symbols"),  # no longer read as an empty list
+        ("binance:\n  spot: [BTCUSDT]\nsince: 2025-02-30\n", "readable YAML"),  # a date that does not exist
+        ("[" * 5000 + "]" * 5000 + "\n", "readable YAML"),  # nested too deeply for the parser
     ],
 )
 def test_bad_symbols_file_names_the_key(tmp_path: Path, yaml_text: str, fragment: str) -> None:
@@ -133,3 +156,209 @@ def test_book_and_channel_settings_are_read(tmp_path: Path) -> None:
     defaults = load_settings({}, cwd=tmp_path)
     assert defaults.channels == ("trades", "book", "klines") and defaults.book_depth == 1000
     assert defaults.retention() == {"trades": 3600, "book_snapshots": 3600, "klines": 86400, "gaps": 604800}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "192.168.1.20", "fe80::1%eth0"])
+def test_host_is_an_ip_address(tmp_path: Path, host: str) -> None:
+    assert load_settings({"WADM_HOST": host}, cwd=tmp_path).host == host
+    assert load_settings({"WADM_HOST": ""}, cwd=tmp_path).host == "0.0.0.0"  # unset: the default
+
+
+def test_symbols_are_separated_by_commas_only(tmp_path: Path) -> None:
+    # NOTE: space-separated lists ("BTCUSDT ETHUSDT") were accepted before; a space is now an error.
+    s = load_settings(
+        {
+            "BINANCE_SYMBOLS": " btcusdt , ETHUSDT ",
+            "BINANCE_USDM_SYMBOLS": "BTCUSDT,,ETHUSDT,",  # empty items are skipped
+            "BYBIT_SYMBOLS": "BTCUSDT,btcusdt",  # repeated symbols are kept once
+            "BYBIT_SPOT_SYMBOLS": "A1," + "Z" * 20,  # 2 and 20 characters
+        },
+        cwd=tmp_path,
+    )
+    assert s.symbols(Venue.BINANCE, Market.SPOT) == ("BTCUSDT", "ETHUSDT")
+    assert s.symbols(Venue.BINANCE, Market.USDM) == ("BTCUSDT", "ETHUSDT")
+    assert s.symbols(Venue.BYBIT, Market.LINEAR) == ("BTCUSDT",)
+    assert s.symbols(Venue.BYBIT, Market.SPOT) == ("A1", "Z" * 20)
+
+
+@pytest.mark.parametrize(
+    ("raw", "item"),
+    [
+        ("BTCUSDT ETHUSDT", "BTCUSDT ETHUSDT"),
+        (" BTCUSDT , ETH USDT ", "ETH USDT"),
+        ("BTCUSDT,ETH\u00a0USDT", "ETH\u00a0USDT"),
+        ("BTCUSDT\nETHUSDT", "BTCUSDT\nETHUSDT"),
+    ],
+)
+def test_whitespace_inside_a_symbol_names_the_item(tmp_path: Path, raw: str, item: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"BINANCE_SYMBOLS": raw}, cwd=tmp_path)
+    assert info.value.name == "BINANCE_SYMBOLS" and info.value.value == item
+    assert repr(item) in str(info.value) and "separated by commas" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "item"),
+    [
+        ('binance:\n  spot: [BTCUSDT, "ETH USDT"]\n', "ETH USDT"),
+        ("binance:\n  spot:\n    - BTCUSDT\n    - ' ETHUSDT'\n", " ETHUSDT"),
+        ("binance:\n  spot: BTCUSDT ETHUSDT\n", "BTCUSDT ETHUSDT"),  # a string: commas only, as in the environment
+        ("binance:\n  spot: [btcuſdt]\n", "btcuſdt"),
+        ("binance:\n  spot: [" + "A" * 21 + "]\n", "A" * 21),
+    ],
+)
+def test_bad_symbol_in_the_file_names_the_key_and_item(tmp_path: Path, yaml_text: str, item: str) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text(yaml_text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert info.value.name == f"{path}: binance.spot" and info.value.value == item
+    assert repr(item) in str(info.value)
+
+
+def test_symbols_file_string_is_read_like_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text("binance:\n  spot: btcusdt, ETHUSDT\n  usdm:\n", encoding="utf-8")
+    s = load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert s.symbols(Venue.BINANCE, Market.SPOT) == ("BTCUSDT", "ETHUSDT")
+    assert s.symbols(Venue.BINANCE, Market.USDM) == ()  # `usdm:` with nothing: none
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"binance:\n  spot: [BTCUSDT]\n# caf\xe9\n", 3),  # Latin-1
+        ("binance:\n  spot: [BTCUSDT]\n".encode("utf-16"), 1),
+    ],
+)
+def test_symbols_file_that_is_not_utf8(tmp_path: Path, data: bytes, line: int) -> None:
+    (tmp_path / "config").mkdir()
+    path = tmp_path / "config" / "symbols.yaml"
+    path.write_bytes(data)
+    for env in ({}, {"WADM_SYMBOLS_FILE": str(path)}):  # the default path and an explicit one
+        with pytest.raises(ConfigError) as info:
+            load_settings(env, cwd=tmp_path)
+        assert info.value.name == "WADM_SYMBOLS_FILE" and info.value.value == str(path)
+        assert "UTF-8" in str(info.value) and f"line {line}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "line", "first_line"),
+    [
+        ("binance:\n  spot: [BTCUSDT]\nbinance:\n  usdm: [BTCUSDT]\n", "binance", 3, 1),
+        ("bybit:\n  spot: [BTCUSDT]\n  linear: [ETHUSDT]\n  spot: [SOLUSDT]\n", "spot", 4, 2),
+        ("bybit: {linear: [BTCUSDT], linear: []}\n", "linear", 1, 1),
+        ("binance:\n  spot: [BTCUSDT]\nnotes: {a: 1, b: {c: 2, c: 3}}\n", "c", 3, 3),  # any level
+    ],
+)
+def test_duplicate_key_in_symbols_file(tmp_path: Path, yaml_text: str, key: str, line: int, first_line: int) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text(yaml_text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert info.value.name == f"{path}: {key}" and info.value.value == key
+    assert f"line {line} repeats line {first_line}" in str(info.value)
+
+
+def test_same_market_twice_under_another_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text("binance:\n  spot: [BTCUSDT]\nBinance:\n  SPOT: [ETHUSDT]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert info.value.name == f"{path}: Binance.SPOT"
+    assert "already given as binance.spot" in str(info.value)
+    # Different markets under two spellings of a venue lose nothing: accepted.
+    path.write_text("binance:\n  spot: [BTCUSDT]\nBinance:\n  usdm: [ETHUSDT]\n", encoding="utf-8")
+    s = load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert s.symbols(Venue.BINANCE, Market.USDM) == ("ETHUSDT",)
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text(
+        "binance: &both\n  spot: [BTCUSDT]\nbybit:\n  <<: *both\n  spot: [SOLUSDT]\n  linear: [ETHUSDT]\n",
+        encoding="utf-8",
+    )
+    s = load_settings({"WADM_SYMBOLS_FILE": str(path)}, cwd=tmp_path)
+    assert s.symbols(Venue.BYBIT, Market.SPOT) == ("SOLUSDT",)
+    assert s.symbols(Venue.BYBIT, Market.LINEAR) == ("ETHUSDT",)
+
+
+EVERY_SYMBOL_VARIABLE = ("BINANCE_SYMBOLS", "BINANCE_USDM_SYMBOLS", "BYBIT_SYMBOLS", "BYBIT_SPOT_SYMBOLS")
+
+
+@pytest.mark.parametrize("empty", ["", " ", ",", " , ,"])
+def test_no_symbols_at_all_is_refused(tmp_path: Path, empty: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict.fromkeys(EVERY_SYMBOL_VARIABLE, empty), cwd=tmp_path)
+    message = str(info.value)
+    assert all(name in info.value.name for name in EVERY_SYMBOL_VARIABLE)
+    assert str(tmp_path / "config" / "symbols.yaml") in message and "never be healthy" in message
+    assert info.value.value == dict.fromkeys(EVERY_SYMBOL_VARIABLE, empty)
+    # One symbol anywhere is enough.
+    s = load_settings({**dict.fromkeys(EVERY_SYMBOL_VARIABLE, empty), "BYBIT_SPOT_SYMBOLS": "ETHUSDT"}, cwd=tmp_path)
+    assert [(t.venue, t.market, t.symbols) for t in s.targets] == [(Venue.BYBIT, Market.SPOT, ("ETHUSDT",))]
+
+
+def test_no_symbols_from_file_and_environment_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "symbols.yaml"
+    path.write_text("binance:\n  spot: []\n  usdm:\nbybit:\n  linear: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SYMBOLS_FILE": str(path), "BYBIT_SPOT_SYMBOLS": ""}, cwd=tmp_path)
+    assert all(name in info.value.name for name in EVERY_SYMBOL_VARIABLE)
+    assert str(path) in str(info.value)
+    assert info.value.value == {
+        "BINANCE_SYMBOLS": f"none in {path}",
+        "BINANCE_USDM_SYMBOLS": f"none in {path}",
+        "BYBIT_SYMBOLS": f"none in {path}",
+        "BYBIT_SPOT_SYMBOLS": "",
+    }
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a folder")
+    other = tmp_path / "other"
+    other.write_text("not a folder")
+    for env, value in (
+        ({}, "data"),  # the default, relative to cwd
+        ({"WADM_DATA_DIR": str(other)}, str(other)),
+        ({"WADM_DATA_DIR": str(other / "store")}, str(other / "store")),  # could never be created
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(env, cwd=tmp_path)
+        assert info.value.name == "WADM_DATA_DIR" and info.value.value == value
+        assert repr(value) in str(info.value) and "is a file" in str(info.value)
+    # Folders, existing or not, are fine; with MongoDB the folder is not used.
+    (tmp_path / "store").mkdir()
+    assert load_settings({"WADM_DATA_DIR": "store"}, cwd=tmp_path).data_dir == Path("store")
+    assert load_settings({"WADM_DATA_DIR": "new/store"}, cwd=tmp_path).data_dir == Path("new/store")
+    assert load_settings({"MONGODB_URI": "mongodb://db:27017"}, cwd=tmp_path).data_dir == Path("data")
+
+
+def test_paths_that_cannot_be_looked_up(tmp_path: Path) -> None:
+    too_long = str(tmp_path / ("a" * 300))  # a name longer than any file system allows
+    for name in ("WADM_SYMBOLS_FILE", "WADM_DATA_DIR"):
+        with pytest.raises(ConfigError) as info:
+            load_settings({name: too_long}, cwd=tmp_path)
+        assert info.value.name == name and info.value.value == too_long
+
+
+def test_symbols_file_that_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SYMBOLS_FILE": str(tmp_path)}, cwd=tmp_path)
+    assert info.value.name == "WADM_SYMBOLS_FILE" and "readable YAML file" in str(info.value)
+
+
+def test_reconnect_min_delay_above_the_default_max(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_RECONNECT_MIN_DELAY": "100"}, cwd=tmp_path)
+    assert info.value.name == "WADM_RECONNECT_MAX_DELAY" and info.value.value == "60"
+    assert "at least WADM_RECONNECT_MIN_DELAY (100)" in str(info.value)
+
+
+def test_valid_numbers_and_urls_are_read_as_before(tmp_path: Path) -> None:
+    s = load_settings({"WADM_PORT": "0", "WADM_FLUSH_ROWS": "1_000", "WADM_STALE_AFTER": "1e2",
+                       "WADM_BYBIT_WS_URL": "ws://[::1]:9443/", "WADM_BYBIT_REST_URL": "http://127.0.0.1:8080"},
+                      cwd=tmp_path)
+    assert (s.port, s.flush_rows, s.stale_after) == (0, 1000, 100.0)
+    assert (s.bybit_ws_url, s.bybit_rest_url) == ("ws://[::1]:9443", "http://127.0.0.1:8080")

@@ -1,95 +1,152 @@
-"""``create_app``: the Falcon ASGI application over a service, its metrics and its store."""
+"""``create_app``: the Falcon ASGI application over the settings, a store and a live view.
+
+The API is read-only and shares its process with the collectors, so it is built to hold under
+abuse: every answer is bounded, heavy work runs in a small pool behind a gate (429 past it), every
+error is a JSON body that never shows a stack trace, a file path or driver text (those are
+logged), and HEAD works wherever GET does.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
+import falcon.routing
 
 from wadm import __version__
 from wadm.api.json import error_body, send_json
+from wadm.api.metrics import Metrics
 from wadm.api.resources.book import BookHistoryResource, BookResource
 from wadm.api.resources.gaps import GapsResource
 from wadm.api.resources.klines import KlinesResource
+from wadm.api.resources.series import Context
 from wadm.api.resources.system import HealthResource, MetricsResource, OpenApiResource, SymbolsResource
 from wadm.api.resources.trades import TradesResource
+from wadm.api.work import Work
+from wadm.config import Settings
 from wadm.errors import QueryError, StoreError
-from wadm.metrics import Metrics
-from wadm.pipeline.service import Service
-from wadm.records import TRADES
+from wadm.live import LiveView
+from wadm.store.base import Store
 
-__all__ = ["create_app"]
+__all__ = ["Lifespan", "create_app", "http10_compatible"]
 
 log = logging.getLogger(__name__)
 
 
-class _Lifespan:
-    """Starts the service with the app and stops it (flushing everything) on shutdown."""
+class Lifespan(Protocol):
+    """What the app starts with its server and stops (flushing everything) on shutdown."""
 
-    def __init__(self, service: Service, manage: bool) -> None:
-        self.service = service
-        self.manage = manage
+    def start(self) -> Awaitable[None]:
+        """Start."""
+        ...
+
+    def stop(self) -> Awaitable[None]:
+        """Stop, writing what is buffered."""
+        ...
+
+
+class _Lifespan:
+    def __init__(self, lifespan: Lifespan | None, work: Work) -> None:
+        self.lifespan = lifespan
+        self.work = work
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        if self.manage:
-            await self.service.start()
+        if self.lifespan is not None:
+            await self.lifespan.start()
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        if self.manage:
-            await self.service.stop()
+        if self.lifespan is not None:
+            await self.lifespan.stop()
+        self.work.close()
+
+
+class _HeadRouter(falcon.routing.CompiledRouter):
+    """HEAD is GET without a body on every route: same status and headers (Falcon leaves the body out)."""
+
+    def map_http_methods(self, resource: object, **kwargs: Any) -> dict[str, Any]:
+        methods: dict[str, Any] = super().map_http_methods(resource, **kwargs)
+        if "GET" in methods:
+            methods.setdefault("HEAD", methods["GET"])
+        return methods
+
+
+def http10_compatible(app: Any) -> Any:
+    """The ASGI app, accepting Granian's HTTP/1.0 requests.
+
+    Granian writes ``http_version`` ``"1"`` for HTTP/1.0 where the ASGI spec (and Falcon) say
+    ``"1.0"``; Falcon refuses the scope, and every HTTP/1.0 request would be a 500.
+    """
+
+    def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("http_version") == "1":
+            scope["http_version"] = "1.0"
+        return app(scope, receive, send)
+
+    return wrapped
 
 
 async def _query_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: QueryError, params: Any) -> None:
     send_json(resp, error_body(ex.code, str(ex), ex.parameter), ex.status)
+    for name, value in ex.headers.items():
+        resp.set_header(name, value)
 
 
 async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError, params: Any) -> None:
     code = {404: "not_found", 405: "method_not_allowed"}.get(ex.status_code, "http_error")
     message = ex.description or ex.title or "error"
     if ex.status_code == 404:
-        message = f"no such path: {req.path}; see /openapi.json"
+        message = "no such path; see /openapi.json"
     elif ex.status_code == 405:
-        message = f"{req.method} is not allowed on {req.path}; the API is read-only (GET)"
+        message = f"{req.method[:10]} is not allowed; the API is read-only (GET and HEAD)"
     send_json(resp, error_body(code, message), ex.status_code)
     if ex.headers:
         resp.set_headers(ex.headers)
 
 
 async def _store_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: StoreError, params: Any) -> None:
-    log.warning("Request %s %s could not read the store: %s", req.method, req.path, ex)
-    send_json(resp, error_body("store_unavailable", f"the store could not answer: {ex}"), 503)
+    # The detail (a file path, a host, driver text) is for the operator's log, not for clients.
+    log.warning("A request could not read the store: %s", ex, extra={"path": req.path[:200]})
+    send_json(resp, error_body("store_unavailable", "the store cannot answer right now; retry shortly"), 503)
     resp.set_header("Retry-After", "5")
 
 
 async def _internal_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any) -> None:
-    log.error("Request %s %s failed: %r", req.method, req.path, ex, exc_info=ex)
+    log.error("A request failed: %r", ex, exc_info=ex, extra={"path": req.path[:200]})
     send_json(resp, error_body("internal_error", "the request failed inside the server; it was logged"), 500)
 
 
-def create_app(service: Service, *, manage_service: bool = True) -> falcon.asgi.App[Any, Any]:
+def create_app(
+    settings: Settings,
+    store: Store,
+    live: LiveView,
+    *,
+    lifespan: Lifespan | None = None,
+) -> falcon.asgi.App[Any, Any]:
     """Build the ASGI app.
 
     Args:
-        service: the collectors, writer and store the API reads.
-        manage_service: start and stop the service in the app's lifespan.
+        settings: validated settings (what is configured, retention, API bounds).
+        store: the store data endpoints read.
+        live: what the collectors of this process say (a read-only view).
+        lifespan: started and stopped with the server (the collecting service), if any.
     """
-    metrics = Metrics(service)
-    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=_Lifespan(service, manage_service))
+    work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
+    ctx = Context(settings=settings, store=store, live=live, work=work)
+    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work)], router=_HeadRouter())
     app.req_options.strip_url_path_trailing_slash = True
-    app.add_route("/health", HealthResource(service))
-    app.add_route("/metrics", MetricsResource(metrics))
+    app.req_options.keep_blank_qs_values = True
+    app.add_route("/health", HealthResource(ctx))
+    app.add_route("/metrics", MetricsResource(Metrics(live, work)))
     app.add_route("/openapi.json", OpenApiResource(__version__))
-    app.add_route("/api/v1/symbols", SymbolsResource(service))
-    app.add_route("/api/v1/trades/{symbol}", TradesResource(
-        service.settings, service.collected, service.store,
-        lambda venue, market, symbol, start, end: service.unfinished(venue, market, symbol, TRADES, start, end)))
-    app.add_route("/api/v1/gaps", GapsResource(service.settings, service.collected, service.store))
-    app.add_route("/api/v1/klines/{symbol}", KlinesResource(service))
-    app.add_route("/api/v1/orderbook/{symbol}", BookResource(service))
-    app.add_route("/api/v1/orderbook/{symbol}/history", BookHistoryResource(service))
+    app.add_route("/api/v1/symbols", SymbolsResource(ctx))
+    app.add_route("/api/v1/trades/{symbol}", TradesResource(ctx))
+    app.add_route("/api/v1/gaps", GapsResource(ctx))
+    app.add_route("/api/v1/klines/{symbol}", KlinesResource(ctx))
+    app.add_route("/api/v1/orderbook/{symbol}", BookResource(ctx))
+    app.add_route("/api/v1/orderbook/{symbol}/history", BookHistoryResource(ctx))
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(QueryError, _query_error)

@@ -1,77 +1,79 @@
-"""Wires collectors, writer and retention together; start, stop, health.
+"""Wires collectors, writer, listings and retention together; start and stop.
 
-One :class:`Service` per process. Collectors are :class:`~wadm.transport.ws.WsLink` tasks, one
-per connection plan, each supervised: a link that fails unexpectedly is restarted with backoff
-(``COLLECTORS_RESTART_ON_ERROR``) or left down and reported. The writer and the retention
-sweeper are supervised the same way and always restarted: a dead writer behind a live receive
-path is how peers lost data.
+One :class:`Service` per process. It builds one :class:`~wadm.pipeline.collector.Collector`
+per connection plan, one REST client per venue host, one listing check per venue market and
+one :class:`~wadm.pipeline.writer.Writer`, and runs them under a
+:class:`~wadm.pipeline.supervisor.Supervisor`:
+
+* **start**: collectors connect after ``COLLECTORS_START_DELAY`` whatever the store does; the
+  store opens in the background (retried until it answers) and the writer writes once it has.
+* **resume**: each stream asks the store where its data ends, on its own and concurrently; a
+  slow store delays no connection, and an answer that comes after live data has arrived still
+  leaves no silent hole (:mod:`wadm.pipeline.resume`).
+* **retention**: expired batches are swept every minute.
+* **stop** (SIGTERM): connections close, REST jobs record what they could not recover, every
+  buffer is cut and the writer drains within the deadline.
+
+What readers may know of all this is :attr:`Service.live` (:mod:`wadm.pipeline.live`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
 
 import httpx
-import polars as pl
 
-from wadm.book.sync import BookState
 from wadm.config import Settings
 from wadm.errors import StoreError
-from wadm.pipeline.recovery import Recovery
-from wadm.records import BOOK_SNAPSHOTS, KLINES, TRADES, BatchKey, Market, Venue
+from wadm.pipeline.collector import Collector, CollectorSettings
+from wadm.pipeline.listings import ListingWatch
+from wadm.pipeline.live import ServiceView
+from wadm.pipeline.resume import resume_streams
+from wadm.pipeline.supervisor import Supervisor
+from wadm.pipeline.writer import Writer
+from wadm.records import Market, Venue
 from wadm.store.base import Store
-from wadm.transport.ws import Backoff, WsLink
-from wadm.venues import binance, bybit
-from wadm.venues.base import ConnectionPlan, Stream, TradeStream
-from wadm.venues.streams import BookStream, KlineStream
+from wadm.transport.rest import RestClient, WeightBudget
+from wadm.units import NS_PER_S
+from wadm.venues import listing_query, plan_connections, rest_limit
+from wadm.venues.base import ConnectionPlan
 
 __all__ = ["Service", "build_plans"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0
-_CHANNEL_OF_TABLE = {TRADES: "trades", BOOK_SNAPSHOTS: "book", KLINES: "klines"}
+STORE_RETRY_EVERY = 5.0
 STOP_DEADLINE = 25.0
 
 
 def build_plans(settings: Settings) -> list[ConnectionPlan]:
-    """Plan every connection the settings ask for: per market, one group each for trades, book, klines."""
-    plans: list[ConnectionPlan] = []
-    urls = {Market.SPOT: settings.binance_spot_ws_url, Market.USDM: settings.binance_usdm_ws_url}
-    channels = settings.channels
-    for target in settings.targets:
-        market, symbols = target.market, target.symbols
-        if target.venue is Venue.BINANCE:
-            url = urls[market]
-            if "trades" in channels:
-                plans += binance.plan_trade_connections(
-                    market, symbols, url, trade_stream=settings.binance_trade_stream, max_rows=settings.buffer_max_rows
-                )
-            if "book" in channels:
-                plans += binance.plan_book_connections(
-                    market, symbols, url, snapshot_depth=settings.book_snapshot_depth
-                )
-            if "klines" in channels:
-                plans += binance.plan_kline_connections(market, symbols, url)
-        else:
-            url = settings.bybit_ws_url
-            if "trades" in channels:
-                plans += bybit.plan_trade_connections(market, symbols, url, max_rows=settings.buffer_max_rows)
-            if "book" in channels:
-                plans += bybit.plan_book_connections(market, symbols, url, depth=settings.bybit_book_depth,
-                                                     snapshot_depth=settings.book_snapshot_depth)
-            if "klines" in channels:
-                plans += bybit.plan_kline_connections(market, symbols, url)
-    return plans
+    """Plan every connection the settings ask for: per venue market, groups per channel."""
+    ws_urls = {(Venue.BINANCE, Market.SPOT): settings.binance_spot_ws_url,
+               (Venue.BINANCE, Market.USDM): settings.binance_usdm_ws_url}
+    return [
+        plan
+        for t in settings.targets
+        for plan in plan_connections(
+            t.venue, t.market, t.symbols, ws_urls.get((t.venue, t.market), settings.bybit_ws_url),
+            channels=settings.channels, binance_trade_stream=settings.binance_trade_stream,
+            max_rows=settings.buffer_max_rows, book_depth=settings.book_depth,
+            bybit_book_depth=settings.bybit_book_depth, snapshot_depth=settings.book_snapshot_depth,
+        )
+    ]
+
+
+def _rest_url(settings: Settings, venue: Venue, market: Market) -> str:
+    if venue is Venue.BYBIT:
+        return settings.bybit_rest_url
+    return settings.binance_spot_rest_url if market is Market.SPOT else settings.binance_usdm_rest_url
 
 
 class Service:
-    """The collectors, writer and sweeper of one process.
+    """The collectors, writer, listing checks and sweeper of one process.
 
     Args:
         settings: validated settings.
@@ -90,177 +92,110 @@ class Service:
         plans: list[ConnectionPlan] | None = None,
         rest_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        from wadm.pipeline.writer import Writer  # local: keeps import order simple for the API module
-
         self.settings = settings
         self.store = store
+        self.started_at = time.time()
         plans = build_plans(settings) if plans is None else plans
         if not settings.collectors_enabled:
             plans = []
-        # What the API answers for: everything configured (collected now or stored earlier).
-        self.collected = list(settings.targets)
-        self.links = [
-            WsLink(
-                plan,
-                stale_after=settings.stale_after,
-                rotate_after=settings.rotate_after,
-                backoff=Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay),
-                use_aiofastnet=use_aiofastnet,
-            )
+        self.writer = Writer(store, max_pending_rows=settings.writer_max_pending_rows)
+        # One REST client (and request budget) per venue host: Bybit's spot and linear share one.
+        self.rest: dict[tuple[Venue, str], RestClient] = {}
+        knobs = CollectorSettings(
+            stale_after=settings.stale_after, rotate_after=settings.rotate_after,
+            reconnect_min_delay=settings.reconnect_min_delay, reconnect_max_delay=settings.reconnect_max_delay,
+            flush_rows=settings.flush_rows, flush_interval=settings.flush_interval,
+            backfill_deadline=settings.backfill_deadline,
+        )
+        self.collectors = [
+            Collector(plan, knobs, self.writer, self._client(plan.venue, plan.market, rest_transport),
+                      use_aiofastnet=use_aiofastnet)
             for plan in plans
         ]
-        self.streams: list[tuple[WsLink, Stream]] = [
-            (link, st) for link in self.links for st in link.plan.protocol.streams.values()
+        by_market: dict[tuple[Venue, Market], list[Collector]] = {}
+        for collector in self.collectors:
+            by_market.setdefault((collector.plan.venue, collector.plan.market), []).append(collector)
+        self.listings = [
+            ListingWatch(venue, market, partial(listing_query, venue, market),
+                         self._client(venue, market, rest_transport), found)
+            for (venue, market), found in by_market.items()
         ]
-        self.on_batch: list[Callable[[Any, int, float], None]] = []
-        self.writer = Writer(
-            store,
-            [st for _, st in self.streams],
-            flush_rows=settings.flush_rows,
-            flush_interval=settings.flush_interval,
-            max_pending_rows=settings.writer_max_pending_rows,
-            on_batch=self._on_batch,
-        )
-        self.recovery = Recovery(settings, self.links, self.writer, transport=rest_transport)
-        self.books: dict[tuple[Venue, Market, str], BookStream] = {}
-        self.klines: dict[tuple[Venue, Market, str], KlineStream] = {}
-        for _, st in self.streams:
-            if isinstance(st, BookStream):
-                self.books[(st.venue, st.market, st.spec.symbol)] = st
-            elif isinstance(st, KlineStream):
-                self.klines[(st.venue, st.market, st.spec.symbol)] = st
-        self.started_at = time.time()
+        self.supervisor = Supervisor()
         self.collectors_started = False
-        self.restarts: dict[str, int] = {}
         self.store_open = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._link_tasks: list[asyncio.Task[None]] = []
+        self.live = ServiceView(self)
+        self._collector_tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
-        self._recovery_task: asyncio.Task[None] | None = None
 
-    def _on_batch(self, key: Any, rows: int, seconds: float) -> None:
-        for callback in self.on_batch:
-            callback(key, rows, seconds)
+    def _client(self, venue: Venue, market: Market, transport: httpx.AsyncBaseTransport | None) -> RestClient:
+        url = _rest_url(self.settings, venue, market)
+        client = self.rest.get((venue, url))
+        if client is None:
+            client = self.rest[(venue, url)] = RestClient(url, WeightBudget.of(rest_limit(venue, market)),
+                                                          transport=transport)
+        return client
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store and start the writer, sweeper and (after the start delay) collectors."""
-        try:
-            await self.store.open()
-            self.store_open = True
-        except StoreError as exc:
-            log.error("The store is not available (%s); data is kept in memory and retried", exc)
-            self._spawn("store-open", self._open_store_later, restart=False)
-        self._spawn("writer-cut", self.writer.run_cutter, restart=True)
-        self._drain_task = self._spawn("writer-drain", self.writer.run_drain, restart=True)
-        self._spawn("retention", self._sweep_forever, restart=True)
-        if self.links:
-            self._recovery_task = self._spawn("recovery", self.recovery.run, restart=True)
-            if self.books:
-                self._spawn("book-snapshots", self._sample_books, restart=True)
-            self._spawn("collectors", self._start_collectors, restart=False)
+        """Start the writer and sweeper, open the store in the background, start the collectors."""
+        sup = self.supervisor
+        sup.spawn("store-open", self._open_store, restart=True)
+        self._drain_task = sup.spawn("writer-drain", self.writer.run_drain, restart=True)
+        sup.spawn("retention", self._sweep_forever, restart=True)
+        if self.collectors:
+            sup.spawn("writer-cut", self._cut_forever, restart=True)
+            if self.settings.book_snapshot_interval and any(c.has_books for c in self.collectors):
+                sup.spawn("book-snapshots", self._sample_books, restart=True)
+            sup.spawn("collectors", self._start_collectors, restart=False)
 
-    async def _open_store_later(self) -> None:
-        while not self.store_open:
-            await asyncio.sleep(5)
+    async def _open_store(self) -> None:
+        """Open the store, retrying until it answers; the writer waits for it."""
+        while True:
             try:
                 await self.store.open()
-                self.store_open = True
-                log.warning("The store is available again")
+                break
             except StoreError as exc:
-                log.debug("store still unavailable: %s", exc)
+                log.error("The store is not available (%s); data is kept in memory and retried", exc)
+            await asyncio.sleep(STORE_RETRY_EVERY)
+        self.store_open = True
+        self.writer.ready.set()
 
     async def _start_collectors(self) -> None:
         await asyncio.sleep(self.settings.collectors_start_delay)
-        if self.store_open:
-            await self._resume()
-        for link in self.links:
-            self._link_tasks.append(
-                self._spawn(str(link.plan), link.run, restart=self.settings.collectors_restart_on_error, link=link)
-            )
+        restart = self.settings.collectors_restart_on_error
+        for collector in self.collectors:
+            self._collector_tasks.append(self.supervisor.spawn(
+                collector.name, collector.run, restart=restart, on_give_up=collector.give_up))
+        for listing in self.listings:
+            self.supervisor.spawn(f"listing:{listing.venue}/{listing.market}", listing.run, restart=True)
+        self.supervisor.spawn("resume", lambda: resume_streams(self.settings, self.store, self.writer.ready,
+                                                               self.collectors), restart=False)
         self.collectors_started = True
-        log.info("Started %d collector connections for %d streams", len(self.links), len(self.streams))
+        log.info("Started %d collector connections for %d streams", len(self.collectors),
+                 sum(len(c.streams) for c in self.collectors))
 
-    async def _resume(self) -> None:
-        """Continue where the stored trades and klines end, so that a restart leaves no silent hole.
-
-        Only data within its retention is resumed from: an older end is history, not a gap.
-        """
-        now = time.time_ns()
-        resumed = 0
-        for link, st in self.streams:
-            if isinstance(st, TradeStream):
-                horizon = now - self.settings.retention_raw_trades * 1_000_000_000
-            elif isinstance(st, KlineStream):
-                horizon = now - self.settings.retention_aggregates_1m * 1_000_000_000
-            else:
-                continue
-            try:
-                last = await self.store.latest(BatchKey(st.table, st.venue, st.market, st.spec.symbol))
-            except StoreError as exc:
-                log.warning("Could not read where %s ended (%s); collecting from now", st.spec.name, exc)
-                continue
-            if last.height == 0:
-                continue  # nothing stored: a first start
-            newest = last.sort("ts_event").row(-1, named=True)
-            if isinstance(st, KlineStream):
-                if newest["ts_event"] >= horizon:
-                    st.resume(newest["ts_event"] // 1_000_000)
-            elif newest["ts_event"] < horizon:
-                st.resume(horizon, None)  # stored trades end before the window we keep: record it
-            else:
-                newest_id = last["id"].max() if st.venue is Venue.BINANCE else newest["id"]
-                assert isinstance(newest_id, int | str)
-                st.resume(newest["ts_event"], newest_id)
-                remember = getattr(link.plan.protocol, "remember", None)
-                if remember is not None:  # ids that cannot be ordered: the stored ones are not new
-                    remember(st.spec.name, last["id"].cast(pl.String).to_list())
-            resumed += 1
-        if resumed:
-            log.info("Resuming %d streams where the store ends; what was missed meanwhile is backfilled", resumed)
-
-    def _spawn(
-        self, name: str, fn: Callable[[], Awaitable[None]], *, restart: bool, link: WsLink | None = None
-    ) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._supervise(name, fn, restart, link), name=f"wadm:{name}")
-        self._tasks.append(task)
-        return task
-
-    async def _supervise(
-        self, name: str, fn: Callable[[], Awaitable[None]], restart: bool, link: WsLink | None
-    ) -> None:
-        backoff = Backoff(1.0, 60.0)
+    async def _cut_forever(self) -> None:
+        """Hand due stream buffers to the writer, a few times a second."""
+        tick = max(0.02, min(0.1, self.settings.flush_interval / 4))
         while True:
-            try:
-                await fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.restarts[name] = self.restarts.get(name, 0) + 1
-                if not restart:
-                    log.error("%s failed and stays down (restart disabled): %r", name, exc, exc_info=exc)
-                    if link is not None:
-                        link.state.failed = f"{type(exc).__name__}: {exc}"[:300]
-                        link.state.connected = False
-                    return
-                delay = backoff.next()
-                log.error("%s failed unexpectedly: %r; restarting in %.1f s", name, exc, delay, exc_info=exc)
-                await asyncio.sleep(delay)
+            now = time.monotonic()
+            for collector in self.collectors:
+                collector.cut(now)
+            await asyncio.sleep(tick)
 
     async def _sample_books(self) -> None:
-        """Queue a snapshot of every live book each ``BOOK_SNAPSHOT_INTERVAL``, on the interval's grid."""
-        step = int(self.settings.book_snapshot_interval * 1_000_000_000)
+        """Sample every live book each ``BOOK_SNAPSHOT_INTERVAL``, on the interval's wall-clock grid."""
+        step = int(self.settings.book_snapshot_interval * NS_PER_S)
         last = 0
         while True:
-            await asyncio.sleep((step - time.time_ns() % step) / 1e9)
+            await asyncio.sleep((step - time.time_ns() % step) / NS_PER_S)
             tick = round(time.time_ns() / step) * step  # the grid point we woke for (timers may be early)
             if tick <= last:
                 continue
             last = tick
-            for book in self.books.values():
-                book.sample(tick)
+            for collector in self.collectors:
+                collector.sample_books(tick)
 
     async def _sweep_forever(self) -> None:
         retention = self.settings.retention()
@@ -270,7 +205,7 @@ class Service:
                 continue
             for table, seconds in retention.items():
                 try:
-                    deleted = await self.store.sweep(table, time.time_ns() - seconds * 1_000_000_000)
+                    deleted = await self.store.sweep(table, time.time_ns() - seconds * NS_PER_S)
                 except StoreError as exc:
                     log.warning("Retention sweep of %s failed (%s); will retry", table, exc)
                     continue
@@ -279,180 +214,23 @@ class Service:
 
     async def stop(self, deadline: float = STOP_DEADLINE) -> None:
         """Close the connections, write everything buffered, close the store."""
-        for link in self.links:
-            link.stop()
-        if self._link_tasks:
-            await asyncio.wait(self._link_tasks, timeout=5)
-        if self._recovery_task is not None:  # no new recovery jobs from here on
-            self._recovery_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery_task
-        await self.recovery.close()  # running jobs record what they could not recover
-        self.writer.cut(force=True)  # the last trades; a buffer that overflowed notes its gap now
-        self.recovery.record_leftovers()
+        for collector in self.collectors:
+            collector.stop()
+        if self._collector_tasks:
+            await asyncio.wait(self._collector_tasks, timeout=5)
+        for collector in self.collectors:
+            await collector.close()  # running jobs record what they could not recover
+        now = time.monotonic()
+        for collector in self.collectors:
+            collector.cut(now, force=True)  # the last rows; a buffer that overflowed notes its gap now
         self.writer.close()
         if self._drain_task is not None:
-            done, _ = await asyncio.wait([self._drain_task], timeout=deadline)
-            if not done:
-                log.error("Shutting down with %d trades not written: the store did not accept them in time",
-                          self.writer.pending_rows, extra={"rows": self.writer.pending_rows, "reason": "shutdown"})
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.store.close()
-        log.info("Stopped; %d batches (%d trades) written in all", self.writer.stats.batches, self.writer.stats.rows)
-
-    # -- health ------------------------------------------------------------------------
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """Return (healthy, body) for ``/health``: every configured stream live and fresh, store writing."""
-        now = time.monotonic()
-        streams = []
-        for link in self.links:
-            link.check_progress()
-        for link, st in self.streams:
-            last = link.last_message_at.get(st.spec.name)
-            entry: dict[str, Any] = {
-                "exchange": str(st.venue),
-                "market": str(st.market),
-                "symbol": st.spec.symbol,
-                "stream": st.spec.name,
-                "channel": st.spec.channel,
-                "state": self._stream_state(link, st, now),
-                "connected": link.state.connected,
-                "last_message_age_s": None if last is None else round(now - last, 3),
-                "messages": st.messages,
-                "reconnects": link.state.reconnects,
-                "rest_failures": self.recovery.failures.get(st.spec.name, 0),
-                "gaps": self.writer.stats.gaps.get(st.spec.name, 0),
-                "error": link.failed_streams.get(st.spec.name),
-            }
-            entry |= _channel_detail(st)
-            streams.append(entry)
-        wst = self.writer.stats
-        store = {
-            "name": self.store.name,
-            "ok": self.store_open and wst.store_ok,
-            "pending_rows": self.writer.pending_rows,
-            "pending_batches": self.writer.pending_batches,
-            "written_rows": wst.rows,
-            "dropped_rows": sum(wst.dropped_rows.values()),
-            "last_write_age_s": None if wst.last_write is None else round(time.time() - wst.last_write, 3),
-            "last_error": wst.last_error,
-        }
-        connections = [
-            {
-                "name": str(link.plan),
-                "url": link.plan.url,
-                "connected": link.state.connected,
-                "connects": link.state.connects,
-                "reconnects": link.state.reconnects,
-                "rotations": link.state.rotations,
-                "stale_reconnects": link.state.stale_reconnects,
-                "connect_failures": link.state.connect_failures,
-                "age_s": None if link.state.connected_since is None else round(now - link.state.connected_since, 3),
-                "errors": dict(link.state.errors),
-                "last_error": link.state.last_error,
-                "failed": link.state.failed,
-            }
-            for link in self.links
-        ]
-        live = all(s["state"] == "live" for s in streams)
-        healthy = live and bool(store["ok"])
-        if not self.settings.collectors_enabled:
-            status = "ok" if store["ok"] else "degraded"
-        elif not self.collectors_started:
-            status = "starting"
-        else:
-            status = "ok" if healthy else "degraded"
-        body: dict[str, Any] = {
-            "status": status,
-            "time": int(time.time() * 1000),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "collectors": {
-                "enabled": self.settings.collectors_enabled,
-                "started": self.collectors_started,
-                "restart_on_error": self.settings.collectors_restart_on_error,
-                "restarts": dict(self.restarts),
-            },
-            "store": store,
-            "streams": streams,
-            "connections": connections,
-        }
-        return status == "ok", body
-
-    def unfinished(self, venue: Venue, market: Market, symbol: str, table: str, start: int,
-                   end: int) -> list[dict[str, Any]]:
-        """Windows of ``[start, end]`` (ns) that readers cannot see complete yet, as API gap rows:
-        trades still being backfilled, and rows a slow store has not taken yet."""
-        rows = self.recovery.pending_gaps(venue, market, symbol, start, end) if table == TRADES else []
-        queued = self.writer.behind(BatchKey(table, venue, market, symbol), start, end, time.time_ns())
-        if queued is not None:
-            rows.append({"exchange": str(venue), "market": str(market), "symbol": symbol,
-                         "channel": _CHANNEL_OF_TABLE.get(table, table), "stream": table,
-                         "start": queued.start // 1_000_000, "end": queued.end // 1_000_000,
-                         "reason": queued.reason, "missing": queued.missing})
-        return rows
-
-    def stream_state(self, st: Stream) -> str:
-        """The health state of one stream (``live``, ``stale``, ``resyncing``...)."""
-        link = next(link for link, s in self.streams if s is st)
-        link.check_progress()
-        return self._stream_state(link, st, time.monotonic())
-
-    def _stream_state(self, link: WsLink, st: Stream, now: float) -> str:
-        if link.state.failed:
-            return "failed"
-        if st.spec.name in link.failed_streams:
-            return "subscription_failed"
-        if not self.collectors_started:
-            return "starting"
-        if not link.state.connected:
-            return "connecting" if link.state.connects == 0 else "disconnected"
-        last = link.last_message_at.get(st.spec.name)
-        allowed = link.silence_allowed.get(st.spec.name, link.stale_after)
-        if last is None:
-            since = link.state.connected_since or now
-            return "stale" if now - since >= allowed else "waiting"
-        if now - last >= allowed:
-            return "stale"
-        if isinstance(st, BookStream) and st.state is not BookState.LIVE:
-            return "resyncing"  # a book that is not exact is not live, however fresh its messages
-        if isinstance(st, BookStream) and not st.book.bids and not st.book.asks:
-            return "empty"  # exact but without orders: delisted, halted or before an auction (Bybit u=1)
-        return "live"
-
-
-def _channel_detail(st: Stream) -> dict[str, Any]:
-    """The counters health shows for one kind of stream."""
-    if isinstance(st, TradeStream):
-        return {
-            "trades": st.trades + st.pending,
-            "duplicates": st.duplicates,
-            "missing_trades": st.missing_ids,
-            "backfilled_trades": st.backfilled,
-            "dropped": st.dropped,
-        }
-    if isinstance(st, BookStream):
-        sync = st.sync
-        return {
-            "book_state": str(st.state),
-            "update_id": sync.book.update_id if st.state is BookState.LIVE else None,
-            "levels": [len(sync.book.bids), len(sync.book.asks)],
-            "resyncs": sum(sync.resyncs.values()),
-            "resync_reasons": dict(sync.resyncs),
-            "snapshots": st.snapshots,
-            "resubscribes": st.resubscribes,
-            "duplicates": sync.duplicates,
-            "dropped": st.dropped,
-        }
-    if isinstance(st, KlineStream):
-        return {
-            "open_bar": None if st.open_bar is None else st.open_bar[0] // 1_000_000,
-            "last_closed": st.last_closed if st.last_closed >= 0 else None,
-            "backfilled_klines": st.backfilled,
-            "dropped": st.dropped,
-        }
-    return {}
+            await asyncio.wait([self._drain_task], timeout=deadline)
+        if self.writer.pending_rows:
+            log.error("Shutting down with %d rows not written: the store did not accept them in time",
+                      self.writer.pending_rows, extra={"rows": self.writer.pending_rows, "reason": "shutdown"})
+        await self.supervisor.cancel_all()
+        for client in self.rest.values():
+            await client.close()
+        await self.store.close()  # also when it never opened: a half-made client is released
+        log.info("Stopped; %d batches (%d rows) written in all", self.writer.stats.batches, self.writer.stats.rows)

@@ -64,8 +64,11 @@ class Store(Protocol):
         """
         ...
 
-    async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the batch of ``key`` that ends last (where the stored data ends); empty when none."""
+    async def latest(self, key: BatchKey, *, before: int | None = None) -> pl.DataFrame:
+        """Rows of the batch of ``key`` that ends last (where the stored data ends); empty when none.
+
+        With ``before`` (ns), only batches that end before it count (what a previous run stored).
+        """
         ...
 
     async def sweep(self, table: str, older_than: int) -> int:

@@ -35,10 +35,11 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from wadm.errors import StoreError, UsageError
+from wadm.errors import StoreError
 from wadm.records import BatchKey
 from wadm.store.base import BatchMeta, select_batches
 from wadm.store.codec import Batch, decode_frame
+from wadm.units import NS_PER_MS
 
 __all__ = ["MongoStore"]
 
@@ -120,7 +121,7 @@ class MongoStore:
 
     def _collection(self, table: str) -> AsyncCollection[Document]:
         if self._client is None:
-            raise UsageError("the MongoDB store is used before open() or after close()")
+            raise StoreError(f"mongodb store {self.host}/{self.database} is not open")
         return self._client[self.database][table]
 
     async def open(self) -> None:
@@ -258,9 +259,11 @@ class MongoStore:
             return await asyncio.to_thread(_decode_all, blobs)
         return _decode_all(blobs)
 
-    async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the batch of ``key`` that ends last; see :class:`~wadm.store.base.Store`."""
-        query = {"venue": key.venue.value, "market": key.market.value, "symbol": key.symbol}
+    async def latest(self, key: BatchKey, *, before: int | None = None) -> pl.DataFrame:
+        """Rows of the batch of ``key`` that ends last (before ``before``); see :class:`~wadm.store.base.Store`."""
+        query: Document = {"venue": key.venue.value, "market": key.market.value, "symbol": key.symbol}
+        if before is not None:
+            query["end"] = {"$lt": before}
         try:
             doc = await self._collection(key.table).find_one(
                 query, projection={"data": 1}, sort=[("end", DESCENDING), ("start", DESCENDING)])
@@ -280,7 +283,7 @@ class MongoStore:
         """
         # end < older_than implies end_at <= older_than in ms: that bound lets the TTL index
         # narrow the scan, and the exact test stays on ``end``.
-        cutoff = _EPOCH + timedelta(milliseconds=older_than // 1_000_000)
+        cutoff = _EPOCH + timedelta(milliseconds=older_than // NS_PER_MS)
         try:
             coll = self._collection(table)
             result = await coll.delete_many({TTL_FIELD: {"$lte": cutoff}, "end": {"$lt": older_than}})

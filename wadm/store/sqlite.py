@@ -158,14 +158,15 @@ class SqliteStore:
         # Decoding happens on the reader thread too: polars releases the GIL while it works.
         return await self._run(self._readers, fetch)
 
-    async def latest(self, key: BatchKey) -> pl.DataFrame:
-        """Rows of the batch of ``key`` that ends last; see :class:`~wadm.store.base.Store`."""
+    async def latest(self, key: BatchKey, *, before: int | None = None) -> pl.DataFrame:
+        """Rows of the batch of ``key`` that ends last (before ``before``); see :class:`~wadm.store.base.Store`."""
+        bound = 2**63 - 1 if before is None else before
 
         def fetch() -> pl.DataFrame:
             row = self._conn().execute(
-                'SELECT data FROM batches WHERE tbl = ? AND venue = ? AND market = ? AND symbol = ?'
+                'SELECT data FROM batches WHERE tbl = ? AND venue = ? AND market = ? AND symbol = ? AND "end" < ?'
                 ' ORDER BY "end" DESC, start DESC LIMIT 1',
-                (key.table, key.venue.value, key.market.value, key.symbol),
+                (key.table, key.venue.value, key.market.value, key.symbol, bound),
             ).fetchone()
             return decode_frame(row[0]) if row else pl.DataFrame()
 

@@ -16,12 +16,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
 from wadm.errors import WadmError
+from wadm.venues.base import RestLimit, RestRequest
+
+T = TypeVar("T")
 
 __all__ = ["RestClient", "RestError", "WeightBudget"]
 
@@ -66,6 +69,11 @@ class WeightBudget:
         self.throttled = 0  # 429 answers
         self.banned = 0  # 418 answers
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def of(cls, limit: RestLimit, *, clock: Callable[[], float] = time.monotonic) -> WeightBudget:
+        """The budget a venue module declares for one host."""
+        return cls(limit.limit, window=limit.window, clock=clock)
 
     def set_limit(self, limit: int) -> None:
         """Use the limit the venue published (its rate-limit metadata) instead of our default."""
@@ -161,6 +169,16 @@ class RestClient:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+    async def fetch(self, request: RestRequest[T]) -> T:
+        """Send one venue request and decode its answer.
+
+        Raises:
+            RestError: see :meth:`get_raw`.
+            VenueProtocolError: the answer could not be decoded (kind ``invalid_rest_answer``...).
+        """
+        payload = await self.get_raw(request.path, request.params, weight=request.weight)
+        return request.decode(payload)
 
     async def get(self, path: str, params: Mapping[str, str | int], *, weight: int = 1) -> Any:
         """GET ``path`` and return the decoded JSON (see :meth:`get_raw`)."""

@@ -15,8 +15,16 @@ connects, then supervises the live connection until one of these happens:
   replay them, so a book never interleaves two connections' sequences.
 
 Frames go to the plan's protocol synchronously from picows' callback (no queue, no await on
-the receive path). Bad frames are counted by kind and logged at a limited rate; they never stop
-the link. Server pings are answered by picows; application pings (Bybit) are sent on a timer.
+the receive path). What the protocol returns goes to the link's owner (the collector) at once,
+in the same callback: actions such as a snapshot to fetch, and the venue's error replies. A
+``serverShutdown`` is the link's own business. Bad frames are counted by kind and logged at a
+limited rate; they never stop the link. Server pings are answered by picows; application pings
+(Bybit) are sent on a timer.
+
+The watchdog keeps one :class:`StreamWatch` per stream, updated by the link's own loop only;
+health and metrics read them and never change them. A stream the owner *excuses* (the venue
+refused it, or does not list the symbol) does not make the watchdog replace the connection
+until it flows again.
 """
 
 from __future__ import annotations
@@ -27,15 +35,15 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import picows
 
 from wadm.errors import VenueProtocolError
-from wadm.venues.base import ConnectionPlan, Event, SendFrames, ServerShutdown, VenueErrorReply
+from wadm.venues.base import Ack, ConnectionPlan, Event, ServerShutdown, VenueErrorReply
 
-__all__ = ["Backoff", "LinkState", "WsLink"]
+__all__ = ["Backoff", "LinkState", "StreamWatch", "WsLink"]
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +106,41 @@ class LinkState:
     failed: str | None = None  # set when the link stopped for good (collector crashed, no restart)
 
 
+@dataclass
+class StreamWatch:
+    """The watchdog's view of one stream; written by the link's loop, read by health."""
+
+    seen: int = 0  # the stream's message count at the last check
+    progress_at: float = 0.0  # monotonic time the count last moved (or the connection opened)
+    last_message_at: float | None = None  # monotonic time the count last moved
+    excuse: str | None = None  # why the stream may stay silent (refused, not listed)
+    excused_at: int = 0  # the stream's message count when it was excused
+
+    def excused(self, messages: int) -> bool:
+        """True while the stream is excused and has not flowed since."""
+        return self.excuse is not None and messages == self.excused_at
+
+    def last_message(self, messages: int, checked_at: float) -> float | None:
+        """When the stream last delivered (monotonic), read without moving the marks.
+
+        ``messages`` is the stream's count now; if it moved since the last check (at
+        ``checked_at``), the stream delivered after that check.
+        """
+        if messages != self.seen:
+            return max(self.last_message_at or checked_at, checked_at)
+        return self.last_message_at
+
+
 class _Listener(picows.WSListener):
     """picows callbacks for one socket: frames go straight to the venue protocol."""
 
     def __init__(self, link: WsLink, standby: bool = False) -> None:
         self.link = link
         protocol = link.plan.protocol
-        # A connection taking over from another holds its book frames until it does (see
-        # WsLink._hand_over); trades and klines are de-duplicated instead, so they flow at once.
-        hold = getattr(protocol, "feed_standby", None) if standby else None
-        self.feed: Callable[[bytes, int], Event | None] = hold or protocol.feed
+        # A connection taking over from another feeds the protocol's standby path until it does
+        # (see WsLink._hand_over): some protocols hold those frames, others take them at once.
+        self.feed: Callable[[bytes, int], Sequence[Event]] = protocol.feed_standby if standby else protocol.feed
+        self.standby = standby
         self.frames = 0
         self.transport: picows.WSTransport | None = None
         self.disconnected = asyncio.Event()
@@ -145,17 +178,15 @@ class _Listener(picows.WSListener):
             self.first_data_at = time.monotonic()
             self.first_data.set()
         try:
-            event = self.feed(payload, time.time_ns())
+            events = self.feed(payload, time.time_ns())
+            if events:
+                self.link.on_events(self, events)
         except VenueProtocolError as exc:
             self.link.bad_frame(exc.kind, str(exc))
-            return
         except Exception as exc:  # a bug on our side: fail the link so its supervisor sees it
             self.link.crash = exc
             self.close()
             self.disconnected.set()
-            return
-        if event is not None:
-            self.link.on_event(self, event)
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.disconnected_at = time.monotonic()
@@ -172,6 +203,9 @@ class WsLink:
 
     Args:
         plan: what to connect to and how to decode it.
+        on_events: takes what the protocol returned (actions, venue error replies), in the
+            receive callback; it must not block.
+        on_connected: called after each new connection has sent its subscriptions.
         stale_after: seconds without data on any one stream before the connection is replaced.
         rotate_after: age in seconds at which the connection is rotated (make before break).
         backoff: reconnect delays.
@@ -183,6 +217,8 @@ class WsLink:
         self,
         plan: ConnectionPlan,
         *,
+        on_events: Callable[[Sequence[Event]], None],
+        on_connected: Callable[[], None] = lambda: None,
         stale_after: float,
         rotate_after: float,
         backoff: Backoff,
@@ -190,6 +226,8 @@ class WsLink:
         use_aiofastnet: bool | None = None,
     ) -> None:
         self.plan = plan
+        self.on_events_cb = on_events
+        self.on_connected = on_connected
         self.stale_after = stale_after
         self.rotate_after = min(rotate_after, plan.max_lifetime or rotate_after)
         self.backoff = backoff
@@ -201,12 +239,9 @@ class WsLink:
         self._stopping = asyncio.Event()
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
-        # Per-stream progress for the watchdog: last message count seen and when it changed.
-        self._seen = {name: 0 for name in plan.protocol.streams}
-        self.progress_at = {name: 0.0 for name in plan.protocol.streams}
-        self.last_message_at: dict[str, float] = {}  # monotonic time a stream's message count last moved
+        self.watch = {name: StreamWatch() for name in plan.protocol.streams}
+        self.checked_at = 0.0  # monotonic time of the watchdog's last check
         self.silence_allowed = {s.name: max(stale_after, s.min_silence) for s in plan.streams}
-        self.failed_streams: dict[str, str] = {}  # streams the venue refused, with its message
 
     # -- called from the listener -------------------------------------------------------
 
@@ -215,26 +250,48 @@ class WsLink:
         self.state.errors[kind] += 1
         self._log_limited(kind, "%s: dropped a bad frame (%s): %s", self.plan, kind, detail[:200])
 
-    def on_event(self, listener: _Listener, event: Event) -> None:
-        """Act on a control event from the venue."""
-        if isinstance(event, SendFrames):
-            if listener.transport is not None and not listener.disconnected.is_set():
-                for frame in event.frames:
-                    listener.transport.send(picows.WSMsgType.TEXT, frame)
-        elif isinstance(event, ServerShutdown):
-            listener.shutdown_notice.set()
-        elif isinstance(event, VenueErrorReply):
-            self.state.errors["venue_error"] += 1
-            self.state.last_error = f"venue error {event.code}: {event.message}"[:300]
-            if event.stream is not None and event.stream in self.progress_at:
-                # The venue refused this stream; the others on the connection keep running, and
-                # the watchdog must not reconnect everything for a stream that will never flow.
-                self.failed_streams[event.stream] = event.message[:300]
-                log.error("%s: the venue refused stream %s: %s", self.plan, event.stream, event.message[:200],
-                          extra={"link": str(self.plan), "stream": event.stream})
+    def on_events(self, listener: _Listener, events: Sequence[Event]) -> None:
+        """Act on a shutdown notice; count venue errors; hand the rest to the owner."""
+        forward: list[Event] = []
+        for event in events:
+            if isinstance(event, ServerShutdown):
+                listener.shutdown_notice.set()
+            elif isinstance(event, Ack):
+                continue
             else:
-                self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan,
-                                  event.message[:200])
+                if isinstance(event, VenueErrorReply):
+                    self.state.errors["venue_error"] += 1
+                    self.state.last_error = f"venue error {event.code}: {event.message}"[:300]
+                    if event.stream is None or event.stream not in self.watch:
+                        self._log_limited("venue_error", "%s: venue answered with an error: %s", self.plan,
+                                          event.message[:200])
+                        continue
+                forward.append(event)
+        if forward:
+            self.on_events_cb(forward)
+
+    def excuse(self, stream: str, reason: str) -> None:
+        """Let ``stream`` stay silent without replacing the connection, until it flows again."""
+        watch = self.watch[stream]
+        watch.excuse, watch.excused_at = reason[:300], self.plan.protocol.streams[stream].messages
+
+    def pardon(self, stream: str) -> None:
+        """Watch ``stream`` again (it trades again): it flows, or the connection is replaced."""
+        self.watch[stream].excuse = None
+
+    def last_message(self, stream: str) -> float | None:
+        """When ``stream`` last delivered (monotonic seconds; a tick's precision), or None."""
+        return self.watch[stream].last_message(self.plan.protocol.streams[stream].messages, self.checked_at)
+
+    def excused(self, stream: str) -> str | None:
+        """Why ``stream`` may stay silent, or None (also once it has flowed again)."""
+        watch = self.watch[stream]
+        return watch.excuse if watch.excused(self.plan.protocol.streams[stream].messages) else None
+
+    def fail(self, reason: str) -> None:
+        """The link stopped for good (its supervisor will not restart it)."""
+        self.state.failed = reason[:300]
+        self.state.connected = False
 
     def send(self, frames: tuple[bytes, ...]) -> bool:
         """Send frames on the current connection; False when there is none."""
@@ -272,10 +329,13 @@ class WsLink:
         self.state.failed = None
         try:
             while not self._stopping.is_set():
-                listener = self.current or await self._connect_with_retry()
+                listener = self.current
                 if listener is None:
-                    return
-                self.current = listener
+                    listener = await self._connect_with_retry()
+                    if listener is None:
+                        return
+                    self.current = listener
+                    self.on_connected()
                 reason = await self._supervise(listener)
                 if self.crash is not None:
                     raise RuntimeError(f"{self.plan}: frame handling failed: {self.crash!r}") from self.crash
@@ -353,33 +413,34 @@ class WsLink:
         st.connected = True
         st.connected_since = self.clock()
         now = self.clock()
-        for name in self.progress_at:  # the watchdog counts silence from the new connection
-            self.progress_at[name] = max(self.progress_at[name], now)
+        for watch in self.watch.values():  # the watchdog counts silence from the new connection
+            watch.progress_at = max(watch.progress_at, now)
         return listener
 
     def _promote(self, listener: _Listener) -> None:
         """The new connection is the only one now: replay the frames it held, then feed directly."""
-        protocol = self.plan.protocol
-        promote = getattr(protocol, "promote", None)
-        if listener.feed is protocol.feed or promote is None:
+        if not listener.standby:
             return
+        protocol = self.plan.protocol
+        listener.standby = False
         listener.feed = protocol.feed
-        for event in promote():
-            self.on_event(listener, event)
+        events = protocol.promote()
+        if events:
+            self.on_events(listener, events)
 
-    def check_progress(self) -> str | None:
-        """Update per-stream progress; return the name of a stream silent past ``stale_after``."""
-        now = self.clock()
+    def _check_progress(self) -> str | None:
+        """Update per-stream progress; return the name of a stream silent past what it is allowed."""
+        now = self.checked_at = self.clock()
         silent = None
         for name, st in self.plan.protocol.streams.items():
-            if st.messages != self._seen[name]:
-                self._seen[name] = st.messages
-                self.progress_at[name] = now
-                self.last_message_at[name] = now
-                self.failed_streams.pop(name, None)
-            elif name in self.failed_streams:
+            watch = self.watch[name]
+            messages = st.messages
+            if messages != watch.seen:
+                watch.seen = messages
+                watch.progress_at = watch.last_message_at = now
+            elif watch.excused(messages):
                 continue
-            elif now - self.progress_at[name] >= self.silence_allowed.get(name, self.stale_after):
+            elif now - watch.progress_at >= self.silence_allowed.get(name, self.stale_after):
                 silent = name
         return silent
 
@@ -397,7 +458,7 @@ class WsLink:
             now = self.clock()
             if listener.frames and self.state.connected_since is not None and now - self.state.connected_since > 60:
                 self.backoff.reset()  # stayed up and delivered: the next failure starts small
-            if self.check_progress() is not None:
+            if self._check_progress() is not None:
                 return "stale"
             if self.state.connected_since is not None and now - self.state.connected_since >= self.rotate_after:
                 return "rotate"
@@ -453,6 +514,4 @@ class WsLink:
         finally:
             if not promoted:
                 new.close()
-                discard = getattr(self.plan.protocol, "discard_standby", None)
-                if discard is not None:
-                    discard()
+                self.plan.protocol.discard_standby()

@@ -12,7 +12,8 @@ take a slower fallback that classifies them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
@@ -22,33 +23,48 @@ import polars as pl
 
 from wadm.book.sync import BinanceBookSync
 from wadm.errors import VenueProtocolError
-from wadm.records import USDM_DEPTH_LIMITS, Market, Venue
+from wadm.records import USDM_DEPTH_LIMITS, KlineRow, Market, Venue
+from wadm.units import NS_PER_MS
 from wadm.venues.base import (
+    NO_EVENTS,
+    NOT_LISTED,
     Ack,
+    Action,
     ConnectionPlan,
     Event,
     Gap,
-    HoldsStandby,
+    HoldingProtocol,
+    ProtocolBase,
+    RestLimit,
+    RestRequest,
     ServerShutdown,
     StreamSpec,
     TradeStream,
     VenueErrorReply,
     VenueProtocol,
 )
-from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, KlineRow, KlineStream
+from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, DepthSnapshot, KlineStream
 
 __all__ = [
     "MAX_STREAMS_PER_CONNECTION",
+    "REST_LIMITS",
+    "TRADING",
+    "AggTradeBackfill",
     "BinanceBookProtocol",
     "BinanceKlineProtocol",
+    "BinanceListing",
     "BinanceProtocol",
+    "agg_trades_request",
     "decode_agg_trades",
+    "decode_exchange_info",
     "decode_klines",
     "decode_snapshot",
+    "klines_request",
     "plan_book_connections",
     "plan_kline_connections",
     "plan_trade_connections",
     "snapshot_limit",
+    "snapshot_request",
     "snapshot_weight",
     "stream_route",
     "trades_to_frame",
@@ -56,7 +72,6 @@ __all__ = [
 
 MAX_STREAMS_PER_CONNECTION = 200  # the venue allows 1024; smaller groups limit the blast radius
 MAX_LIFETIME = 24 * 3600.0
-_MS = 1_000_000
 
 
 class Trade(msgspec.Struct, tag_field="e", tag="trade", frozen=True, gc=False):
@@ -128,7 +143,7 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
         schema=_RAW_SCHEMA,
     )
     return raw.select(
-        ts_event=pl.col("T") * _MS,
+        ts_event=pl.col("T") * NS_PER_MS,
         ts_recv="ts_recv",
         id="id",
         price="p",
@@ -137,19 +152,20 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
     ).filter(pl.col("price") > 0, pl.col("qty") > 0)
 
 
-class BinanceProtocol(HoldsStandby):
+class BinanceProtocol(HoldingProtocol):
     """Decodes the frames of one Binance connection plan into its trade streams.
 
     Trade ids are contiguous per symbol, so de-duplication across overlapping connections
     (make-before-break rotation) is a high-water mark, and a skipped id is a missed trade. A
-    connection taking over is held until the old one closes (:class:`HoldsStandby`), so the
+    connection taking over is held until the old one closes (:class:`HoldingProtocol`), so the
     high-water mark never jumps past trades the old one has yet to deliver.
     """
 
     def __init__(self, streams: dict[str, TradeStream]) -> None:
+        super().__init__()
         self.streams = streams
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
         """Take one frame.
 
         Args:
@@ -157,8 +173,8 @@ class BinanceProtocol(HoldsStandby):
             ts_recv: local receive time, ns.
 
         Returns:
-            ``None`` for trades (they land in their stream) or a control event: :class:`Ack`,
-            :class:`VenueErrorReply` or :class:`ServerShutdown`.
+            Nothing for trades (they land in their stream), :class:`RecoverTrades` when ids were
+            skipped, or a control event: :class:`Ack`, :class:`VenueErrorReply`, :class:`ServerShutdown`.
 
         Raises:
             VenueProtocolError: kinds ``invalid_json``, ``unknown_event``, ``missing_field`` or
@@ -173,30 +189,30 @@ class BinanceProtocol(HoldsStandby):
         st = self.streams.get(msg.stream)
         if st is None:
             if type(d) is Shutdown:
-                return ServerShutdown(d.E * _MS)
+                return (ServerShutdown(d.E * NS_PER_MS),)
             raise VenueProtocolError("unknown_stream", msg.stream[:60])
         tid = d.id  # type: ignore[union-attr]
         last = st.last_id
+        events: Sequence[Event] = NO_EVENTS
         if tid != last + 1:  # PERF: one comparison on the usual path
             if tid <= last:
                 st.duplicates += 1
-                return None
-            if last < 0 and st.restart_from is not None:  # the first trade since a restart
-                last = st.resume_from(tid, d.T * _MS)  # type: ignore[union-attr]
-            if last >= 0 and tid > last + 1:
-                st.missing_ids += tid - last - 1
-                st.gaps.append(Gap(st.newest_ts(), d.T * _MS, "missing_ids", tid - last - 1, last + 1, tid - 1))  # type: ignore[union-attr]
+                return NO_EVENTS
+            if last < 0:  # the first trade since start: a restart may have left a hole before it
+                events = st.first_trade(tid, d.T * NS_PER_MS)  # type: ignore[union-attr]
+            else:
+                events = (st.skipped(last, tid, st.newest_ts(), d.T * NS_PER_MS),)  # type: ignore[union-attr]
         st.last_id = tid
         items = st.items
         if len(items) >= st.max_rows:
-            st.note_drop(d.T * _MS, tid)  # type: ignore[union-attr]
-            return None
+            st.note_drop(d.T * NS_PER_MS, tid)  # type: ignore[union-attr]
+            return events
         items.append(d)
         st.ts_recv.append(ts_recv)
-        return None
+        return events
 
 
-def _decode_other(payload: bytes) -> Event | None:
+def _decode_other(payload: bytes) -> tuple[Event, ...]:
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -204,18 +220,18 @@ def _decode_other(payload: bytes) -> Event | None:
     if not isinstance(obj, dict):
         raise VenueProtocolError("unknown_event", f"top-level {type(obj).__name__}")
     if "result" in obj and "id" in obj:
-        return Ack(obj["id"])
+        return (Ack(obj["id"]),)
     if "code" in obj and "msg" in obj:
-        return VenueErrorReply(obj.get("code"), str(obj.get("msg")), obj.get("id"))
+        return (VenueErrorReply(obj.get("code"), str(obj.get("msg")), obj.get("id")),)
     if isinstance(obj.get("error"), dict):
         err = obj["error"]
-        return VenueErrorReply(err.get("code"), str(err.get("msg")), obj.get("id"))
+        return (VenueErrorReply(err.get("code"), str(err.get("msg")), obj.get("id")),)
     data = obj.get("data", obj)
     if not isinstance(data, dict):
         raise VenueProtocolError("unknown_event", "data is not an object")
     event = data.get("e")
     if event == "serverShutdown" and isinstance(data.get("E"), int):
-        return ServerShutdown(data["E"] * _MS)
+        return (ServerShutdown(data["E"] * NS_PER_MS),)
     if "stream" not in obj:
         raise VenueProtocolError("unknown_event", "not a combined-stream frame")
     if event in ("trade", "aggTrade", "depthUpdate", "kline"):
@@ -286,18 +302,19 @@ _decode_depth = msgspec.json.Decoder(CombinedDepth, strict=False).decode
 _decode_kline = msgspec.json.Decoder(CombinedKline, strict=False).decode
 
 
-class _CombinedProtocol(Generic[S]):
+class _CombinedProtocol(ProtocolBase, Generic[S]):
     """Decodes combined-stream frames of one kind into the streams of one connection plan."""
 
     _decode: Callable[[bytes], Any]  # a msgspec decoder's bound ``decode`` (not a function: it does not bind)
 
     def __init__(self, streams: dict[str, S]) -> None:
+        super().__init__()
         self.streams = streams
 
-    def _take(self, st: S, data: Any, ts_recv: int) -> None:
+    def _take(self, st: S, data: Any, ts_recv: int) -> Action | None:
         raise NotImplementedError
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
         """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
         try:
             msg = self._decode(payload)
@@ -305,21 +322,21 @@ class _CombinedProtocol(Generic[S]):
             return _decode_other(payload)
         d = msg.data
         if type(d) is Shutdown:
-            return ServerShutdown(d.E * _MS)
+            return (ServerShutdown(d.E * NS_PER_MS),)
         st = self.streams.get(msg.stream)
         if st is None:
             raise VenueProtocolError("unknown_stream", msg.stream[:60])
-        self._take(st, d, ts_recv)
-        return None
+        action = self._take(st, d, ts_recv)
+        return NO_EVENTS if action is None else (action,)
 
 
-class BinanceBookProtocol(_CombinedProtocol[BookStream], HoldsStandby):
+class BinanceBookProtocol(_CombinedProtocol[BookStream], HoldingProtocol):
     """Decodes diff-depth frames into the book streams of one connection plan."""
 
     _decode = _decode_depth
 
-    def _take(self, st: BookStream, d: DepthUpdate, ts_recv: int) -> None:
-        st.on_diff(d.U, d.u, d.pu, d.b, d.a, d.E * _MS, ts_recv)
+    def _take(self, st: BookStream, d: DepthUpdate, ts_recv: int) -> Action | None:
+        return st.on_diff(d.U, d.u, d.pu, d.b, d.a, d.E * NS_PER_MS, ts_recv)
 
 
 class BinanceKlineProtocol(_CombinedProtocol[KlineStream]):
@@ -327,17 +344,21 @@ class BinanceKlineProtocol(_CombinedProtocol[KlineStream]):
 
     _decode = _decode_kline
 
-    def _take(self, st: KlineStream, d: Kline, ts_recv: int) -> None:
+    def _take(self, st: KlineStream, d: Kline, ts_recv: int) -> Action | None:
         st.bars += 1
-        st.on_bar(_kline_row(d.k, ts_recv), d.k.closed)
+        return st.on_bar(_kline_row(d.k, ts_recv), d.k.closed)
 
 
 def _kline_row(k: KlineBar, ts_recv: int) -> KlineRow:
-    return (k.t * _MS, ts_recv, k.open, k.high, k.low, k.close, k.volume, k.quote, k.trades, k.buy_volume,
-            k.buy_quote)
+    return KlineRow(k.t * NS_PER_MS, ts_recv, k.open, k.high, k.low, k.close, k.volume, k.quote, k.trades, k.buy_volume,
+                    k.buy_quote)
 
 
-# -- REST answers -----------------------------------------------------------------------------
+# -- REST: budgets, requests and answers (PROTOCOLS.md §1.5, §2.5) ------------------------------
+
+# Request weight per minute per IP, until exchangeInfo says otherwise.
+REST_LIMITS = {Market.SPOT: RestLimit(6000, 60.0), Market.USDM: RestLimit(2400, 60.0)}
+TRADING = "TRADING"  # the listing status of a symbol that trades
 
 
 class RestDepth(msgspec.Struct, frozen=True, gc=False):
@@ -358,10 +379,34 @@ class RestAggTrade(msgspec.Struct, frozen=True, gc=False):
     m: bool
 
 
+class RateLimit(msgspec.Struct, frozen=True, gc=False):
+    """One entry of ``exchangeInfo.rateLimits``."""
+
+    rateLimitType: str = ""
+    interval: str = ""
+    intervalNum: int = 0
+    limit: int = 0
+
+
+class SymbolStatus(msgspec.Struct, frozen=True, gc=False):
+    """One entry of ``exchangeInfo.symbols`` (the fields we use)."""
+
+    symbol: str
+    status: str = ""
+
+
+class ExchangeInfo(msgspec.Struct, frozen=True, gc=False):
+    """``GET /api/v3/exchangeInfo`` and ``/fapi/v1/exchangeInfo`` (the fields we use)."""
+
+    rateLimits: list[RateLimit] = []
+    symbols: list[SymbolStatus] = []
+
+
 RestKline = tuple[int, float, float, float, float, float, int, float, int, float, float, Any]
 _decode_rest_depth = msgspec.json.Decoder(RestDepth, strict=False).decode
 _decode_rest_trades = msgspec.json.Decoder(list[RestAggTrade], strict=False).decode
 _decode_rest_klines = msgspec.json.Decoder(list[RestKline], strict=False).decode
+_decode_exchange_info = msgspec.json.Decoder(ExchangeInfo).decode
 
 
 def _rest(decode: Any, payload: bytes, what: str) -> Any:
@@ -380,15 +425,25 @@ def decode_snapshot(payload: bytes) -> RestDepth:
     return _rest(_decode_rest_depth, payload, "depth")  # type: ignore[no-any-return]
 
 
+def _decode_depth_snapshot(payload: bytes) -> DepthSnapshot:
+    snap = decode_snapshot(payload)
+    return DepthSnapshot(snap.lastUpdateId, snap.bids, snap.asks)
+
+
 def decode_agg_trades(payload: bytes) -> list[RestAggTrade]:
     """Decode REST aggTrades (they fit :func:`trades_to_frame`)."""
     return _rest(_decode_rest_trades, payload, "aggTrades")  # type: ignore[no-any-return]
 
 
-def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
+def decode_klines(payload: bytes, ts_recv: int = 0) -> list[KlineRow]:
     """Decode REST klines into stored rows (the newest may still be open: callers filter)."""
     rows = _rest(_decode_rest_klines, payload, "klines")
-    return [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10]) for r in rows]
+    return [KlineRow(r[0] * NS_PER_MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10]) for r in rows]
+
+
+def decode_exchange_info(payload: bytes) -> ExchangeInfo:
+    """Decode ``exchangeInfo`` (symbols and their status, request-weight limits)."""
+    return _rest(_decode_exchange_info, payload, "exchangeInfo")  # type: ignore[no-any-return]
 
 
 def snapshot_limit(market: Market, depth: int) -> int:
@@ -403,6 +458,130 @@ def snapshot_weight(market: Market, limit: int) -> int:
     if market is Market.SPOT:
         return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
     return 2 if limit < 100 else 5 if limit < 500 else 10 if limit < 1000 else 20
+
+
+def _path(market: Market, name: str) -> str:
+    return f"/api/v3/{name}" if market is Market.SPOT else f"/fapi/v1/{name}"
+
+
+def snapshot_request(market: Market, symbol: str, depth: int) -> RestRequest[DepthSnapshot]:
+    """The depth snapshot that seeds a book of ``depth`` levels (rounded to a limit the venue accepts)."""
+    limit = snapshot_limit(market, depth)
+    return RestRequest(_path(market, "depth"), {"symbol": symbol, "limit": limit}, snapshot_weight(market, limit),
+                       _decode_depth_snapshot)
+
+
+def agg_trades_request(market: Market, symbol: str, from_id: int) -> RestRequest[list[RestAggTrade]]:
+    """Up to 1000 aggregate trades from ``from_id`` on."""
+    return RestRequest(_path(market, "aggTrades"), {"symbol": symbol, "fromId": from_id, "limit": 1000},
+                       4 if market is Market.SPOT else 20, decode_agg_trades)
+
+
+def klines_request(market: Market, symbol: str, first: int, last: int) -> RestRequest[list[KlineRow]]:
+    """1-minute bars with open times in ``[first, last]`` (ms), at most 1000."""
+    params: dict[str, str | int] = {"symbol": symbol, "interval": "1m", "startTime": first, "endTime": last,
+                                    "limit": 1000}
+    return RestRequest(_path(market, "klines"), params, 2 if market is Market.SPOT else 5, decode_klines)
+
+
+class AggTradeBackfill:
+    """Recover skipped aggTrade ids over REST, from the first missing id to the last, in order.
+
+    Ids are contiguous, so the recovery is exact: ids the venue itself skipped become holes of
+    their own, and ids older than the venue keeps stay missing.
+    """
+
+    def __init__(self, stream: TradeStream, gap: Gap) -> None:
+        assert gap.first_id is not None and gap.last_id is not None
+        self.stream = stream
+        self.left: Gap | None = gap
+        self.holes: list[Gap] = []
+        self.last_id = gap.last_id
+        self.next_id = gap.first_id
+
+    def next_request(self) -> RestRequest[list[RestAggTrade]] | None:
+        """The next page from the first id still missing, or None when done."""
+        if self.left is None:
+            return None
+        return agg_trades_request(self.stream.market, self.stream.spec.symbol, self.next_id)
+
+    def on_answer(self, value: Any, ts_recv: int) -> pl.DataFrame | None:
+        """Keep the page's trades inside the gap; the rest of the gap is what is left."""
+        gap, next_id, last_id = self.left, self.next_id, self.last_id
+        assert gap is not None
+        rows = [r for r in value if next_id <= r.id <= last_id]
+        if not rows:
+            self.holes.append(gap)  # the venue has nothing more (ids older than it keeps)
+            self.left = None
+            return None
+        start = gap.start
+        for r in rows:  # ids the venue skipped cannot be recovered: each hole is a gap of its own
+            if r.id > next_id:
+                self.holes.append(Gap(start, r.T * NS_PER_MS, "missing_ids", r.id - next_id, next_id, r.id - 1))
+            next_id, start = r.id + 1, r.T * NS_PER_MS
+        self.next_id = next_id
+        self.left = (gap._replace(start=start, missing=last_id - next_id + 1, first_id=next_id)
+                     if next_id <= last_id else None)
+        frame = trades_to_frame(rows, [ts_recv] * len(rows))
+        self.stream.backfilled += frame.height
+        return frame
+
+    def missing(self) -> list[Gap]:
+        """Holes the venue skipped, and what was not recovered."""
+        return [*self.holes, *([self.left] if self.left is not None else [])]
+
+
+def _agg_trade_backfill(stream: TradeStream, gap: Gap) -> AggTradeBackfill | None:
+    return AggTradeBackfill(stream, gap) if gap.first_id is not None and gap.last_id is not None else None
+
+
+class BinanceListing:
+    """Which symbols Binance lists and trades (``exchangeInfo``), and its request-weight limit.
+
+    Spot answers for just the symbols asked for and refuses the whole list (400) if one is
+    unknown: the list is then asked for symbol by symbol. USD-M answers for every symbol it lists.
+    """
+
+    trading = TRADING
+
+    def __init__(self, market: Market, symbols: Sequence[str]) -> None:
+        self.market = market
+        self.statuses: dict[str, str] = {}
+        self.weight_limit: int | None = None
+        self._queue: list[list[str]] = [sorted(symbols)] if symbols else []
+        self._asked: list[str] = []
+
+    def next_request(self) -> RestRequest[ExchangeInfo] | None:
+        """The next ``exchangeInfo`` request, or None when every symbol has an answer."""
+        if not self._queue:
+            return None
+        self._asked = self._queue.pop(0)
+        if self.market is Market.SPOT:
+            return RestRequest("/api/v3/exchangeInfo", {"symbols": orjson.dumps(self._asked).decode()}, 20,
+                               decode_exchange_info)
+        return RestRequest("/fapi/v1/exchangeInfo", {}, 1, decode_exchange_info)
+
+    def on_answer(self, value: Any) -> None:
+        """Note each asked symbol's status and the published weight limit."""
+        info: ExchangeInfo = value
+        for rule in info.rateLimits:
+            if (rule.rateLimitType == "REQUEST_WEIGHT" and rule.interval == "MINUTE" and rule.intervalNum == 1
+                    and rule.limit > 0):
+                self.weight_limit = rule.limit
+        listed = {x.symbol: x.status for x in info.symbols}
+        for symbol in self._asked:
+            self.statuses[symbol] = listed.get(symbol, NOT_LISTED)
+
+    def on_error(self, status: int | None) -> None:
+        """Spot's 400 names an unknown symbol: split the list, or mark the one symbol; otherwise stop."""
+        if status == 400 and self.market is not Market.SPOT:
+            self._queue.clear()  # USD-M's request names no symbol: asking again changes nothing
+        elif status == 400 and len(self._asked) > 1:
+            self._queue[:0] = [[symbol] for symbol in self._asked]
+        elif status == 400:
+            self.statuses.update(dict.fromkeys(self._asked, NOT_LISTED))
+        else:
+            self._queue.clear()  # the venue cannot be asked now: assume nothing
 
 
 def _plan(
@@ -458,10 +637,13 @@ def plan_trade_connections(
     """
     _check(market)
 
+    recover = _agg_trade_backfill if trade_stream == "aggTrade" else None  # REST gives aggTrade ids only
+
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
-        return BinanceProtocol(
-            {s.name: TradeStream(Venue.BINANCE, market, s, trades_to_frame, max_rows=max_rows) for s in group}
-        )
+        return BinanceProtocol({
+            s.name: TradeStream(Venue.BINANCE, market, s, trades_to_frame, max_rows=max_rows, recover=recover)
+            for s in group
+        })
 
     specs = [StreamSpec(f"{s.lower()}@{trade_stream}", "trades", s) for s in symbols]
     return _plan(market, specs, base_url, "trades", protocol)
@@ -473,12 +655,14 @@ def plan_book_connections(
     base_url: str,
     *,
     snapshot_depth: int = 100,
+    book_depth: int = 1000,
     max_buffer: int = 2_000,
 ) -> list[ConnectionPlan]:
     """Plan the diff-depth connections of one Binance market (``@depth@100ms``; ``/public`` on USD-M).
 
     Args:
         snapshot_depth: levels per side in each stored snapshot.
+        book_depth: levels per side of the REST snapshots that seed each book.
         max_buffer: diffs buffered per symbol while a REST snapshot is pending (at 10 diffs/s,
             200 s: longer than any snapshot should take; past it the oldest go and a newer
             snapshot is fetched).
@@ -489,7 +673,9 @@ def plan_book_connections(
         return BinanceBookProtocol({
             s.name: BookStream(Venue.BINANCE, market, s,
                                BinanceBookSync(s.symbol, futures=market is Market.USDM, max_buffer=max_buffer),
-                               snapshot_depth=snapshot_depth)
+                               snapshot_depth=snapshot_depth,
+                               snapshot_request=snapshot_request(market, s.symbol, book_depth),
+                               snapshot_limit=snapshot_limit(market, book_depth))
             for s in group
         })
 
@@ -502,7 +688,10 @@ def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: s
     _check(market)
 
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
-        return BinanceKlineProtocol({s.name: KlineStream(Venue.BINANCE, market, s) for s in group})
+        return BinanceKlineProtocol({
+            s.name: KlineStream(Venue.BINANCE, market, s, request=partial(klines_request, market, s.symbol))
+            for s in group
+        })
 
     specs = [StreamSpec(f"{s.lower()}@kline_1m", "klines", s, KLINE_MIN_SILENCE) for s in symbols]
     return _plan(market, specs, base_url, "klines", protocol)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
@@ -26,32 +26,47 @@ import polars as pl
 
 from wadm.book.sync import BybitBookSync
 from wadm.errors import VenueProtocolError
-from wadm.records import Market, Venue
+from wadm.records import KlineRow, Market, Venue
+from wadm.units import NS_PER_MS
 from wadm.venues.base import (
+    NO_EVENTS,
+    NOT_LISTED,
     Ack,
+    Action,
     ConnectionPlan,
     Event,
     Gap,
-    HoldsStandby,
-    SendFrames,
+    HoldingProtocol,
+    ProtocolBase,
+    RecentIds,
+    RecoverTrades,
+    RestLimit,
+    RestRequest,
     StreamSpec,
     TradeStream,
     VenueErrorReply,
     VenueProtocol,
 )
-from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, KlineRow, KlineStream
+from wadm.venues.streams import KLINE_MIN_SILENCE, BookStream, KlineStream
 
 __all__ = [
     "BOOK_DEPTHS",
     "MAX_TOPICS_PER_REQUEST",
+    "REST_LIMIT",
+    "TRADING",
     "BybitBookProtocol",
     "BybitKlineProtocol",
+    "BybitListing",
     "BybitProtocol",
+    "RecentTradeBackfill",
+    "decode_instruments",
     "decode_klines",
     "decode_recent_trades",
+    "klines_request",
     "plan_book_connections",
     "plan_kline_connections",
     "plan_trade_connections",
+    "recent_trades_request",
     "resubscribe_frames",
     "subscribe_frames",
     "trades_to_frame",
@@ -60,10 +75,7 @@ __all__ = [
 BOOK_DEPTHS = (1, 50, 200, 1000)  # orderbook.{depth} levels offered on spot and linear (500 was retired)
 MAX_TOPICS_PER_REQUEST = 10  # the spot limit; linear accepts more but gains nothing from it
 MAX_TOPICS_PER_CONNECTION = 200
-RECENT_IDS = 20_000  # ids remembered per stream for de-duplication across a connection overlap
 PING_INTERVAL = 20.0
-RESUBSCRIBE_EVERY = 1_000_000_000  # ns
-_MS = 1_000_000
 _TOPIC_RE = re.compile(r"topic:([\w.]+)")
 
 
@@ -118,7 +130,7 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
         schema=_RAW_SCHEMA,
     )
     return raw.select(
-        ts_event=pl.col("T") * _MS,
+        ts_event=pl.col("T") * NS_PER_MS,
         ts_recv="ts_recv",
         id="id",
         price="p",
@@ -127,84 +139,54 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
     ).filter(pl.col("price") > 0, pl.col("qty") > 0)
 
 
-class _Recent:
-    """A bounded set of recently seen ids."""
-
-    __slots__ = ("ids", "order")
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self.order: deque[str] = deque()
-
-    def add(self, trade_id: str) -> bool:
-        """Remember ``trade_id``; False when it was already there."""
-        if trade_id in self.ids:
-            return False
-        self.ids.add(trade_id)
-        self.order.append(trade_id)
-        if len(self.order) > RECENT_IDS:
-            self.ids.discard(self.order.popleft())
-        return True
-
-
-class BybitProtocol:
+class BybitProtocol(ProtocolBase):
     """Decodes the frames of one Bybit connection plan into its trade streams."""
 
     def __init__(self, streams: dict[str, TradeStream]) -> None:
         self.streams = streams
-        self._recent = {name: _Recent() for name in streams}
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
         """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`.
 
         Raises:
             VenueProtocolError: kinds ``invalid_json``, ``unknown_event``, ``missing_field`` or
                 ``unknown_stream``.
         """
+        msg = _topic_message(payload)
+        if not msg.topic:
+            return _control(msg)
+        st = self.streams.get(msg.topic)
+        if st is None:
+            raise VenueProtocolError("unknown_stream", msg.topic[:60])
         try:
-            msg = _decode_envelope(payload)
-        except msgspec.ValidationError as exc:
-            raise VenueProtocolError("unknown_event", str(exc)) from exc
+            trades = _decode_trades(msg.data)
         except msgspec.DecodeError as exc:
-            raise VenueProtocolError("invalid_json", str(exc)) from exc
-        if msg.topic:
-            st = self.streams.get(msg.topic)
-            if st is None:
-                raise VenueProtocolError("unknown_stream", msg.topic[:60])
-            try:
-                trades = _decode_trades(msg.data)
-            except msgspec.DecodeError as exc:
-                raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
-            st.frames += 1
-            if st.gap_open and trades:
-                # The connection was lost: trades between our newest one and this frame may be
-                # missing, and Bybit ids cannot tell (recent-trade backfill comes later).
-                st.gap_open = False
-                if st.newest_ts():
-                    st.gaps.append(Gap(st.newest_ts(), trades[0].T * _MS, st.gap_reason))
-            recent = self._recent[msg.topic]
-            items = st.items
-            for trade in trades:
-                if not recent.add(trade.i):
-                    st.duplicates += 1
-                elif len(items) >= st.max_rows:
-                    st.note_drop(trade.T * _MS, None)
-                else:
-                    items.append(trade)
-                    st.ts_recv.append(ts_recv)
-            return None
-        return _control(msg)
-
-    def remember(self, topic: str, trade_ids: list[str]) -> None:
-        """Treat these ids as delivered (the stored ones before a restart): a backfill skips them."""
-        recent = self._recent[topic]
-        for trade_id in trade_ids:
-            recent.add(trade_id)
-
-    def accept_backfill(self, topic: str, trades: list[Any], start: int, end: int) -> list[Any]:
-        """Keep the REST trades of ``topic`` inside ``[start, end]`` (ns) that the stream never delivered."""
-        recent = self._recent[topic]
-        return [t for t in trades if start <= t.T * _MS <= end and recent.add(t.i)]
+            raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
+        st.frames += 1
+        if not trades:
+            return NO_EVENTS
+        events: Sequence[Event] = NO_EVENTS
+        first_ts = trades[0].T * NS_PER_MS
+        if st.first_live is None:
+            st.first_live = first_ts
+        if st.gap_open:
+            # The connection was lost (or WADM restarted): trades between our newest one and
+            # this frame may be missing, and Bybit ids cannot tell; recent-trade may recover them.
+            st.gap_open = False
+            if 0 < st.newest_ts() < first_ts:
+                events = (RecoverTrades(msg.topic, Gap(st.newest_ts(), first_ts, st.gap_reason)),)
+        recent = st.recent
+        assert recent is not None
+        items = st.items
+        for trade in trades:
+            if not recent.add(trade.i):
+                st.duplicates += 1
+            elif len(items) >= st.max_rows:
+                st.note_drop(trade.T * NS_PER_MS, None)
+            else:
+                items.append(trade)
+                st.ts_recv.append(ts_recv)
+        return events
 
 
 class BookData(msgspec.Struct, frozen=True, gc=False):
@@ -249,16 +231,17 @@ def _data(decode: Any, msg: Envelope) -> Any:
         raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
 
 
-class _TopicProtocol(Generic[S]):
+class _TopicProtocol(ProtocolBase, Generic[S]):
     """Decodes topic frames of one kind into the streams of one connection plan."""
 
     def __init__(self, streams: dict[str, S]) -> None:
+        super().__init__()
         self.streams = streams
 
-    def _take(self, st: S, msg: Envelope, ts_recv: int) -> Event | None:
+    def _take(self, st: S, msg: Envelope, ts_recv: int) -> Action | None:
         raise NotImplementedError
 
-    def feed(self, payload: bytes, ts_recv: int) -> Event | None:
+    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
         """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`."""
         msg = _topic_message(payload)
         if not msg.topic:
@@ -266,26 +249,20 @@ class _TopicProtocol(Generic[S]):
         st = self.streams.get(msg.topic)
         if st is None:
             raise VenueProtocolError("unknown_stream", msg.topic[:60])
-        return self._take(st, msg, ts_recv)
+        action = self._take(st, msg, ts_recv)
+        return NO_EVENTS if action is None else (action,)
 
 
-class BybitBookProtocol(_TopicProtocol[BookStream], HoldsStandby):
+class BybitBookProtocol(_TopicProtocol[BookStream], HoldingProtocol):
     """Decodes ``orderbook`` snapshots and deltas into the book streams of one connection plan.
 
-    A broken book (a ``u`` gap or a crossed book) is answered with a resubscription of its
-    topic on the same connection: Bybit sends a fresh snapshot on subscribe.
+    A broken book (a ``u`` gap or a crossed book) asks for a resubscription of its topic on the
+    same connection (at most once a second): Bybit sends a fresh snapshot on subscribe.
     """
 
-    def _take(self, st: BookStream, msg: Envelope, ts_recv: int) -> Event | None:
+    def _take(self, st: BookStream, msg: Envelope, ts_recv: int) -> Action | None:
         d = _data(_decode_book, msg)
-        broken = st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * _MS, ts_recv)
-        if broken and ts_recv - st.last_resubscribe >= RESUBSCRIBE_EVERY:
-            # At most one resubscription per second per topic: a venue that keeps sending broken
-            # snapshots is not answered with a request storm (recovery retries later).
-            st.last_resubscribe = ts_recv
-            st.resubscribes += 1
-            return SendFrames(resubscribe_frames(st.spec.name), st.sync.last_reason)
-        return None
+        return st.on_message(msg.type == "snapshot", d.u, d.b, d.a, msg.ts * NS_PER_MS, ts_recv)
 
 
 def resubscribe_frames(topic: str) -> tuple[bytes, ...]:
@@ -296,18 +273,23 @@ def resubscribe_frames(topic: str) -> tuple[bytes, ...]:
 class BybitKlineProtocol(_TopicProtocol[KlineStream]):
     """Decodes ``kline`` frames into the kline streams of one connection plan."""
 
-    def _take(self, st: KlineStream, msg: Envelope, ts_recv: int) -> Event | None:
+    def _take(self, st: KlineStream, msg: Envelope, ts_recv: int) -> Action | None:
         st.bars += 1
-        for c in _data(_decode_candles, msg):
-            st.on_bar(_kline_row(c, ts_recv), c.confirm)
-        return None
+        missed = None
+        for c in _data(_decode_candles, msg):  # a frame may close one bar and open the next
+            missed = st.on_bar(_kline_row(c, ts_recv), c.confirm) or missed
+        return missed
 
 
 def _kline_row(c: Candle, ts_recv: int) -> KlineRow:
-    return (c.start * _MS, ts_recv, c.open, c.high, c.low, c.close, c.volume, c.turnover, None, None, None)
+    return KlineRow(c.start * NS_PER_MS, ts_recv, c.open, c.high, c.low, c.close, c.volume, c.turnover, None, None,
+                    None)
 
 
-# -- REST answers -----------------------------------------------------------------------------
+# -- REST: budget, requests and answers (PROTOCOLS.md §3.6) -------------------------------------
+
+REST_LIMIT = RestLimit(600, 5.0)  # requests per 5 s per IP; spot and linear share the host
+TRADING = "Trading"  # the listing status of a symbol that trades
 
 
 class _RestResult(msgspec.Struct, frozen=True, gc=False):
@@ -330,10 +312,18 @@ class RestTrade(msgspec.Struct, frozen=True, gc=False):
     i: str = msgspec.field(name="execId")
 
 
+class Instrument(msgspec.Struct, frozen=True, gc=False):
+    """One row of ``GET /v5/market/instruments-info`` (the fields we use)."""
+
+    symbol: str
+    status: str = ""
+
+
 _decode_answer = msgspec.json.Decoder(_RestAnswer).decode
 _decode_rest_trades = msgspec.json.Decoder(list[RestTrade], strict=False).decode
 _decode_rest_klines = msgspec.json.Decoder(list[tuple[int, float, float, float, float, float, float]],
                                            strict=False).decode
+_decode_instruments = msgspec.json.Decoder(list[Instrument]).decode
 
 
 def _result_list(payload: bytes, decode: Any, what: str) -> Any:
@@ -356,24 +346,118 @@ def decode_recent_trades(payload: bytes) -> list[RestTrade]:
     return sorted(reversed(trades), key=lambda t: t.T)  # stable: fills of one millisecond keep their order
 
 
-def decode_klines(payload: bytes, ts_recv: int) -> list[KlineRow]:
+def decode_klines(payload: bytes, ts_recv: int = 0) -> list[KlineRow]:
     """Decode ``kline`` (newest first on the wire) into stored rows, oldest first; the newest may be open."""
     rows = _result_list(payload, _decode_rest_klines, "kline")
-    out: list[KlineRow] = [(r[0] * _MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[6], None, None, None)
-                           for r in rows]
+    out = [KlineRow(r[0] * NS_PER_MS, ts_recv, r[1], r[2], r[3], r[4], r[5], r[6], None, None, None) for r in rows]
     return sorted(out)
 
 
-def _control(msg: Envelope) -> Event | None:
+def decode_instruments(payload: bytes) -> list[Instrument]:
+    """Decode ``instruments-info``."""
+    return _result_list(payload, _decode_instruments, "instruments-info")  # type: ignore[no-any-return]
+
+
+def recent_trades_request(market: Market, symbol: str) -> RestRequest[list[RestTrade]]:
+    """The newest trades the venue keeps: 60 on spot, 1000 on linear (no cursor)."""
+    limit = 60 if market is Market.SPOT else 1000
+    return RestRequest("/v5/market/recent-trade", {"category": market.value, "symbol": symbol, "limit": limit}, 1,
+                       decode_recent_trades)
+
+
+def klines_request(market: Market, symbol: str, first: int, last: int) -> RestRequest[list[KlineRow]]:
+    """1-minute bars with open times in ``[first, last]`` (ms), at most 1000."""
+    params: dict[str, str | int] = {"category": market.value, "symbol": symbol, "interval": "1", "start": first,
+                                    "end": last, "limit": 1000}
+    return RestRequest("/v5/market/kline", params, 1, decode_klines)
+
+
+class RecentTradeBackfill:
+    """Recover a disconnect window from ``recent-trade`` (best effort: Bybit has no cursor).
+
+    The answer covers the window only when its oldest trade is older than the window's start;
+    otherwise the part before the oldest trade stays a gap. Trades the stream (or the store,
+    before a restart) already delivered are skipped by id.
+    """
+
+    def __init__(self, stream: TradeStream, gap: Gap) -> None:
+        self.stream = stream
+        self.left: Gap | None = gap
+        self._asked = False
+
+    def next_request(self) -> RestRequest[list[RestTrade]] | None:
+        """One request, once."""
+        if self._asked or self.left is None:
+            return None
+        self._asked = True
+        return recent_trades_request(self.stream.market, self.stream.spec.symbol)
+
+    def on_answer(self, value: Any, ts_recv: int) -> pl.DataFrame | None:
+        """Keep the undelivered trades inside the window; what the answer does not reach stays missing."""
+        gap = self.left
+        assert gap is not None
+        rows: list[RestTrade] = value
+        new = self.stream.accept_backfill(rows, gap.start, gap.end)
+        oldest = rows[0].T * NS_PER_MS if rows else gap.end
+        self.left = None if oldest <= gap.start else gap._replace(end=min(gap.end, oldest))
+        if not new:
+            return None
+        frame = trades_to_frame(new, [ts_recv] * len(new))
+        self.stream.backfilled += frame.height
+        return frame
+
+    def missing(self) -> list[Gap]:
+        """The part of the window the venue's recent trades did not reach back over."""
+        return [self.left] if self.left is not None else []
+
+
+def _recent_trade_backfill(stream: TradeStream, gap: Gap) -> RecentTradeBackfill | None:
+    return RecentTradeBackfill(stream, gap) if gap.reason in ("disconnected", "restart") else None
+
+
+class BybitListing:
+    """Which symbols Bybit lists and trades: one ``instruments-info`` request per symbol.
+
+    The full list is paginated, so each symbol is asked for by name; a symbol the venue could
+    not be asked about is left out of :attr:`statuses`.
+    """
+
+    trading = TRADING
+
+    def __init__(self, market: Market, symbols: Sequence[str]) -> None:
+        self.market = market
+        self.statuses: dict[str, str] = {}
+        self.weight_limit: int | None = None  # Bybit publishes none: its budget is fixed
+        self._queue = sorted(symbols)
+        self._asked = ""
+
+    def next_request(self) -> RestRequest[list[Instrument]] | None:
+        """The next symbol's request, or None when done."""
+        if not self._queue:
+            return None
+        self._asked = self._queue.pop(0)
+        return RestRequest("/v5/market/instruments-info", {"category": self.market.value, "symbol": self._asked},
+                           1, decode_instruments)
+
+    def on_answer(self, value: Any) -> None:
+        """Note the asked symbol's status (not listed when the list does not hold it)."""
+        listed = [x for x in value if x.symbol == self._asked]
+        self.statuses[self._asked] = listed[0].status if listed else NOT_LISTED
+
+    def on_error(self, status: int | None) -> None:
+        """Leave the symbol out: nothing is assumed about it."""
+
+
+def _control(msg: Envelope) -> tuple[Event, ...]:
     if msg.op == "ping" or msg.op == "pong" or msg.ret_msg == "pong":
-        return None
+        return NO_EVENTS
     if msg.op in ("subscribe", "unsubscribe") and msg.success is not None:
         if msg.success:
-            return Ack(msg.req_id or None)
+            return (Ack(msg.req_id or None),)
         found = _TOPIC_RE.search(msg.ret_msg)
-        return VenueErrorReply(None, msg.ret_msg, msg.req_id or None, found.group(1) if found else None)
+        return (VenueErrorReply(None, msg.ret_msg, msg.req_id or None, found.group(1) if found else None),)
     if msg.op:
-        return None  # other control answers carry nothing for us
+        return NO_EVENTS  # other control answers carry nothing for us
     raise VenueProtocolError("unknown_event", "a frame with neither topic nor op")
 
 
@@ -427,9 +511,11 @@ def plan_trade_connections(
     """
 
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
-        return BybitProtocol(
-            {s.name: TradeStream(Venue.BYBIT, market, s, trades_to_frame, max_rows=max_rows) for s in group}
-        )
+        return BybitProtocol({
+            s.name: TradeStream(Venue.BYBIT, market, s, trades_to_frame, max_rows=max_rows, recent=RecentIds(),
+                                recover=_recent_trade_backfill)
+            for s in group
+        })
 
     return _plan(market, [StreamSpec(f"publicTrade.{s}", "trades", s) for s in symbols], base_url, "trades",
                  protocol)
@@ -449,7 +535,8 @@ def plan_book_connections(
 
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
         return BybitBookProtocol({
-            s.name: BookStream(Venue.BYBIT, market, s, BybitBookSync(s.symbol), snapshot_depth=snapshot_depth)
+            s.name: BookStream(Venue.BYBIT, market, s, BybitBookSync(s.symbol), snapshot_depth=snapshot_depth,
+                               resubscribe_frames=resubscribe_frames(s.name))
             for s in group
         })
 
@@ -461,7 +548,10 @@ def plan_kline_connections(market: Market, symbols: tuple[str, ...], base_url: s
     """Plan the 1-minute kline connections of one Bybit category (``kline.1.{symbol}``)."""
 
     def protocol(group: list[StreamSpec]) -> VenueProtocol:
-        return BybitKlineProtocol({s.name: KlineStream(Venue.BYBIT, market, s) for s in group})
+        return BybitKlineProtocol({
+            s.name: KlineStream(Venue.BYBIT, market, s, request=partial(klines_request, market, s.symbol))
+            for s in group
+        })
 
     specs = [StreamSpec(f"kline.1.{s}", "klines", s, KLINE_MIN_SILENCE) for s in symbols]
     return _plan(market, specs, base_url, "klines", protocol)

@@ -2,37 +2,66 @@
 
 A :class:`BookStream` wraps one instrument's book sync (:mod:`wadm.book.sync`) with what the
 rest of WADM needs around it: the trusted part of the book, periodic snapshots waiting for the
-store, and the windows during which the book could not be trusted (recorded as gaps). A
-:class:`KlineStream` keeps the open bar live, queues closed bars for the store, and notices
-closed bars it never saw (a disconnect across a minute boundary) so they can be fetched over
-REST.
+store, and the windows during which the book could not be trusted. A :class:`KlineStream`
+keeps the open bar live, queues closed bars for the store, and notices closed bars it never
+saw (a disconnect across a minute boundary). Both say what they need as actions
+(:data:`~wadm.venues.base.Action`): fetch a snapshot, resubscribe, fetch bars, record a gap.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
 from wadm.book.l2 import L2Book, Level, book_metrics, book_snapshot
 from wadm.book.sync import BinanceBookSync, BookState, BybitBookSync
-from wadm.records import BANDS, BOOK_SNAPSHOTS, KLINE_SCHEMA, KLINES, Market, Venue, book_snapshot_schema
-from wadm.venues.base import Gap, GapQueue, StreamSpec
+from wadm.records import (
+    BANDS,
+    BOOK_SNAPSHOTS,
+    KLINE_SCHEMA,
+    KLINES,
+    KlineRow,
+    Market,
+    Venue,
+    band_columns,
+    book_snapshot_schema,
+)
+from wadm.units import NS_PER_MS, NS_PER_S
+from wadm.venues.base import (
+    Action,
+    FetchKlines,
+    FetchSnapshot,
+    Gap,
+    RecordGap,
+    RestRequest,
+    Resubscribe,
+    StreamSpec,
+    Taken,
+)
 
-__all__ = ["KLINE_MIN_SILENCE", "BookStream", "KlineRow", "KlineStream"]
+__all__ = ["KLINE_MIN_SILENCE", "BookStream", "DepthSnapshot", "KlineBackfill", "KlineStream"]
 
-_MS = 1_000_000
 KLINE_MIN_SILENCE = 90.0  # a 1-minute kline stream pushes at least once a minute (the closing bar)
+RESUBSCRIBE_EVERY = NS_PER_S  # at most one resubscription per second per book (no request storm)
+REFRESH_EVERY = 60 * NS_PER_S  # at most one re-seeding per minute per book
+KLINE_PAGE = 1000  # bars per REST request
 
-# (ts_event, ts_recv, open, high, low, close, volume, quote_volume, trades, taker_buy_volume,
-# taker_buy_quote): one row of KLINE_SCHEMA.
-KlineRow = tuple[int, int, float, float, float, float, float, float, int | None, float | None, float | None]
+
+@dataclass(frozen=True, slots=True)
+class DepthSnapshot:
+    """A REST depth snapshot in venue-neutral form."""
+
+    update_id: int
+    bids: list[Level]
+    asks: list[Level]
 
 
 @dataclass(slots=True, eq=False)
-class BookStream(GapQueue):
+class BookStream:
     """One instrument's order book stream: sync state, trusted bounds and stored snapshots.
 
     Binance books are seeded from a REST snapshot of limited depth; levels beyond it stay
@@ -47,33 +76,32 @@ class BookStream(GapQueue):
     snapshot_depth: int = 100
     bands: tuple[float, ...] = BANDS
     max_rows: int = 100_000
+    # Binance: the REST snapshot this book is seeded from, and how many levels it asks for.
+    snapshot_request: RestRequest[DepthSnapshot] | None = None
+    snapshot_limit: int = 1000
+    # Bybit: the frames that make the venue send a fresh snapshot (unsubscribe, subscribe).
+    resubscribe_frames: tuple[bytes, ...] = ()
     updates: int = 0  # book messages received
     ts_update: int = 0  # exchange time (ns) of the newest message
     ts_recv: int = 0  # local receive time (ns) of the newest message
     rows: list[tuple[object, ...]] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
     bid_floor: float = -math.inf
     ask_ceiling: float = math.inf
     snapshots: int = 0  # REST snapshots applied (Binance) or in-band snapshots taken (Bybit)
     resubscribes: int = 0
-    last_resubscribe: int = -(2**62)  # ns, receive time of the last resubscription the protocol asked for
+    last_resubscribe: int = -(2**62)  # ns, receive time of the last resubscription asked for
     # Binance: a second sync rebuilt from a fresh snapshot while the live book keeps serving, to
     # move the trusted bounds when the price walks towards them (see :meth:`wants_refresh`).
     shadow: BinanceBookSync | None = None
     refreshes: int = 0
     refresh_due: int = 0  # ns before which no refresh is asked for
     short: bool = False  # the last sample found fewer trusted levels than snapshot_depth on a side
-    _shadow_bounds: tuple[float, float] = (-math.inf, math.inf)
     dropped: int = 0  # stored snapshots dropped because the buffer was full
+    min_flush_interval: float = 10.0  # a snapshot a second: batch ten of them per stored document
+    _shadow_bounds: tuple[float, float] = (-math.inf, math.inf)
     _state: BookState = BookState.RESYNCING
     _down_since: int | None = None
     _down_reason: str = ""
-
-    @property
-    def _band_columns(self) -> list[str]:
-        return list(book_snapshot_schema(self.bands))[6:-4]
-
-    min_flush_interval: float = 10.0  # a snapshot a second: batch ten of them per stored document
 
     @property
     def table(self) -> str:
@@ -100,64 +128,89 @@ class BookStream(GapQueue):
         """The book itself (empty while resyncing)."""
         return self.sync.book
 
-    def note(self, ts_recv: int) -> None:
+    def _note(self, ts_recv: int) -> RecordGap | None:
         """Follow the sync's state: a window in which a once-live book was not exact is a gap."""
         state = self.sync.state
         if state is self._state:
-            return
+            return None
         self._state = state
-        if state is BookState.LIVE:
-            if self._down_since is not None:
-                self.gaps.append(Gap(self._down_since, ts_recv, f"book_{self._down_reason or 'resync'}"))
-                self._down_since = None
-        else:
+        if state is not BookState.LIVE:
             self._down_since = ts_recv
             self._down_reason = self.sync.last_reason
             self.shadow = None  # the rebuild brings new bounds anyway
+            return None
+        since, self._down_since = self._down_since, None
+        if since is None:
+            return None  # the first sync at startup is no gap
+        return RecordGap(self.spec.name, Gap(since, ts_recv, f"book_{self._down_reason or 'resync'}"))
 
     def on_diff(self, first: int, last: int, prev: int, bids: Sequence[Level], asks: Sequence[Level],
-                ts_event: int, ts_recv: int) -> None:
-        """Take one Binance diff (``U``, ``u``, ``pu``)."""
+                ts_event: int, ts_recv: int) -> Action | None:
+        """Take one Binance diff (``U``, ``u``, ``pu``); return a snapshot request when one is needed."""
         self.updates += 1
         self.ts_update, self.ts_recv = ts_event, ts_recv
         sync = self.sync
         assert isinstance(sync, BinanceBookSync)
-        sync.on_diff(first, last, prev, bids, asks)
+        need = sync.on_diff(first, last, prev, bids, asks)
         if sync.state is not self._state:
-            self.note(ts_recv)
+            self._note(ts_recv)  # live -> resyncing: the window is recorded when it is live again
+        if need is not None:
+            return FetchSnapshot(self.spec.name, need.reason)
         if self.shadow is not None:
-            self.shadow.on_diff(first, last, prev, bids, asks)
+            shadow_need = self.shadow.on_diff(first, last, prev, bids, asks)
             self._adopt_shadow()
+            if shadow_need is not None:
+                return FetchSnapshot(self.spec.name, "refresh", refresh=True)
+        return None
 
     def on_message(self, snapshot: bool, update_id: int, bids: Sequence[Level], asks: Sequence[Level],
-                   ts_event: int, ts_recv: int) -> bool:
-        """Take one Bybit snapshot or delta; True when the book broke and needs a resubscription."""
+                   ts_event: int, ts_recv: int) -> Action | None:
+        """Take one Bybit snapshot or delta; a broken book asks to be resubscribed (at most once a second)."""
         self.updates += 1
         self.ts_update, self.ts_recv = ts_event, ts_recv
         sync = self.sync
         assert isinstance(sync, BybitBookSync)
-        action = sync.on_message(snapshot, update_id, bids, asks)
+        broken = sync.on_message(snapshot, update_id, bids, asks)
         if snapshot or update_id == 1:
             self.snapshots += 1
-        if sync.state is not self._state:
-            self.note(ts_recv)
-        return action is not None
+        gap = self._note(ts_recv) if sync.state is not self._state else None
+        if broken is not None and ts_recv - self.last_resubscribe >= RESUBSCRIBE_EVERY:
+            self.last_resubscribe = ts_recv
+            return self.resubscribe(broken.reason)
+        return gap
+
+    def resubscribe(self, reason: str) -> Resubscribe:
+        """Ask for a fresh in-band snapshot (Bybit) and count it."""
+        self.resubscribes += 1
+        return Resubscribe(self.spec.name, self.resubscribe_frames, reason)
 
     def on_snapshot(self, last_update_id: int, bids: Sequence[Level], asks: Sequence[Level], limit: int,
-                    ts_recv: int) -> bool:
-        """Seed a Binance book from a REST snapshot of ``limit`` levels; True when it was used."""
+                    ts_recv: int) -> tuple[Action, ...]:
+        """Seed a Binance book from a REST snapshot of ``limit`` levels.
+
+        The book is live afterwards when the snapshot bridged the buffered diffs; otherwise
+        another snapshot is asked for. Going live after a resync records the window.
+        """
         sync = self.sync
         assert isinstance(sync, BinanceBookSync)
         if sync.state is BookState.LIVE:
-            return False  # a late answer to an earlier request: the book is already exact
-        again = sync.on_snapshot(last_update_id, bids, asks)
-        live = self.state is BookState.LIVE
-        if live:
+            return ()  # a late answer to an earlier request: the book is already exact
+        need = sync.on_snapshot(last_update_id, bids, asks)
+        if self.state is BookState.LIVE:
             self.snapshots += 1
             self.bid_floor = min(p for p, _ in bids) if len(bids) >= limit else -math.inf
             self.ask_ceiling = max(p for p, _ in asks) if len(asks) >= limit else math.inf
-        self.note(ts_recv)
-        return again is None and live
+        actions: list[Action] = []
+        if (gap := self._note(ts_recv)) is not None:
+            actions.append(gap)
+        if need is not None:
+            actions.append(FetchSnapshot(self.spec.name, need.reason))
+        return tuple(actions)
+
+    def awaiting_snapshot(self, refresh: bool = False) -> BinanceBookSync | None:
+        """The Binance sync (the shadow's, with ``refresh``) that is waiting for a REST snapshot."""
+        sync = self.shadow if refresh else self.sync
+        return sync if isinstance(sync, BinanceBookSync) and sync.snapshot_requested else None
 
     def wants_refresh(self, now: int) -> bool:
         """True when a live Binance book should be re-seeded to move its trusted bounds.
@@ -170,9 +223,9 @@ class BookStream(GapQueue):
                 and self.sync.state is BookState.LIVE)
 
     def start_refresh(self, now: int) -> BinanceBookSync:
-        """Start rebuilding the book beside the live one; the next diffs feed both."""
+        """Start rebuilding the book beside the live one; the next diff asks for its snapshot."""
         assert isinstance(self.sync, BinanceBookSync)
-        self.refresh_due = now + 60_000_000_000
+        self.refresh_due = now + REFRESH_EVERY
         self.shadow = BinanceBookSync(self.spec.symbol, futures=self.sync.futures,
                                       max_buffer=self.sync.buffer.maxlen or 2000)
         return self.shadow
@@ -209,7 +262,7 @@ class BookStream(GapQueue):
         """Diffs in flight are lost: the book cannot be trusted until it is rebuilt."""
         self.sync.reset("disconnected")
         self.shadow = None
-        self.note(ts_recv)
+        self._note(ts_recv)
 
     def levels(self, depth: int) -> tuple[list[Level], list[Level]]:
         """The best trusted ``depth`` levels per side (empty while resyncing)."""
@@ -220,7 +273,11 @@ class BookStream(GapQueue):
         return book_metrics(self.sync.book, self.bands, self.bid_floor, self.ask_ceiling)
 
     def sample(self, now: int) -> bool:
-        """Queue a snapshot of the live book taken at ``now`` (ns); False when not live."""
+        """Queue a snapshot of the live book taken at ``now`` (ns); False when not live.
+
+        A Binance book with fewer trusted levels than ``snapshot_depth`` on a side starts being
+        re-seeded beside the live one (at most once a minute).
+        """
         if self.sync.state is not BookState.LIVE:
             return False
         if len(self.rows) >= self.max_rows:
@@ -230,42 +287,50 @@ class BookStream(GapQueue):
                                                        self.bid_floor, self.ask_ceiling)
         self.short = ((len(bids) < self.snapshot_depth and self.bid_floor > -math.inf)
                       or (len(asks) < self.snapshot_depth and self.ask_ceiling < math.inf))
-        band_values = [bands.get(name) for name in self._band_columns]  # null when a side is empty
+        band_values = [bands.get(name) for name in band_columns(self.bands)]  # null when a side is empty
         self.rows.append((
             now, self.ts_update, self.ts_recv, self.sync.book.update_id, mid, spread, *band_values,
             [p for p, _ in bids], [q for _, q in bids], [p for p, _ in asks], [q for _, q in asks],
         ))
+        if self.wants_refresh(now):
+            self.start_refresh(now)
         return True
 
-    def take(self) -> pl.DataFrame | None:
-        """Cut the queued snapshots into a DataFrame; ``None`` if there are none."""
+    def take(self) -> Taken:
+        """Cut the queued snapshots into a DataFrame."""
         if not self.rows:
-            return None
+            return Taken(None)
         rows, self.rows = self.rows, []
-        return pl.DataFrame(rows, schema=book_snapshot_schema(self.bands), orient="row")
+        return Taken(pl.DataFrame(rows, schema=book_snapshot_schema(self.bands), orient="row"))
 
     def take_copy(self) -> pl.DataFrame:
         """The queued snapshots as a DataFrame, leaving them queued."""
         return pl.DataFrame(self.rows, schema=book_snapshot_schema(self.bands), orient="row")
 
 
+def _no_kline_request(first: int, last: int) -> RestRequest[list[KlineRow]]:
+    raise NotImplementedError("this kline stream has no REST backfill")
+
+
 @dataclass(slots=True, eq=False)
-class KlineStream(GapQueue):
+class KlineStream:
     """One instrument's venue klines: the open bar, closed bars for the store, bars to fetch."""
 
     venue: Venue
     market: Market
     spec: StreamSpec
+    # The venue's REST request for closed bars with open times in [first, last] (ms).
+    request: Callable[[int, int], RestRequest[list[KlineRow]]] = _no_kline_request
     interval_ms: int = 60_000
     max_rows: int = 100_000
     bars: int = 0  # kline messages received (a Bybit frame with two candles counts once)
     open_bar: KlineRow | None = None
     last_closed: int = -1  # open time (ms) of the newest closed bar taken or handed to backfill
+    first_start: int = -1  # open time (ms) of the first bar seen since start, before any resume
     rows: list[KlineRow] = field(default_factory=list)
-    missing: list[tuple[int, int]] = field(default_factory=list)  # (first, last) open times (ms) to fetch
-    gaps: list[Gap] = field(default_factory=list)
     backfilled: int = 0
     dropped: int = 0
+    min_flush_interval: float = 0.0
 
     @property
     def table(self) -> str:
@@ -282,54 +347,108 @@ class KlineStream(GapQueue):
         """Closed bars waiting to be cut into a batch."""
         return len(self.rows)
 
-    def on_bar(self, row: KlineRow, closed: bool) -> None:
-        """Take one bar (``row[0]`` is its open time, ns) as the venue published it."""
-        start = row[0] // _MS
+    def on_bar(self, row: KlineRow, closed: bool) -> FetchKlines | None:
+        """Take one bar as the venue published it; return the closed bars it shows were missed."""
+        start = row.ts_event // NS_PER_MS
         iv = self.interval_ms
+        missed = None
         if self.last_closed < 0:
+            self.first_start = start
             self.last_closed = start - iv  # collection starts here; earlier bars are not ours to fill
         elif start - iv > self.last_closed:
             # Bars between the newest closed one we have and this one closed while we did not see
             # them (a disconnect across a bar boundary): fetch them over REST.
-            self.missing.append((self.last_closed + iv, start - iv))
+            missed = FetchKlines(self.spec.name, self.last_closed + iv, start - iv)
             self.last_closed = start - iv
         if closed:
             if start > self.last_closed:
                 self._keep(row)
                 self.last_closed = start
-            if self.open_bar is not None and self.open_bar[0] <= row[0]:
+            if self.open_bar is not None and self.open_bar.ts_event <= row.ts_event:
                 self.open_bar = None
         elif start > self.last_closed:
             self.open_bar = row
+        return missed
 
-    def resume(self, open_ms: int) -> None:
-        """Continue after the newest stored closed bar (a restart): the bars in between are fetched."""
-        self.last_closed = max(self.last_closed, open_ms)
+    def resume(self, open_ms: int) -> FetchKlines | None:
+        """Continue after the newest stored closed bar (a restart): the bars in between are fetched.
+
+        The store may answer after bars have arrived; the missed ones then end before the first.
+        """
+        iv = self.interval_ms
+        self.last_closed = max(self.last_closed, open_ms)  # stored already: never queued again
+        if self.first_start < 0:
+            return None  # the first bar shows what was missed
+        first, last = open_ms + iv, self.first_start - iv
+        self.first_start = -1
+        return FetchKlines(self.spec.name, first, last) if first <= last else None
 
     def add_backfill(self, rows: Iterable[KlineRow], first: int, last: int) -> int:
         """Keep fetched closed bars whose open time (ms) is in ``[first, last]``; return how many."""
         kept = 0
         for row in rows:
-            if first <= row[0] // _MS <= last:
-                self._keep(row)
+            if first <= row.ts_event // NS_PER_MS <= last and self._keep(row):
                 kept += 1
         self.backfilled += kept
         return kept
 
-    def _keep(self, row: KlineRow) -> None:
+    def _keep(self, row: KlineRow) -> bool:
         if len(self.rows) >= self.max_rows:
             self.dropped += 1
-        else:
-            self.rows.append(row)
+            return False
+        self.rows.append(row)
+        return True
 
     def connection_lost(self, ts_recv: int) -> None:
         """The open bar is no longer followed; the next bar shows which closed bars were missed."""
         self.open_bar = None
 
-    def take(self) -> pl.DataFrame | None:
-        """Cut the queued closed bars into a DataFrame; ``None`` if there are none."""
+    def take(self) -> Taken:
+        """Cut the queued closed bars into a DataFrame."""
         if not self.rows:
-            return None
+            return Taken(None)
         rows, self.rows = self.rows, []
-        return pl.DataFrame(rows, schema=KLINE_SCHEMA, orient="row").sort("ts_event")
+        return Taken(pl.DataFrame(rows, schema=KLINE_SCHEMA, orient="row").sort("ts_event"))
 
+
+class KlineBackfill:
+    """Fetch closed bars with open times in ``[first, last]`` (ms), :data:`KLINE_PAGE` per request.
+
+    Bars the venue does not return are recorded as ``klines_missing``; the fetched ones join
+    the stream's queue for the store.
+    """
+
+    def __init__(self, stream: KlineStream, first: int, last: int) -> None:
+        self.stream = stream
+        self.first, self.last = first, last
+        self._next = first
+        self._page_last = first
+        self._gaps: list[Gap] = []
+
+    def next_request(self) -> RestRequest[list[KlineRow]] | None:
+        """The next page, or None when every page was asked for."""
+        if self._next > self.last:
+            return None
+        self._page_last = min(self.last, self._next + (KLINE_PAGE - 1) * self.stream.interval_ms)
+        return self.stream.request(self._next, self._page_last)
+
+    def on_answer(self, value: Any, ts_recv: int) -> pl.DataFrame | None:
+        """Keep the page's bars; note the ones the venue did not have."""
+        iv = self.stream.interval_ms
+        first, last = self._next, self._page_last
+        rows: list[KlineRow] = [row._replace(ts_recv=ts_recv) for row in value]
+        kept = self.stream.add_backfill(rows, first, last)
+        expected = (last - first) // iv + 1
+        if kept < expected:
+            self._gaps.append(Gap(first * NS_PER_MS, (last + iv) * NS_PER_MS, "klines_missing", expected - kept))
+        self._next = last + iv
+        return None  # the bars wait in the stream's own queue
+
+    def missing(self) -> list[Gap]:
+        """Bars the venue did not return, and pages not fetched (a deadline, an error, shutdown)."""
+        iv = self.stream.interval_ms
+        rest = []
+        if self._next <= self.last:
+            rest.append(Gap(self._next * NS_PER_MS, (self.last + iv) * NS_PER_MS, "klines_missing",
+                            (self.last - self._next) // iv + 1))
+        return [*self._gaps, *rest]

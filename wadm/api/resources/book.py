@@ -1,163 +1,176 @@
 """``/api/v1/orderbook/{symbol}`` (the live book) and ``/api/v1/orderbook/{symbol}/history``.
 
-The live book is read from the collector's memory, so only the process that collects
-(``wadm run``) serves it. A book that is being rebuilt is answered with ``state: resyncing`` and
-no levels: it is never served as if it were live. History comes from the ``book_snapshots``
-table (one snapshot per ``BOOK_SNAPSHOT_INTERVAL``).
+The live book is read from the collector's memory (a copy, through the live view), so only the
+process that collects (``wadm run``) serves it. A book that is being rebuilt is answered with
+``state: resyncing`` and no levels: it is never served as if it were live. History comes from
+the ``book_snapshots`` table (one snapshot per ``BOOK_SNAPSHOT_INTERVAL``) plus the snapshots not
+stored yet. Answers are bounded: ``limit`` × ``depth`` levels per side at most
+:data:`MAX_HISTORY_LEVELS`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-from typing import Any
 
 import falcon.asgi
 import orjson
 import polars as pl
 
-from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_range
+from wadm.api.json import rows_json, send_bytes, send_json
+from wadm.api.params import decode_cursor, encode_cursor, parse_limit, parse_range
+from wadm.api.query import Query
 from wadm.api.resources.gaps import gaps_between
 from wadm.api.resources.series import SeriesResource
-from wadm.book.sync import BookState
 from wadm.errors import QueryError
-from wadm.pipeline.service import Service
-from wadm.records import BOOK_SNAPSHOTS, BatchKey
+from wadm.records import BOOK_SNAPSHOTS, BatchKey, band_columns
+from wadm.units import NS_PER_MS, NS_PER_S
 
 __all__ = ["BookHistoryResource", "BookResource"]
 
-_MS = 1_000_000
 DEFAULT_DEPTH = 20
 MAX_DEPTH = 1000
 DEFAULT_HISTORY_LIMIT = 60
 MAX_HISTORY_LIMIT = 3600
+MAX_HISTORY_LEVELS = 72_000  # limit × depth: 3600 snapshots of 20 levels, or 720 of 100
+BOOK_PARAMS = ("exchange", "market", "depth")
+HISTORY_PARAMS = ("exchange", "market", "start", "end", "window", "limit", "depth", "cursor")
 
 
 class BookResource(SeriesResource):
     """The live order book of one symbol."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
-        venue, market, symbol = self.series(req, symbol)
-        depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
-        stream = self.service.books.get((venue, market, symbol))
-        if stream is None:
-            raise QueryError(None, f"no live book of {symbol} on {venue}/{market} in this process: books are "
-                                   "collected by `wadm run` (with the book channel enabled); stored snapshots "
-                                   f"are at /api/v1/orderbook/{symbol}/history", status=503, code="not_ready")
-        body: dict[str, Any] = {
-            "exchange": str(venue),
-            "market": str(market),
-            "symbol": symbol,
-            "ts": stream.ts_update // _MS if stream.ts_update else None,
-            "state": str(stream.state),
+        q = Query(req, BOOK_PARAMS)
+        series = self.series(q, symbol)
+        depth = parse_limit(q.get("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
+        view = self.ctx.live.book(series, depth)
+        if view is None:
+            raise QueryError(None, f"no live book of {series.symbol} on {series.venue}/{series.market} in this "
+                                   "process: books are collected by `wadm run` (with the book channel enabled); "
+                                   f"stored snapshots are at /api/v1/orderbook/{series.symbol}/history",
+                             status=503, code="not_ready")
+        body: dict[str, object] = {
+            "exchange": str(series.venue),
+            "market": str(series.market),
+            "symbol": series.symbol,
+            "ts": view.ts_update // NS_PER_MS if view.ts_update else None,
+            "state": view.state,
         }
-        if stream.state is not BookState.LIVE:
+        if view.update_id is None:
             send_json(resp, body | {"bids": [], "asks": [], "mid": None, "spread": None, "update_id": None,
-                                    "resyncs": sum(stream.sync.resyncs.values())})
+                                    "resyncs": view.resyncs})
             return
-        bids, asks = stream.levels(depth)
-        mid, spread, bands = stream.metrics()
         send_json(resp, body | {
             # Exact as of `ts`; `stale` when the stream has been silent longer than the watchdog
             # allows (the connection is about to be replaced and the book rebuilt).
-            "stale": self.service.stream_state(stream) == "stale",
-            "age_ms": max(0, time.time_ns() - stream.ts_recv) // _MS,
-            "bids": bids,
-            "asks": asks,
-            "mid": mid,
-            "spread": spread,
-            "update_id": stream.book.update_id,
+            "stale": view.stale,
+            "age_ms": max(0, time.time_ns() - view.ts_recv) // NS_PER_MS,
+            "bids": view.bids,
+            "asks": view.asks,
+            "mid": view.mid,
+            "spread": view.spread,
+            "update_id": view.update_id,
             "depth": depth,
-            "bands": bands,
-            "received": stream.ts_recv // _MS,
+            "bands": view.bands,
+            "received": view.ts_recv // NS_PER_MS,
         })
+
+
+def _in_range(frame: pl.DataFrame, start: int, end: int) -> pl.DataFrame:
+    if not frame.height:
+        return frame
+    rows = frame.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+    return rows.unique(subset=["ts_event"], keep="last").sort("ts_event")
+
+
+def _levels(frame: pl.DataFrame, side: str, depth: int) -> pl.Series:
+    """One side's best ``depth`` levels per snapshot as ``[[price, qty], ...]`` (list of 2-arrays)."""
+    prices, qtys = f"{side}_price", f"{side}_qty"
+    pairs = (
+        frame.select(pl.int_range(pl.len()).alias("_row"), pl.col(prices).list.head(depth),
+                     pl.col(qtys).list.head(depth))
+        .explode([prices, qtys])
+        .filter(pl.col(prices).is_not_null())
+        .group_by("_row", maintain_order=True)
+        .agg(pl.concat_list(prices, qtys).alias(side))
+    )
+    full = pl.DataFrame({"_row": pl.int_range(frame.height, eager=True)}).join(pairs, on="_row", how="left")
+    return full[side].fill_null(pl.lit([], dtype=pl.List(pl.List(pl.Float64))))
+
+
+def _render_history(stored: pl.DataFrame, pending: pl.DataFrame | None, start: int, end: int, limit: int,
+                    depth: int, head: dict[str, object], scope: tuple[str, ...]) -> bytes:
+    frame = stored
+    if pending is not None and pending.height and frame.height <= limit:
+        # Snapshots not handed to the store yet (they are batched for a few seconds).
+        frame = _in_range(pl.concat([frame, pending], how="vertical_relaxed") if frame.height else pending,
+                          start, end)
+    more = frame.height > limit
+    frame = frame.head(limit)
+    bands = band_columns()
+    snapshots = frame.select(
+        ts=pl.col("ts_event") // NS_PER_MS,
+        ts_update=pl.col("ts_update") // NS_PER_MS,
+        update_id="update_id",
+        mid="mid",
+        spread="spread",
+        bids=_levels(frame, "bid", depth) if frame.height else pl.lit([]),
+        asks=_levels(frame, "ask", depth) if frame.height else pl.lit([]),
+        bands=pl.struct(bands),
+    )
+    nxt = encode_cursor(scope, [int(frame["ts_event"][-1]) + 1]) if more else None
+    gaps = head.pop("gaps")
+    return orjson.dumps(head | {"count": snapshots.height, "snapshots": rows_json(snapshots), "next": nxt,
+                                "data_complete": not gaps, "gaps": gaps})
 
 
 class BookHistoryResource(SeriesResource):
     """Stored book snapshots of one symbol in a range, oldest first, with cursor paging."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
-        svc = self.service
-        venue, market, symbol = self.series(req, symbol)
+        ctx = self.ctx
+        q = Query(req, HISTORY_PARAMS)
+        series = self.series(q, symbol)
         start, end = parse_range(
-            req.get_param("start"), req.get_param("end"), req.get_param("window"),
-            now=time.time_ns(), default_span=min(svc.settings.retention_book_snapshots, 3600) * 1_000_000_000,
+            q.get("start"), q.get("end"), q.get("window"), now=time.time_ns(),
+            default_span=min(ctx.settings.retention_book_snapshots, 3600) * NS_PER_S,
         )
-        limit = parse_limit(req.get_param("limit"), default=DEFAULT_HISTORY_LIMIT, maximum=MAX_HISTORY_LIMIT)
-        depth = parse_limit(req.get_param("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
-        if (raw := req.get_param("cursor")) is not None:
-            start = max(start, _decode_cursor(raw))
-        frame = await _page(svc, BatchKey(BOOK_SNAPSHOTS, venue, market, symbol), start, end, limit)
-        live = svc.books.get((venue, market, symbol))
-        if live is not None and live.rows and frame.height <= limit:
-            # Snapshots not flushed to the store yet (they are batched for a few seconds).
-            pending = live.take_copy().filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
-            frame = (pl.concat([frame, pending], how="vertical_relaxed") if frame.height else pending)
-            frame = frame.unique(subset=["ts_event"], keep="first").sort("ts_event")
-        more = frame.height > limit
-        frame = frame.head(limit)
-        snapshots = []
-        for row in frame.iter_rows(named=True):
-            bid_p, bid_q, ask_p, ask_q = row.pop("bid_price"), row.pop("bid_qty"), row.pop("ask_price"), \
-                row.pop("ask_qty")
-            snapshots.append({
-                "ts": row.pop("ts_event") // _MS,
-                "ts_update": row.pop("ts_update") // _MS,
-                "update_id": row.pop("update_id"),
-                "mid": row.pop("mid"),
-                "spread": row.pop("spread"),
-                "bids": [[p, q] for p, q in zip(bid_p[:depth], bid_q[:depth], strict=True)],
-                "asks": [[p, q] for p, q in zip(ask_p[:depth], ask_q[:depth], strict=True)],
-                "bands": {k: v for k, v in row.items() if k != "ts_recv"},
-            })
-        nxt = None
-        if more:
-            nxt = _encode_cursor(int(frame["ts_event"][-1]) + 1)
-        gaps = await gaps_between(svc.store, venue, market, symbol, start, end, "book")
-        gaps += svc.unfinished(venue, market, symbol, BOOK_SNAPSHOTS, start, end)
-        send_json(resp, {
-            "exchange": str(venue),
-            "market": str(market),
-            "symbol": symbol,
-            "start": start // _MS,
-            "end": end // _MS,
-            "interval_s": svc.settings.book_snapshot_interval,
-            "count": len(snapshots),
-            "snapshots": snapshots,
-            "next": nxt,
-            "data_complete": not gaps,
-            "gaps": gaps,
-        })
+        limit = parse_limit(q.get("limit"), default=DEFAULT_HISTORY_LIMIT, maximum=MAX_HISTORY_LIMIT)
+        depth = parse_limit(q.get("depth"), default=DEFAULT_DEPTH, maximum=MAX_DEPTH, name="depth")
+        if limit * depth > MAX_HISTORY_LEVELS:
+            raise QueryError("limit", f"limit × depth must be at most {MAX_HISTORY_LEVELS} levels per side, got "
+                                      f"{limit} × {depth}: lower limit or depth and page with the cursor")
+        scope = ("book", str(series.venue), str(series.market), series.symbol)
+        raw_cursor = q.get("cursor")
+        if raw_cursor is not None:
+            (ts,) = decode_cursor(raw_cursor, scope, (int,))
+            assert isinstance(ts, int)
+            start = max(start, ts)
+        key = BatchKey(BOOK_SNAPSHOTS, series.venue, series.market, series.symbol)
+        async with ctx.work.turn():
+            stored = await self._page(key, start, end, limit)
+            gaps = await gaps_between(ctx, series, start, end, "book")
+            head: dict[str, object] = {
+                "exchange": str(series.venue), "market": str(series.market), "symbol": series.symbol,
+                "start": start // NS_PER_MS, "end": end // NS_PER_MS,
+                "interval_s": ctx.settings.book_snapshot_interval, "gaps": gaps,
+            }
+            body = await ctx.work.run(_render_history, stored, ctx.live.book_rows(series), start, end, limit, depth,
+                                      head, scope)
+        send_bytes(resp, body)
 
+    async def _page(self, key: BatchKey, start: int, end: int, limit: int) -> pl.DataFrame:
+        """Snapshots in ``[start, end]``, oldest first: at least ``limit + 1`` unless the range has fewer.
 
-async def _page(svc: Service, key: BatchKey, start: int, end: int, limit: int) -> pl.DataFrame:
-    """Snapshots in ``[start, end]``, oldest first: at least ``limit + 1`` unless the range has fewer.
-
-    The store counts whole batches, some of whose rows lie before ``start``; read more until
-    enough rows remain after filtering, or the store has no more.
-    """
-    want, previous = limit + 1, -1
-    while True:
-        frame = await svc.store.read(key, start, end, max_rows=want)
-        rows = frame.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end)) if frame.height else frame
-        if rows.height > limit or frame.height == previous:
-            return rows.unique(subset=["ts_event"], keep="last").sort("ts_event") if rows.height else rows
-        previous = frame.height
-        want *= 4
-
-
-def _encode_cursor(ts: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([ts])).decode().rstrip("=")
-
-
-def _decode_cursor(raw: str) -> int:
-    try:
-        (ts,) = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if not isinstance(ts, int):
-            raise ValueError
-        return ts
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise QueryError("cursor", "cursor is not one this API issued; pass the `next` of the previous page "
-                                   "unchanged, with the same other parameters") from None
+        The store counts whole batches, some of whose rows lie before ``start``; read more until
+        enough rows remain after filtering, or the store has no more.
+        """
+        ctx = self.ctx
+        want, previous = limit + 1, -1
+        while True:
+            frame = await ctx.store.read(key, start, end, max_rows=want)
+            rows = await ctx.work.run(_in_range, frame, start, end)
+            if rows.height > limit or frame.height == previous:
+                return rows
+            previous = frame.height
+            want *= 4

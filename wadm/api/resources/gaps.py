@@ -1,4 +1,8 @@
-"""``/api/v1/gaps``: known windows of missing or unverified data, and the lookup data endpoints use."""
+"""``/api/v1/gaps``: known windows of missing or unverified data, and the lookup data endpoints use.
+
+A gap row is built in one place (:func:`gap_row`), from the ``gaps`` table and from what the
+live view says is not complete yet (being backfilled, or waiting for a slow store).
+"""
 
 from __future__ import annotations
 
@@ -9,96 +13,108 @@ import falcon.asgi
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_choice, parse_limit, parse_range, resolve_series
-from wadm.config import Settings, StreamTarget
-from wadm.records import GAPS, BatchKey, Market, Venue
-from wadm.store.base import Store
+from wadm.api.params import parse_choice, parse_exchange, parse_limit, parse_market, parse_range, resolve_series
+from wadm.api.query import Query
+from wadm.api.resources.series import Context
+from wadm.live import Series
+from wadm.records import CHANNEL_OF_TABLE, CHANNELS, GAPS, TABLE_OF_CHANNEL, BatchKey
+from wadm.units import NS_PER_MS, NS_PER_S
 
-__all__ = ["CHANNELS", "GapsResource", "gap_channel", "gaps_between"]
+__all__ = ["GapsResource", "gap_channel", "gap_row", "gaps_between"]
 
-_NS_PER_MS = 1_000_000
+DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
-
-
-CHANNELS = ("trades", "book", "klines")
+PARAMS = ("symbol", "exchange", "market", "start", "end", "window", "limit", "channel")
 
 
 def gap_channel(stream: str) -> str:
-    """The channel a gap's stream belongs to: ``trades``, ``book`` or ``klines``."""
+    """The channel a gap's stream (or table) belongs to: ``trades``, ``book`` or ``klines``."""
+    if stream in CHANNEL_OF_TABLE:
+        return CHANNEL_OF_TABLE[stream]
     low = stream.lower()
-    if "depth" in low or low.startswith("orderbook") or low == "book_snapshots":
+    if "depth" in low or low.startswith("orderbook"):
         return "book"
     if "kline" in low:
         return "klines"
     return "trades"
 
 
-async def gaps_between(
-    store: Store, venue: Venue, market: Market, symbol: str, start: int, end: int, channel: str | None = None
-) -> list[dict[str, Any]]:
-    """Gaps of one series (of one channel, or all) that overlap ``[start, end]`` (ns), oldest first."""
-    frame = await store.read(BatchKey(GAPS, venue, market, symbol), 0, end)
+def gap_row(series: Series, stream: str, start: int, end: int, reason: str, missing: int | None) -> dict[str, Any]:
+    """One gap as the API shows it (times in ms)."""
+    return {
+        "exchange": str(series.venue),
+        "market": str(series.market),
+        "symbol": series.symbol,
+        "channel": gap_channel(stream),
+        "stream": stream,
+        "start": start // NS_PER_MS,
+        "end": end // NS_PER_MS,
+        "reason": reason,
+        "missing": missing,
+    }
+
+
+def _stored(frame: pl.DataFrame, series: Series, start: int, end: int, channel: str | None) -> list[dict[str, Any]]:
     if frame.height == 0:
         return []
     rows = frame.filter((pl.col("end") >= start) & (pl.col("ts_event") <= end)).sort("ts_event")
-    return [
-        {
-            "exchange": str(venue),
-            "market": str(market),
-            "symbol": symbol,
-            "channel": gap_channel(r["stream"]),
-            "stream": r["stream"],
-            "start": r["ts_event"] // _NS_PER_MS,
-            "end": r["end"] // _NS_PER_MS,
-            "reason": r["reason"],
-            "missing": r["missing"],
-        }
-        for r in rows.iter_rows(named=True)
-        if channel is None or gap_channel(r["stream"]) == channel
-    ]
+    out = [gap_row(series, r["stream"], r["ts_event"], r["end"], r["reason"], r["missing"])
+           for r in rows.iter_rows(named=True)]
+    return out if channel is None else [g for g in out if g["channel"] == channel]
+
+
+async def gaps_between(ctx: Context, series: Series, start: int, end: int, channel: str | None = None,
+                       *, unfinished: bool = True) -> list[dict[str, Any]]:
+    """Gaps of one series (of one channel, or all) overlapping ``[start, end]`` (ns), oldest first.
+
+    With ``unfinished``, windows the live view says are not complete yet come last.
+    """
+    frame = await ctx.store.read(BatchKey(GAPS, series.venue, series.market, series.symbol), 0, end)
+    rows = await ctx.work.run(_stored, frame, series, start, end, channel)
+    if unfinished:
+        tables = [TABLE_OF_CHANNEL[channel]] if channel is not None else list(TABLE_OF_CHANNEL.values())
+        for table in tables:
+            rows += [gap_row(series, u.stream, u.start, u.end, u.reason, u.missing)
+                     for u in ctx.live.unfinished(BatchKey(table, series.venue, series.market, series.symbol),
+                                                  start, end)]
+    return rows
 
 
 class GapsResource:
-    """Gaps filtered by symbol, exchange, market and range."""
+    """Gaps filtered by symbol, exchange, market, channel and range."""
 
-    def __init__(self, settings: Settings, targets: list[StreamTarget], store: Store) -> None:
-        self.settings = settings
-        self.targets = targets
-        self.store = store
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        symbol = req.get_param("symbol")
-        exchange, market = req.get_param("exchange"), req.get_param("market")
-        start, end = parse_range(
-            req.get_param("start"), req.get_param("end"), req.get_param("window"),
-            now=time.time_ns(), default_span=self.settings.retention_gaps * 1_000_000_000,
-        )
-        limit = parse_limit(req.get_param("limit"), default=1000, maximum=MAX_LIMIT)
-        channel = req.get_param("channel")
+        ctx = self.ctx
+        q = Query(req, PARAMS)
+        symbol, exchange, market = q.get("symbol"), q.get("exchange"), q.get("market")
+        start, end = parse_range(q.get("start"), q.get("end"), q.get("window"), now=time.time_ns(),
+                                 default_span=ctx.settings.retention_gaps * NS_PER_S)
+        limit = parse_limit(q.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+        channel = q.get("channel")
         if channel is not None:
             channel = parse_choice("channel", channel, CHANNELS, "")
-        if symbol:
-            venue, mkt = resolve_series(self.targets, symbol, exchange, market)
-            series = [(venue, mkt, symbol.upper())]
+        if symbol is not None:
+            venue, mkt = resolve_series(ctx.settings.targets, symbol, exchange, market)
+            series = [Series(venue, mkt, symbol.upper())]
         else:
-            if exchange and exchange.lower() not in {v.value for v in Venue}:
-                resolve_series(self.targets, "", exchange, None)  # raises the usual message
-            if market and market.lower() not in {m.value for m in Market}:
-                resolve_series(self.targets, "", None, market)
-            want_venue, want_market = (exchange or "").lower(), (market or "").lower()
+            want_venue, want_market = parse_exchange(exchange), parse_market(market)
             series = [
-                (t.venue, t.market, s)
-                for t in self.targets
+                Series(t.venue, t.market, s)
+                for t in ctx.settings.targets
                 for s in t.symbols
-                if want_venue in ("", t.venue.value) and want_market in ("", t.market.value)
+                if want_venue in (None, t.venue) and want_market in (None, t.market)
             ]
         rows: list[dict[str, Any]] = []
-        for venue, mkt, sym in series:
-            rows += await gaps_between(self.store, venue, mkt, sym, start, end, channel)
+        async with ctx.work.turn():
+            for one in series:
+                rows += await gaps_between(ctx, one, start, end, channel, unfinished=False)
         rows.sort(key=lambda r: (r["start"], r["exchange"], r["market"], r["symbol"]))
         send_json(resp, {
-            "start": start // _NS_PER_MS,
-            "end": end // _NS_PER_MS,
+            "start": start // NS_PER_MS,
+            "end": end // NS_PER_MS,
             "count": min(len(rows), limit),
             "truncated": len(rows) > limit,
             "gaps": rows[:limit],

@@ -12,26 +12,27 @@ Range semantics follow the venues': with ``start`` the oldest bars from ``start`
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import falcon.asgi
+import orjson
 import polars as pl
 
-from wadm.api.json import send_json
-from wadm.api.params import parse_choice, parse_limit, parse_time, parse_window
+from wadm.api.json import rows_json, send_bytes
+from wadm.api.params import TIME_MIN_NS, parse_choice, parse_limit, parse_time, parse_window
+from wadm.api.query import Query
 from wadm.api.resources.gaps import gaps_between
 from wadm.api.resources.series import SeriesResource
 from wadm.errors import QueryError
 from wadm.records import KLINE_SCHEMA, KLINES, BatchKey
+from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
 
 __all__ = ["INTERVALS", "KlinesResource", "resample_klines"]
 
-_MS = 1_000_000
-MINUTE_NS = 60_000_000_000
-CLOSE_GRACE_NS = 5_000_000_000
+CLOSE_GRACE_NS = 5 * NS_PER_S
 INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240}
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1500
+PARAMS = ("exchange", "market", "start", "end", "window", "interval", "limit")
 
 
 def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> pl.DataFrame:
@@ -41,13 +42,13 @@ def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> p
     counts the sums (null when the venue publishes none). A merged bar is closed when its time
     is over (``now``, ns) and every minute it holds is closed; ``minutes`` says how many it holds.
     """
-    iv = interval_minutes * MINUTE_NS
+    iv = interval_minutes * NS_PER_MIN
     if interval_minutes == 1 or minutes.height == 0:
         return minutes.with_columns(minutes=pl.lit(1, pl.UInt32), complete=pl.lit(True))
     # Complete: every minute that has ended within the bar is there, closed. A minute counts as
     # ended a few seconds late: the venue's closing push takes a moment.
     ended = pl.lit(now - CLOSE_GRACE_NS)
-    elapsed = ((pl.min_horizontal(pl.col("ts_event") + iv, ended) - pl.col("ts_event")) // MINUTE_NS).clip(0)
+    elapsed = ((pl.min_horizontal(pl.col("ts_event") + iv, ended) - pl.col("ts_event")) // NS_PER_MIN).clip(0)
     return (
         minutes.sort("ts_event")
         .with_columns(bucket=pl.col("ts_event") - pl.col("ts_event") % iv)
@@ -74,26 +75,48 @@ def resample_klines(minutes: pl.DataFrame, interval_minutes: int, now: int) -> p
     )
 
 
+def _bars(stored: pl.DataFrame, live: tuple[pl.DataFrame, pl.DataFrame] | None, lo: int, end: int, interval: str,
+          limit: int, newest_first: bool, now: int) -> tuple[pl.DataFrame, bool]:
+    """Closed stored bars, closed bars not stored yet and the open bar, merged into ``interval`` bars."""
+    minutes = stored.select(list(KLINE_SCHEMA)) if stored.height else pl.DataFrame(schema=KLINE_SCHEMA)
+    minutes = minutes.with_columns(closed=pl.lit(True))
+    if live is not None:
+        unflushed, open_bar = live
+        minutes = pl.concat([minutes, unflushed.with_columns(closed=pl.lit(True)),
+                             open_bar.with_columns(closed=pl.lit(False))])
+    minutes = (minutes.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))
+               .unique(subset=["ts_event"], keep="first").sort("ts_event"))
+    bars = resample_klines(minutes, INTERVALS[interval], now)
+    truncated = bars.height > limit
+    bars = bars.tail(limit) if newest_first else bars.head(limit)
+    return bars.select(
+        ts=pl.col("ts_event") // NS_PER_MS,
+        open="open", high="high", low="low", close="close", volume="volume", quote_volume="quote_volume",
+        trades="trades", taker_buy_volume="taker_buy_volume", taker_buy_quote="taker_buy_quote",
+        closed="closed", minutes="minutes", complete="complete",
+    ), truncated
+
+
 class KlinesResource(SeriesResource):
     """Bars of one symbol."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
-        svc = self.service
-        venue, market, symbol = self.series(req, symbol)
-        interval = parse_choice("interval", req.get_param("interval"), INTERVALS, "1m")
-        limit = parse_limit(req.get_param("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
-        iv = INTERVALS[interval] * MINUTE_NS
+        ctx = self.ctx
+        q = Query(req, PARAMS)
+        series = self.series(q, symbol)
+        interval = parse_choice("interval", q.get("interval"), INTERVALS, "1m")
+        limit = parse_limit(q.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+        iv = INTERVALS[interval] * NS_PER_MIN
         now = time.time_ns()
-        start = parse_time("start", req.get_param("start"))
-        end = parse_time("end", req.get_param("end"))
-        window = parse_window(req.get_param("window"))
-        if window is not None:
-            if start is not None or end is not None:
-                raise QueryError("window", "give either window or start/end, not both")
+        if q.get("window") is not None and (q.get("start") is not None or q.get("end") is not None):
+            raise QueryError("window", "give either window or start/end, not both")
+        start = parse_time("start", q.get("start"))
+        end = parse_time("end", q.get("end"))
+        window = parse_window(q.get("window"))
         end = now if end is None else end
         newest_first = start is None  # `window` means "the window ending now": its newest bars
-        lookback = max(limit * iv, svc.settings.retention_aggregates_1m * 1_000_000_000)
-        lo = start if start is not None else end - (window if window is not None else lookback)
+        lookback = max(limit * iv, ctx.settings.retention_aggregates_1m * NS_PER_S)
+        lo = start if start is not None else max(TIME_MIN_NS, end - (window if window is not None else lookback))
         if lo > end:
             raise QueryError("start", "start must not be after end")
         if start is not None:
@@ -101,47 +124,28 @@ class KlinesResource(SeriesResource):
         elif lo % iv:
             lo += iv - lo % iv  # the first whole bar of the window (the one before is partly gone)
 
-        stored = await svc.store.read(BatchKey(KLINES, venue, market, symbol), lo, end)
-        minutes = stored.select(list(KLINE_SCHEMA)) if stored.height else pl.DataFrame(schema=KLINE_SCHEMA)
-        live = svc.klines.get((venue, market, symbol))
-        minutes = minutes.with_columns(closed=pl.lit(True))
-        if live is not None:
-            # Closed bars not flushed to the store yet, then the open bar.
-            unflushed = pl.DataFrame(live.rows, schema=KLINE_SCHEMA, orient="row").with_columns(closed=pl.lit(True))
-            minutes = pl.concat([minutes, unflushed])
-            if live.open_bar is not None and lo <= live.open_bar[0] <= end:
-                open_row = pl.DataFrame([live.open_bar], schema=KLINE_SCHEMA, orient="row").with_columns(
-                    closed=pl.lit(False))
-                minutes = pl.concat([minutes, open_row])
-        minutes = (minutes.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))
-                   .unique(subset=["ts_event"], keep="first").sort("ts_event"))
-        bars = resample_klines(minutes, INTERVALS[interval], now)
-        truncated = bars.height > limit
-        bars = bars.tail(limit) if newest_first else bars.head(limit)
-        rows: list[dict[str, Any]] = bars.select(
-            ts=pl.col("ts_event") // _MS,
-            open="open", high="high", low="low", close="close", volume="volume", quote_volume="quote_volume",
-            trades="trades", taker_buy_volume="taker_buy_volume", taker_buy_quote="taker_buy_quote",
-            closed="closed", minutes="minutes", complete="complete",
-        ).to_dicts()
-        first = rows[0]["ts"] * _MS if rows else lo
-        last = rows[-1]["ts"] * _MS + iv - 1 if rows else end
-        gaps = await gaps_between(svc.store, venue, market, symbol, first, last, "klines")
-        gaps += svc.unfinished(venue, market, symbol, KLINES, first, last)
-        partial = [r["ts"] for r in rows if not r["complete"]]
-        send_json(resp, {
-            "exchange": str(venue),
-            "market": str(market),
-            "symbol": symbol,
+        async with ctx.work.turn():
+            stored = await ctx.store.read(BatchKey(KLINES, series.venue, series.market, series.symbol), lo, end)
+            bars, truncated = await ctx.work.run(_bars, stored, ctx.live.kline_rows(series), lo, end, interval,
+                                                 limit, newest_first, now)
+            first = bars["ts"][0] * NS_PER_MS if bars.height else lo
+            last = bars["ts"][-1] * NS_PER_MS + iv - 1 if bars.height else end
+            gaps = await gaps_between(ctx, series, first, last, "klines")
+        partial = bars.filter(~pl.col("complete"))["ts"].to_list()
+        body = orjson.dumps({
+            "exchange": str(series.venue),
+            "market": str(series.market),
+            "symbol": series.symbol,
             "interval": interval,
-            "start": lo // _MS,
-            "end": end // _MS,
-            "count": len(rows),
+            "start": lo // NS_PER_MS,
+            "end": end // NS_PER_MS,
+            "count": bars.height,
             "truncated": truncated,
-            "klines": rows,
+            "klines": rows_json(bars),
             # A bar missing minutes that have ended (collection started, or retention ended,
             # inside it) is not complete either.
             "data_complete": not gaps and not partial,
             "partial_bars": partial,
             "gaps": gaps,
         })
+        send_bytes(resp, body)

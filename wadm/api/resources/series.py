@@ -1,24 +1,36 @@
-"""The base of resources about one collected series (a symbol on one exchange and market)."""
+"""What data resources share, and the base of resources about one collected series."""
 
 from __future__ import annotations
 
-import falcon.asgi
+from dataclasses import dataclass
 
 from wadm.api.params import resolve_series
-from wadm.pipeline.service import Service
-from wadm.records import Market, Venue
+from wadm.api.query import Query
+from wadm.api.work import Work
+from wadm.config import Settings
+from wadm.live import LiveView, Series
+from wadm.store.base import Store
 
-__all__ = ["SeriesResource"]
+__all__ = ["Context", "SeriesResource"]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a resource may use: settings, the store, the live view and the heavy-work gate."""
+
+    settings: Settings
+    store: Store
+    live: LiveView
+    work: Work
 
 
 class SeriesResource:
-    """Reads one series of a service: resolves ``{symbol}`` with ``exchange``/``market``."""
+    """Reads one series (a symbol on one exchange and market): resolves ``{symbol}``."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
-    def series(self, req: falcon.asgi.Request, symbol: str) -> tuple[Venue, Market, str]:
-        """(venue, market, symbol) the request means; raises QueryError (400/404) otherwise."""
-        venue, market = resolve_series(self.service.collected, symbol, req.get_param("exchange"),
-                                       req.get_param("market"))
-        return venue, market, symbol.upper()
+    def series(self, query: Query, symbol: str) -> Series:
+        """The series the request means; raises QueryError (400/404) otherwise."""
+        venue, market = resolve_series(self.ctx.settings.targets, symbol, query.get("exchange"), query.get("market"))
+        return Series(venue, market, symbol.upper())

@@ -1,4 +1,8 @@
-"""``/health``, ``/metrics``, ``/openapi.json`` and ``/api/v1/symbols``."""
+"""``/health``, ``/metrics``, ``/openapi.json`` and ``/api/v1/symbols``: light answers, read on the loop.
+
+They take no parameters and ignore a query string (a cache-busting ``?t=...`` from a monitor is
+harmless here); the data endpoints refuse parameters they do not know.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,98 @@ import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wadm.api.json import send_json
+from wadm.api.metrics import Metrics
 from wadm.api.openapi import openapi_document
-from wadm.metrics import Metrics
-from wadm.pipeline.service import Service
+from wadm.api.resources.series import Context
+from wadm.live import BookDetail, HealthReport, KlineDetail, Series, StreamHealth, TradeDetail
 
-__all__ = ["HealthResource", "MetricsResource", "OpenApiResource", "SymbolsResource"]
+__all__ = ["HealthResource", "MetricsResource", "OpenApiResource", "SymbolsResource", "health_body"]
+
+
+def _detail(s: StreamHealth) -> dict[str, Any]:
+    d = s.detail
+    if isinstance(d, TradeDetail):
+        return {"trades": d.trades, "duplicates": d.duplicates, "missing_trades": d.missing_trades,
+                "backfilled_trades": d.backfilled_trades, "dropped": s.dropped}
+    if isinstance(d, BookDetail):
+        return {"book_state": d.book_state, "update_id": d.update_id, "levels": list(d.levels),
+                "resyncs": sum(d.resyncs.values()), "resync_reasons": dict(d.resyncs), "snapshots": d.snapshots,
+                "resubscribes": d.resubscribes, "duplicates": d.duplicates, "dropped": s.dropped}
+    assert isinstance(d, KlineDetail)
+    return {"open_bar": d.open_bar, "last_closed": d.last_closed, "backfilled_klines": d.backfilled_klines,
+            "dropped": s.dropped}
+
+
+def health_body(report: HealthReport) -> dict[str, Any]:
+    """The ``/health`` answer: overall status, collectors, store, every stream and connection."""
+    store = report.store
+    return {
+        "status": report.status,
+        "time": report.time_ms,
+        "uptime_s": report.uptime_s,
+        "collectors": {
+            "enabled": report.collectors_enabled,
+            "started": report.collectors_started,
+            "restart_on_error": report.restart_on_error,
+            "restarts": dict(report.restarts),
+        },
+        "store": {
+            "name": store.name,
+            "ok": store.ok,
+            "pending_rows": store.pending_rows,
+            "pending_batches": store.pending_batches,
+            "written_rows": store.written_rows,
+            "dropped_rows": sum(store.dropped_rows.values()),
+            "last_write_age_s": store.last_write_age_s,
+            "last_error": store.last_error,
+        },
+        "streams": [
+            {
+                "exchange": str(s.series.venue),
+                "market": str(s.series.market),
+                "symbol": s.series.symbol,
+                "stream": s.stream,
+                "channel": s.channel,
+                "state": s.state,
+                "connected": s.connected,
+                "last_message_age_s": s.last_message_age_s,
+                "messages": s.messages,
+                "reconnects": s.reconnects,
+                "rest_failures": s.rest_failures,
+                "gaps": s.gaps,
+                "error": s.error,
+            } | _detail(s)
+            for s in report.streams
+        ],
+        "connections": [
+            {
+                "name": c.name,
+                "url": c.url,
+                "connected": c.connected,
+                "connects": c.connects,
+                "reconnects": c.reconnects,
+                "rotations": c.rotations,
+                "stale_reconnects": c.stale_reconnects,
+                "connect_failures": c.connect_failures,
+                "age_s": c.age_s,
+                "errors": dict(c.errors),
+                "last_error": c.last_error,
+                "failed": c.failed,
+            }
+            for c in report.connections
+        ],
+    }
 
 
 class HealthResource:
     """200 when every configured stream is live and fresh and the store writes; else 503."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        healthy, body = self.service.health()
-        send_json(resp, body, 200 if healthy else 503)
+        report = self.ctx.live.health()
+        send_json(resp, health_body(report), 200 if report.healthy else 503)
 
 
 class MetricsResource:
@@ -48,28 +128,28 @@ class OpenApiResource:
 
 
 class SymbolsResource:
-    """What is collected."""
+    """What is collected (or was: ``wadm serve`` answers for the configured symbols from the store)."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        svc = self.service
-        since = int(svc.started_at * 1000)
-        live: dict[tuple[object, object, str], list[tuple[Any, Any]]] = {}
-        for link, st in svc.streams:
-            live.setdefault((st.venue, st.market, st.spec.symbol), []).append((link, st))
+        live = self.ctx.live
+        since = int(live.started_at * 1000)
+        collecting = live.collecting()
         rows = []
-        for target in svc.collected:
+        for target in self.ctx.settings.targets:
             for symbol in target.symbols:
-                found = live.get((target.venue, target.market, symbol), [])
+                series = Series(target.venue, target.market, symbol)
+                streams = collecting.get(series, ())
                 rows.append({
                     "exchange": str(target.venue),
                     "market": str(target.market),
                     "symbol": symbol,
-                    "streams": [st.spec.name for _, st in found],
-                    "channels": [st.spec.channel for _, st in found],
-                    "collecting": bool(found),
-                    "since": since if found and any(link.state.connects for link, _ in found) else None,
+                    "streams": [name for name, _ in streams],
+                    "channels": [channel for _, channel in streams],
+                    "collecting": bool(streams),
+                    "since": since if streams and live.connected_once(series) else None,
                 })
         send_json(resp, {"symbols": rows, "count": len(rows)})
+

@@ -1,122 +1,102 @@
 """``/api/v1/trades/{symbol}``: raw trades in a range, oldest first, with cursor paging.
 
 Rows are ordered by (trade time, trade id); the cursor is that pair for the last row served,
-so paging never skips or repeats a trade even when many share a millisecond.
+bound to the series it was issued for, so paging never skips or repeats a trade even when many
+share a millisecond, and a cursor of another series is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-from collections.abc import Callable
-from typing import Any
 
 import falcon.asgi
 import orjson
 import polars as pl
 
-from wadm.api.json import send_json
-from wadm.api.params import parse_limit, parse_range, resolve_series
+from wadm.api.json import rows_json, send_bytes
+from wadm.api.params import decode_cursor, encode_cursor, parse_limit, parse_range
+from wadm.api.query import Query
 from wadm.api.resources.gaps import gaps_between
-from wadm.config import Settings, StreamTarget
-from wadm.errors import QueryError
-from wadm.records import TRADES, BatchKey, Market, Venue, trade_schema
-from wadm.store.base import Store
+from wadm.api.resources.series import SeriesResource
+from wadm.records import TRADES, BatchKey, Venue, trade_schema
+from wadm.units import NS_PER_MS, NS_PER_S
 
-__all__ = ["PendingGaps", "TradesResource"]
-
-PendingGaps = Callable[[Venue, Market, str, int, int], list[dict[str, Any]]]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "TradesResource"]
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
-_NS_PER_MS = 1_000_000
+PARAMS = ("exchange", "market", "start", "end", "window", "limit", "cursor")
+
+Position = tuple[int, int | str]
 
 
-def _encode_cursor(ts_event: int, trade_id: int | str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([ts_event, trade_id])).decode().rstrip("=")
+def _page_rows(frame: pl.DataFrame, lo: int, end: int, after: Position | None) -> pl.DataFrame:
+    """The frame's trades in ``[lo, end]`` after the cursor, ordered and de-duplicated."""
+    cond = (pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)
+    if after is not None:
+        ts, tid = after
+        cond &= (pl.col("ts_event") > ts) | ((pl.col("ts_event") == ts) & (pl.col("id") > tid))
+    return frame.filter(cond).sort("ts_event", "id").unique(subset=["id"], keep="first", maintain_order=True)
 
 
-def _decode_cursor(raw: str, venue: Venue) -> tuple[int, int | str]:
-    try:
-        value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        ts, tid = value
-        if not isinstance(ts, int) or not isinstance(tid, int if venue is Venue.BINANCE else str):
-            raise ValueError
-        return ts, tid
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise QueryError("cursor", "cursor is not one this API issued; pass the `next` of the previous page "
-                                   "unchanged, with the same other parameters") from None
+def _render(rows: pl.DataFrame, limit: int, head: dict[str, object], scope: tuple[str, ...]) -> bytes:
+    more = rows.height > limit
+    rows = rows.head(limit)
+    nxt = None
+    if more:
+        last = rows.row(rows.height - 1, named=True)
+        nxt = encode_cursor(scope, [last["ts_event"], last["id"]])
+    trades = rows.select(
+        "id",
+        ts=pl.col("ts_event") // NS_PER_MS,
+        price="price",
+        qty="qty",
+        side=pl.when(pl.col("side") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
+    )
+    gaps = head.pop("gaps")
+    return orjson.dumps(head | {"count": trades.height, "trades": rows_json(trades), "next": nxt,
+                                "data_complete": not gaps, "gaps": gaps})
 
 
-class TradesResource:
+class TradesResource(SeriesResource):
     """Raw trades from the store."""
 
-    def __init__(self, settings: Settings, targets: list[StreamTarget], store: Store,
-                 pending: PendingGaps | None = None) -> None:
-        self.settings = settings
-        self.targets = targets
-        self.store = store
-        self.pending = pending  # windows still being backfilled (the collecting process only)
-
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
-        venue, market = resolve_series(self.targets, symbol, req.get_param("exchange"), req.get_param("market"))
-        symbol = symbol.upper()
-        start, end = parse_range(
-            req.get_param("start"), req.get_param("end"), req.get_param("window"),
-            now=time.time_ns(), default_span=self.settings.retention_raw_trades * 1_000_000_000,
-        )
-        limit = parse_limit(req.get_param("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
-        raw_cursor = req.get_param("cursor")
-        after = _decode_cursor(raw_cursor, venue) if raw_cursor else None
+        ctx = self.ctx
+        q = Query(req, PARAMS)
+        series = self.series(q, symbol)
+        start, end = parse_range(q.get("start"), q.get("end"), q.get("window"), now=time.time_ns(),
+                                 default_span=ctx.settings.retention_raw_trades * NS_PER_S)
+        limit = parse_limit(q.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+        scope = ("trades", str(series.venue), str(series.market), series.symbol)
+        raw_cursor = q.get("cursor")
+        after: Position | None = None
+        if raw_cursor is not None:
+            ts, tid = decode_cursor(raw_cursor, scope, (int, int if series.venue is Venue.BINANCE else str))
+            assert isinstance(ts, int)
+            after = (ts, tid)
+        key = BatchKey(TRADES, series.venue, series.market, series.symbol)
+        async with ctx.work.turn():
+            rows = await self._page(key, start, end, after, limit)
+            gaps = await gaps_between(ctx, series, start, end, "trades")
+            head: dict[str, object] = {
+                "exchange": str(series.venue), "market": str(series.market), "symbol": series.symbol,
+                "start": start // NS_PER_MS, "end": end // NS_PER_MS, "gaps": gaps,
+            }
+            body = await ctx.work.run(_render, rows, limit, head, scope)
+        send_bytes(resp, body)
 
-        key = BatchKey(TRADES, venue, market, symbol)
-        rows = await self._page(key, start, end, after, limit)
-        more = rows.height > limit
-        rows = rows.head(limit)
-        nxt = None
-        if more:
-            last = rows.row(rows.height - 1, named=True)
-            nxt = _encode_cursor(last["ts_event"], last["id"])
-        trades = rows.select(
-            "id",
-            ts=pl.col("ts_event") // _NS_PER_MS,
-            price="price",
-            qty="qty",
-            side=pl.when(pl.col("side") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
-        ).to_dicts()
-        gaps = await gaps_between(self.store, venue, market, symbol, start, end, "trades")
-        if self.pending is not None:
-            gaps += self.pending(venue, market, symbol, start, end)
-        send_json(resp, {
-            "exchange": str(venue),
-            "market": str(market),
-            "symbol": symbol,
-            "start": start // _NS_PER_MS,
-            "end": end // _NS_PER_MS,
-            "count": len(trades),
-            "trades": trades,
-            "next": nxt,
-            "data_complete": not gaps,
-            "gaps": gaps,
-        })
-
-    async def _page(
-        self, key: BatchKey, start: int, end: int, after: tuple[int, int | str] | None, limit: int
-    ) -> pl.DataFrame:
+    async def _page(self, key: BatchKey, start: int, end: int, after: Position | None, limit: int) -> pl.DataFrame:
         """Read batches until ``limit + 1`` rows past the cursor are known, or the range is exhausted."""
+        ctx = self.ctx
         lo = start if after is None else max(start, after[0])
         want = max(limit * 2, 1000)
         previous = -1
         while True:
-            frame = await self.store.read(key, lo, end, max_rows=want)
+            frame = await ctx.store.read(key, lo, end, max_rows=want)
             if frame.height == 0:
                 return pl.DataFrame(schema=trade_schema(key.venue))
-            cond = (pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)
-            if after is not None:
-                ts, tid = after
-                cond &= (pl.col("ts_event") > ts) | ((pl.col("ts_event") == ts) & (pl.col("id") > tid))
-            rows = frame.filter(cond).sort("ts_event", "id").unique(subset=["id"], keep="first", maintain_order=True)
+            rows = await ctx.work.run(_page_rows, frame, lo, end, after)
             if rows.height > limit or frame.height == previous:
                 return rows
             previous = frame.height
