@@ -272,7 +272,8 @@ def _binance_live(market: Market, bids: list[Level], asks: list[Level], last_upd
     (plan,) = binance.plan_book_connections(market, (_SYMBOL,), _URL)
     proto = plan.protocol
     st = proto.streams[_BINANCE_STREAM]  # type: ignore[attr-defined]
-    assert st.on_snapshot(last_update_id, bids, asks, limit, 0)
+    st.on_snapshot(last_update_id, bids, asks, limit, 0)
+    assert st.state is BookState.LIVE
     return proto, st
 
 
@@ -280,7 +281,7 @@ def _bybit_live(snapshot: bytes) -> tuple[Any, BookStream]:
     """A Bybit book protocol whose one stream is live on an in-band snapshot frame."""
     (plan,) = bybit.plan_book_connections(Market.SPOT, (_SYMBOL,), _URL, depth=200)
     proto = plan.protocol
-    assert proto.feed(snapshot, 0) is None
+    assert proto.feed(snapshot, 0) == ()
     st = proto.streams[_BYBIT_TOPIC]  # type: ignore[attr-defined]
     assert st.state is BookState.LIVE
     return proto, st

@@ -54,7 +54,7 @@ def _batch_frame(rows: int) -> pl.DataFrame:
     (plan,) = plan_trade_connections(Market.USDM, ("BTCUSDT",), "ws://127.0.0.1:1", trade_stream="trade")
     for payload, ts in zip(frames[:rows], ts_recv[:rows], strict=True):
         plan.protocol.feed(payload, ts)
-    frame = plan.protocol.streams["btcusdt@trade"].take()
+    frame = plan.protocol.streams["btcusdt@trade"].take().frame
     assert frame is not None and frame.height == rows
     return frame
 

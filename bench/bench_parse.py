@@ -138,7 +138,7 @@ def _msgspec_str(market: Market, frames: list[bytes], ts_recv: list[int]) -> pl.
     proto = binance.BinanceProtocol({_STREAM: dataclasses.replace(st, to_frame=_str_structs_to_frame)})
     for payload, ts in zip(frames, ts_recv, strict=True):
         _feed_str(proto, payload, ts)
-    frame = proto.streams[_STREAM].take()
+    frame = proto.streams[_STREAM].take().frame
     assert frame is not None
     return frame
 
@@ -214,7 +214,7 @@ def _wadm(market: Market, frames: list[bytes], ts_recv: list[int]) -> pl.DataFra
     feed = plan.protocol.feed
     for payload, ts in zip(frames, ts_recv, strict=True):
         feed(payload, ts)
-    frame = plan.protocol.streams[_STREAM].take()
+    frame = plan.protocol.streams[_STREAM].take().frame
     assert frame is not None
     return frame
 

@@ -126,8 +126,27 @@ class DiscardStore:
         """Nothing is ever stored."""
         return pl.DataFrame(schema=TRADE_SCHEMA_INT_ID)
 
-    async def latest(self, key: BatchKey) -> pl.DataFrame:
+    async def latest(self, key: BatchKey, *, before: int | None = None) -> pl.DataFrame:
+        """Nothing is ever stored."""
         return pl.DataFrame()
+
+
+class TimedStore:
+    """Times each ``write_many`` of the store it wraps: (rows, seconds) per awaited store call."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.writes: list[tuple[int, float]] | None = None  # recording while not None
+
+    async def write_many(self, items: Sequence[tuple[BatchKey, Batch]]) -> None:
+        started = time.perf_counter()
+        await self.inner.write_many(items)
+        if self.writes is not None:
+            self.writes.append((sum(b.count for _, b in items), time.perf_counter() - started))
+
+    def __getattr__(self, name: str) -> Any:  # everything else as the wrapped store does it
+        return getattr(self.inner, name)
 
     async def sweep(self, table: str, older_than: int) -> int:
         """Nothing to delete."""
@@ -336,9 +355,13 @@ def _settings(emu: EmulatorProc) -> Settings:
     )
 
 
-async def _window(svc: Service, emu: EmulatorProc) -> Sample:
+def _streams(svc: Service) -> list[TradeStream]:
+    return [st for c in svc.collectors for st in c.streams.values() if isinstance(st, TradeStream)]
+
+
+async def _window(svc: Service, store: TimedStore, emu: EmulatorProc) -> Sample:
     """Measure one window of a running service: counters, CPU, loop lag and store write times."""
-    streams = [st for _, st in svc.streams]
+    streams = _streams(svc)
     writes: list[tuple[int, float]] = []
     lags: list[float] = []
 
@@ -355,13 +378,10 @@ async def _window(svc: Service, emu: EmulatorProc) -> Sample:
             await asyncio.sleep(0.01)
             lags.append(time.perf_counter() - t - 0.01)
 
-    def on_batch(key: object, rows: int, seconds: float) -> None:  # seconds: one awaited store.write
-        writes.append((rows, seconds))
-
     w = _Window(emu)
     t0, l0, p0, e0, s0 = await w.snap()
     rows0, recv0, drop0, backlog0 = counters()
-    svc.on_batch.append(on_batch)
+    store.writes = writes
     task = asyncio.create_task(probe())
     try:
         await asyncio.sleep(SECONDS)
@@ -369,7 +389,7 @@ async def _window(svc: Service, emu: EmulatorProc) -> Sample:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        svc.on_batch.remove(on_batch)
+        store.writes = None
     rows1, recv1, drop1, backlog1 = counters()
     t1, l1, p1, e1, s1 = await w.snap()
     return Sample(t1 - t0, rows1 - rows0, recv1 - recv0, s1 - s0, l1 - l0, p1 - p0, e1 - e0, drop1 - drop0,
@@ -377,13 +397,14 @@ async def _window(svc: Service, emu: EmulatorProc) -> Sample:
 
 
 async def _collector(emu: EmulatorProc, store: Store, aiofastnet: bool) -> Sample:
-    svc = Service(_settings(emu), store, use_aiofastnet=aiofastnet)
+    timed = TimedStore(store)
+    svc = Service(_settings(emu), timed, use_aiofastnet=aiofastnet)  # type: ignore[arg-type]
     await svc.start()
     try:
-        await _first_data([st for _, st in svc.streams])
+        await _first_data(_streams(svc))
         await asyncio.sleep(WARMUP)
-        sample = await _window(svc, emu)
-        reconnects = sum(link.state.reconnects for link in svc.links)
+        sample = await _window(svc, timed, emu)
+        reconnects = sum(c.link.state.reconnects for c in svc.collectors)
     finally:
         await svc.stop()
     assert reconnects == 0, "the collector reconnected during the window (dropped as a slow consumer?)"
@@ -455,15 +476,16 @@ def _kept_up(s: Sample, offered: float) -> bool:
 
 async def _levels(emu: EmulatorProc, store: Store, aiofastnet: bool) -> list[tuple[float, Sample]]:
     await asyncio.to_thread(emu.control, "rate", rate=LEVELS[0] / N_SYMBOLS)
-    svc = Service(_settings(emu), store, use_aiofastnet=aiofastnet)
+    timed = TimedStore(store)
+    svc = Service(_settings(emu), timed, use_aiofastnet=aiofastnet)  # type: ignore[arg-type]
     out: list[tuple[float, Sample]] = []
     await svc.start()
     try:
-        await _first_data([st for _, st in svc.streams])
+        await _first_data(_streams(svc))
         for offered in LEVELS:
             await asyncio.to_thread(emu.control, "rate", rate=offered / N_SYMBOLS)
             await asyncio.sleep(WARMUP)
-            sample = await _window(svc, emu)
+            sample = await _window(svc, timed, emu)
             out.append((offered, sample))
             if not _kept_up(sample, offered):
                 break

@@ -118,3 +118,71 @@ def wadm(command: str, env: dict[str, str], port: int, cwd: Path | None = None) 
         yield proc
     finally:
         stop(proc)
+
+
+def run_to_exit(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 60) -> tuple[int, str]:
+    """Run ``python -m wadm ARGS`` until it exits on its own; return its exit code and output.
+
+    The process is expected to stop by itself (a refused configuration, ``check-config``); one
+    still running after ``timeout`` seconds is stopped and the test fails.
+    """
+    proc = start(args, env, cwd=cwd)
+    try:
+        proc.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise AssertionError(f"wadm {' '.join(args)} still ran after {timeout} s:\n{proc.output}") from None
+    stop(proc)
+    return proc.popen.returncode, proc.output
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (from ``/proc/<pid>/task/*/children``); empty once it is gone."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(set(out))
+
+
+def granian_worker(proc: Proc, timeout: float = 30) -> int:
+    """The pid of the one Granian worker of a ``wadm run``/``wadm serve --workers 1`` process.
+
+    Granian's main process only supervises; the worker (its child) runs the app, the collectors
+    and the API, so it is the process whose memory matters.
+    """
+    found: list[int] = []
+
+    def one_child() -> bool:
+        found[:] = children(proc.popen.pid)
+        return len(found) == 1
+
+    wait_for(one_child, timeout, "the Granian worker process", proc)
+    return found[0]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` in MB (``VmRSS`` of ``/proc/<pid>/status``); None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the new soft limit.
+
+    Children started afterwards inherit it, as a container inherits its ``ulimits``.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft

@@ -94,6 +94,24 @@ class Setup:
     def wait_healthy(self, what: str) -> None:
         wait_for(self.healthy, 60, what, self.app, interval=0.25)
 
+    def streams(self, channel: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """Health's streams (of one channel), by (exchange, market, symbol) or by stream name for all."""
+        rows = self.get("/health").json()["streams"]
+        return {(x["exchange"], x["market"], x["symbol"] if channel else x["stream"]): x for x in rows
+                if channel is None or x["channel"] == channel}
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        return {x["name"]: x for x in self.get("/health").json()["connections"]}
+
+    def wait_every_connection(self, field: str, before: dict[str, dict[str, Any]], what: str,
+                              only: Callable[[str], bool] = lambda name: True) -> None:
+        """Wait until ``field`` grew on every connection (of those ``only`` accepts, by name)."""
+        def grew() -> bool:
+            now = self.connections()
+            return all(now[name][field] > old[field] for name, old in before.items() if only(name))
+
+        wait_for(grew, 60, what, self.app, interval=0.25)
+
 
 def _env(emu: ThreadedEmulator, data: Path) -> dict[str, str]:
     base = emu.http
@@ -139,19 +157,30 @@ def _params(venue: str, market: str) -> dict[str, str]:
     return {"exchange": venue, "market": market}
 
 
+def _differ(s: Setup) -> list[str]:
+    """The series whose served book differs from the emulator's true book right now."""
+    wrong = []
+    for venue, market, symbol in SERIES:
+        ours = s.get(f"/api/v1/orderbook/{symbol}", depth=50, **_params(venue, market)).json()
+        true = s.emu.control("book", venue=venue, market=market, symbol=symbol, depth=50)
+        bids = [[float(p), float(q)] for p, q in true["bids"]]
+        asks = [[float(p), float(q)] for p, q in true["asks"]]
+        if ours["state"] != "live" or ours["bids"] != bids or ours["asks"] != asks:
+            wrong.append(f"{venue}/{market}/{symbol}: {ours['state']} ours {ours['update_id']}")
+    return wrong
+
+
 def _books_match(s: Setup) -> list[str]:
-    """Compare every served book with the emulator's true book while the market is paused."""
+    """Compare every served book with the emulator's true book while the market is paused.
+
+    In-flight updates land within moments; a book still resyncing needs the market to move (a
+    Binance book asks for its snapshot on its next diff), so the caller resumes and asks again.
+    """
     s.emu.control("pause")
     try:
-        time.sleep(0.6)  # in-flight updates land
-        wrong = []
-        for venue, market, symbol in SERIES:
-            ours = s.get(f"/api/v1/orderbook/{symbol}", depth=50, **_params(venue, market)).json()
-            true = s.emu.control("book", venue=venue, market=market, symbol=symbol, depth=50)
-            bids = [[float(p), float(q)] for p, q in true["bids"]]
-            asks = [[float(p), float(q)] for p, q in true["asks"]]
-            if ours["state"] != "live" or ours["bids"] != bids or ours["asks"] != asks:
-                wrong.append(f"{venue}/{market}/{symbol}: {ours['state']} ours {ours['update_id']}")
+        deadline = time.monotonic() + 3.0
+        while (wrong := _differ(s)) and time.monotonic() < deadline:
+            continue
         return wrong
     finally:
         s.emu.control("resume")
@@ -209,13 +238,18 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
     assert c("gap", count=1, venue="binance", market="spot", symbol="ETHUSDT")["affected"] == 1
     c("stale_snapshots", updates=20, count=1, market="spot", symbol="XRPUSDT")
     assert c("gap", count=1, venue="binance", market="spot", symbol="XRPUSDT")["affected"] == 1
-    time.sleep(1.0)
+    faulted = [("binance", "spot", "BTCUSDT"), ("binance", "usdm", "BTCUSDT"), ("bybit", "linear", "ETHUSDT"),
+               ("binance", "spot", "ETHUSDT"), ("binance", "spot", "XRPUSDT")]
+    wait_for(lambda: all(s.streams("book")[k]["resyncs"] >= 1 for k in faulted), 20, "each fault to break its book",
+             s.app, interval=0.25)
     _check_books(s, "gaps, a crossed update, a u=1 restart, failing and stale snapshots")
 
     # A slow snapshot: the broken book is reported as resyncing, never served as live.
     c("slow_snapshots", seconds=3, count=1, market="usdm")
+    resyncs = s.streams("book")[("binance", "usdm", "BTCUSDT")]["resyncs"]
     assert c("gap", count=1, venue="binance", market="usdm", symbol="BTCUSDT")["affected"] == 1
-    time.sleep(0.8)
+    wait_for(lambda: s.streams("book")[("binance", "usdm", "BTCUSDT")]["resyncs"] > resyncs, 10,
+             "the gap to break the USD-M book", s.app, interval=0.05)
     book = s.get("/api/v1/orderbook/BTCUSDT", **_params("binance", "usdm")).json()
     assert book["state"] == "resyncing" and book["bids"] == [] and book["mid"] is None, book
     health = s.get("/health")
@@ -234,27 +268,36 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
     boundary_in = (60_000 - s.emu.call(s.emu.emu.clock) % 60_000) / 1000
     if boundary_in < 3:  # the faults above took long (a loaded machine): use the next boundary
         boundary_in += 60
-    time.sleep(boundary_in - 1.0)
-    assert c("silence", seconds=STALE_AFTER + 1.5)["affected"] == 12
-    time.sleep(STALE_AFTER + 2.0)
+    time.sleep(boundary_in - 1.0)  # NOTE: deliberate timing: the silence must span a minute boundary
+    before = s.connections()
+    assert c("silence", seconds=STALE_AFTER + 3)["affected"] == 12  # the watchdog acts within a tick of it
+    # Kline streams may be silent for 90 s (a quiet symbol pushes once a minute): theirs stay.
+    s.wait_every_connection("stale_reconnects", before, "the watchdog to replace every silent connection",
+                            only=lambda name: "/klines/" not in name)
     s.wait_healthy("the streams to recover from the silence")
     _check_books(s, "a silence across a minute boundary")
 
     # Connections cut, a serverShutdown, one silent stream.
+    before = s.connections()
     assert c("drop")["affected"] == 12
-    time.sleep(1.0)
+    s.wait_every_connection("reconnects", before, "every dropped connection to be replaced")
+    wait_for(lambda: len(c("stats")["connections"]) == 12, 30, "every new connection to reach the emulator", s.app)
+    before = s.connections()
     assert c("shutdown", grace=1, venue="binance")["affected"] >= 1
     assert c("silence_stream", seconds=STALE_AFTER + 3, stream="publicTrade.BTCUSDT", market="spot",
              venue="bybit")["affected"] == 1
-    time.sleep(STALE_AFTER + 4)
+    s.wait_every_connection("rotations", before, "every Binance connection to rotate",
+                            only=lambda name: name.startswith("binance/"))
+    s.wait_every_connection("stale_reconnects", before, "the silent stream's connection to be replaced",
+                            only=lambda name: name.startswith("bybit/spot/trades/"))
     s.wait_healthy("the streams to recover from drops, a shutdown and a silent stream")
     _check_books(s, "drops, a serverShutdown and a silent stream")
 
     # Let the next minute close normally too, then freeze the market and compare everything.
-    closes_in = (60_000 - s.emu.call(s.emu.emu.clock) % 60_000) / 1000
-    time.sleep(closes_in + 2.0)
+    boundary = s.emu.call(s.emu.emu.clock) // 60_000 * 60_000 + 60_000
+    wait_for(lambda: all((x["last_closed"] or 0) >= boundary - 60_000 for x in s.streams("klines").values()), 90,
+             "the next minute to close on every kline stream", s.app, interval=0.5)
     c("pause")
-    time.sleep(1.5)
 
     body = s.get("/health").json()
     assert body["status"] == "ok", body
@@ -270,12 +313,30 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
                  "wadm_gaps_recorded_total{", 'wadm_rest_throttled_total{host="'):
         assert line in metrics, line
 
+    def delivered_ids(venue: str, market: str, symbol: str) -> list[Any]:
+        ids: list[Any] = c("delivered", stream=f"{symbol.lower()}@aggTrade" if venue == "binance"
+                           else f"publicTrade.{symbol}", market=market, venue=venue)["ids"]
+        return ids
+
+    def settled() -> bool:
+        """Every delivered trade stored, and nothing still backfilling or waiting for the store."""
+        for venue, market, symbol in SERIES:
+            stored, delivered = _stored_trades(s, venue, market, symbol), delivered_ids(venue, market, symbol)
+            if venue == "binance" and stored[-1:] != delivered[-1:]:
+                return False
+            if venue == "bybit" and not set(stored) >= {str(i) for i in delivered}:
+                return False
+            page = s.get(f"/api/v1/trades/{symbol}", window="1h", limit=1, **_params(venue, market)).json()
+            if any(g["reason"] in ("backfilling", "not_yet_written") for g in page["gaps"]):
+                return False
+        return True
+
+    wait_for(settled, 60, "every delivered trade to be stored and every backfill to end", s.app, interval=0.5)
     for venue, market, symbol in SERIES:
         where = f"{venue}/{market}/{symbol}"
         stored = _stored_trades(s, venue, market, symbol)
         assert len(stored) == len(set(stored)), f"{where}: a trade was stored twice"
-        delivered = c("delivered", stream=f"{symbol.lower()}@aggTrade" if venue == "binance"
-                      else f"publicTrade.{symbol}", market=market, venue=venue)["ids"]
+        delivered = delivered_ids(venue, market, symbol)
         trade_gaps = _gaps(s, venue, market, symbol, "trades")
         if venue == "binance":
             # aggTrade ids are contiguous and REST aggTrades backfills them exactly.

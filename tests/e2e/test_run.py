@@ -8,7 +8,6 @@ socket: each delivered trade must be stored exactly once, in order.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,30 @@ class Setup:
         """Healthy, and the emulator holds exactly our one connection (a drop now reaches it)."""
         return self.health().status_code == 200 and len(self.control("stats")["connections"]) == 1
 
+    def delivered(self) -> list[int]:
+        """Trade ids the emulator sent to us so far."""
+        ids: list[int] = self.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+        return ids
+
+    def generated(self) -> int:
+        """Trades the emulator's market has generated so far (delivered to anyone or not)."""
+        return int(self.control("stats")["feeds"][0]["generated"])
+
+    def more_trades(self, n: int = 200) -> None:
+        """Wait until the market has generated ``n`` more trades."""
+        start = self.generated()
+        wait_for(lambda: self.generated() >= start + n, 30, f"{n} more trades", self.emu)
+
+    def received(self, ids: list[int]) -> bool:
+        """True when our stream has taken as many frames as the emulator delivered (none in flight)."""
+        return int(self.health().json()["streams"][0]["messages"]) >= len(ids)
+
     def recover_and_freeze(self) -> list[int]:
         """Wait for the stream to be healthy again, stop the market, return the ids delivered to us."""
         wait_for(lambda: self.health().status_code == 200, 30, "the stream to recover", self.app)
-        time.sleep(1.0)
+        self.more_trades()
         self.control("pause")
-        time.sleep(0.5)
-        ids: list[int] = self.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
-        return ids
+        return self.delivered()
 
 
 @pytest.fixture
@@ -99,12 +114,12 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     # The venue's REST API is down for this test: nothing can be backfilled, so every trade
     # missed while cut off must show up in /api/v1/gaps.
     setup.control("rest_status", status=503, count=1_000_000, market="spot")
-    time.sleep(1.0)
+    setup.more_trades()
     dropped = setup.control("drop")["affected"]
-    time.sleep(1.5)
+    wait_for(setup.connected, 30, "the stream to come back", setup.app)
+    setup.more_trades()
     dropped += setup.control("drop", graceful=1)["affected"]
-    time.sleep(1.0)
-    wait_for(lambda: setup.health().status_code == 200, 30, "the stream to come back", setup.app)
+    wait_for(setup.connected, 30, "the stream to come back", setup.app)
     # Malformed frames go to the connections open at that moment; retry until ours got them.
     for kind, count in (("invalid_json", 3), ("unknown_event", 2)):
         wait_for(lambda k=kind, c=count: setup.control("malformed", count=c, kind=k)["affected"] == 1, 10,
@@ -112,9 +127,10 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     # Zero-price frames spend trade ids: delivered ones are not trades and not missing either.
     zero_delivered = 2 * setup.control("malformed", count=2, kind="zero_price")["affected"]
     setup.control("shutdown", grace=2)  # serverShutdown mid-stream: make before break
-    time.sleep(3.0)
+    wait_for(lambda: setup.health().json()["connections"][0]["rotations"] == 1 and setup.connected(), 30,
+             "the make-before-break rotation", setup.app)
+    setup.more_trades()
     dropped += setup.control("drop")["affected"]
-    time.sleep(1.0)
     delivered = setup.recover_and_freeze()
     assert len(delivered) > 1000
 
@@ -162,7 +178,7 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
 
 
 def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
-    time.sleep(1.0)
+    setup.more_trades()
     dropped = 0
     for _ in range(3):
         wait_for(setup.connected, 30, "the stream to be back", setup.app)
@@ -190,18 +206,17 @@ def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
 
 
 def test_a_restart_leaves_no_hole(setup: Setup) -> None:
-    time.sleep(1.0)
+    setup.more_trades()
     setup.stopped = True
     assert stop(setup.app) == 0, setup.app.output
-    time.sleep(2.0)  # the market goes on while WADM is down (a deploy, a crash)
+    setup.more_trades(400)  # the market goes on while WADM is down (a deploy, a crash)
     port = free_port()
     with wadm("run", _env(setup.emu_port, setup.data), port) as app:
         api = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(api + "/health", timeout=5).status_code == 200, 30, "the restart", app)
-        time.sleep(1.0)
+        setup.more_trades()
         setup.control("pause")
-        time.sleep(0.5)
-        delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+        delivered = setup.delivered()
         expected = list(range(delivered[0], delivered[-1] + 1))
         stored: list[int] = []
 
@@ -217,7 +232,14 @@ def test_a_restart_leaves_no_hole(setup: Setup) -> None:
 
 
 def test_silent_stream_turns_health_503_then_recovers(setup: Setup) -> None:
-    assert setup.control("silence", seconds=60)["affected"] == 1  # the socket stays open, answers pings, no data
+    # A silent socket (open, answering pings, no data): the watchdog replaces the connection and
+    # collection goes on; the trades it withheld are recovered over REST.
+    assert setup.control("silence", seconds=60)["affected"] == 1
+    wait_for(lambda: setup.health().json()["connections"][0]["stale_reconnects"] >= 1, STALE_AFTER + 10,
+             "the watchdog to replace the silent connection", setup.app)
+    wait_for(lambda: setup.health().status_code == 200, 30, "/health to recover", setup.app)
+    # A silent market (nothing arrives on any connection): /health says so for as long as it lasts.
+    setup.control("pause")
     seen: list[dict[str, Any]] = []
 
     def reported() -> bool:
@@ -228,18 +250,19 @@ def test_silent_stream_turns_health_503_then_recovers(setup: Setup) -> None:
     wait_for(reported, STALE_AFTER + 5, "/health to report the silence", setup.app, interval=0.1)
     body = seen[-1]
     assert body["status"] == "degraded" and body["store"]["ok"] is True, body
-    # The silent stream is stale, or the watchdog is already replacing its connection.
+    # The silent stream is stale, or the watchdog is replacing its connection (in vain: still silent).
     assert body["streams"][0]["state"] in ("stale", "disconnected", "connecting"), body["streams"][0]
-    # The watchdog replaced the silent connection; the new one delivers again.
+    setup.control("resume")
     wait_for(lambda: setup.health().status_code == 200, 30, "/health to recover", setup.app)
-    assert setup.health().json()["connections"][0]["stale_reconnects"] >= 1
+    gaps = httpx.get(setup.api + "/api/v1/gaps", params={"symbol": "BTCUSDT", "window": "1h"}, timeout=10).json()
+    assert gaps["gaps"] == []  # the withheld trades came back over REST
 
 
 def test_sigterm_flushes_and_exits_cleanly(setup: Setup) -> None:
-    time.sleep(1.0)
+    setup.more_trades()
     setup.control("pause")
-    time.sleep(0.3)
-    delivered = setup.control("delivered", stream="btcusdt@aggTrade", market="spot")["ids"]
+    delivered = setup.delivered()
+    wait_for(lambda: setup.received(delivered), 10, "every delivered trade to reach us", setup.app)
     setup.stopped = True
     code = stop(setup.app)
     assert code == 0, setup.app.output

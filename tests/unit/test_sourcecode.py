@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,12 @@ def test_nothing_imports_the_emulator(path: Path) -> None:
     bad = [(node.lineno, name) for node, name in _imports(path, tree)
            if _within(name, "wadm.emulator") and id(node) not in allowed]
     assert not bad, f"{_rel(path)} imports the emulator {bad}: only `wadm emulate` loads it, lazily"
+
+
+def test_a_collecting_process_never_loads_the_emulator() -> None:
+    # What `wadm run` and `wadm serve` import, in a fresh interpreter: the app factory's modules.
+    code = ("import sys, wadm.__main__ as m, wadm.api.app, wadm.pipeline.service, wadm.store; "
+            "m.build_parser().parse_args(['run']); "
+            "print(sorted(n for n in sys.modules if n.startswith('wadm.emulator')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout

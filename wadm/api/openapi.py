@@ -13,21 +13,30 @@ def _param(name: str, where: str, desc: str, schema: dict[str, Any], required: b
     return {"name": name, "in": where, "required": required, "description": desc, "schema": schema}
 
 
+_SYMBOL_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9]{2,20}$"}
+_TIME_SCHEMA = {"type": "string", "pattern": r"^([0-9]{1,13}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}"
+                r"(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)$"}
 _SERIES = [
-    _param("symbol", "path", "Symbol as the venue writes it, e.g. BTCUSDT.", {"type": "string"}, True),
+    _param("symbol", "path", "Symbol as the venue writes it, e.g. BTCUSDT (2-20 ASCII letters or digits).",
+           _SYMBOL_SCHEMA, True),
     _param("exchange", "query", "binance or bybit; needed when the symbol is collected on several markets.",
            {"type": "string", "enum": ["binance", "bybit"]}),
     _param("market", "query", "spot, usdm or linear.", {"type": "string", "enum": ["spot", "usdm", "linear"]}),
 ]
 _RANGE = [
-    _param("start", "query", "Epoch milliseconds or ISO-8601 (UTC when no offset).", {"type": "string"}),
-    _param("end", "query", "Epoch milliseconds or ISO-8601; default now.", {"type": "string"}),
-    _param("window", "query", "The window ending now, e.g. 15m, 1h, 24h; excludes start/end.", {"type": "string"}),
+    _param("start", "query", "Epoch milliseconds or ISO-8601 (UTC when no offset), between 2000-01-01 and "
+           "2100-01-01.", _TIME_SCHEMA),
+    _param("end", "query", "Epoch milliseconds or ISO-8601; default now.", _TIME_SCHEMA),
+    _param("window", "query", "The window ending now, e.g. 15m, 1h, 24h (1s to 30d); excludes start/end.",
+           {"type": "string", "pattern": "^[0-9]{1,6}[smhd]$"}),
 ]
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad parameter.", 404: "Unknown path or symbol not collected.", 503: "Not ready."}
+    text = {400: "Bad, unknown or repeated parameter; the error names it and says what is allowed.",
+            404: "Unknown path or symbol not collected.",
+            429: "Too many heavy requests at once; retry after the Retry-After header's seconds.",
+            503: "Not ready: no live data here yet, or the store cannot answer right now (Retry-After)."}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
@@ -38,7 +47,12 @@ def openapi_document(version: str) -> dict[str, Any]:
         "info": {
             "title": "WADM market data API",
             "version": version,
-            "description": "Read-only market data collected from Binance and Bybit. Times are epoch milliseconds.",
+            "description": "Read-only market data collected from Binance and Bybit. Times are epoch milliseconds. "
+                           "Every operation answers HEAD too. Data endpoints refuse parameters they do not "
+                           "know and parameters given twice. Heavy requests (store reads) are admitted up to a "
+                           "bound; past it they are answered 429 with Retry-After. Malformed HTTP (a bad "
+                           "request line, a request head over 64 KB, more than 100 headers) is answered by "
+                           "the HTTP server itself with 400, 414 or 431 and an empty body.",
         },
         "paths": {
             "/health": {
@@ -83,7 +97,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "A page of trades.", "content": {"application/json": {"schema": {
                             "$ref": "#/components/schemas/TradesPage"}}}},
-                        **_errors(400, 404, 503),
+                        **_errors(400, 404, 429, 503),
                     },
                 }
             },
@@ -91,7 +105,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "get": {
                     "summary": "Known windows of missing or unverified data, oldest first.",
                     "parameters": [
-                        _param("symbol", "query", "Only this symbol.", {"type": "string"}),
+                        _param("symbol", "query", "Only this symbol.", _SYMBOL_SCHEMA),
                         *_SERIES[1:],
                         *_RANGE,
                         _param("limit", "query", "Rows, 1 to 10000 (default 1000).",
@@ -105,7 +119,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
                                 "count": {"type": "integer"}, "truncated": {"type": "boolean"},
                                 "start": {"type": "integer"}, "end": {"type": "integer"}}}}}},
-                        **_errors(400, 404),
+                        **_errors(400, 404, 429, 503),
                     },
                 }
             },
@@ -125,7 +139,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Bars, oldest first.", "content": {"application/json": {"schema": {
                             "$ref": "#/components/schemas/Klines"}}}},
-                        **_errors(400, 404, 503),
+                        **_errors(400, 404, 429, 503),
                     },
                 }
             },
@@ -151,10 +165,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "parameters": [
                         *_SERIES,
                         *_RANGE,
-                        _param("depth", "query", "Levels per side in each snapshot (default 20; at most what "
-                               "was stored, BOOK_SNAPSHOT_DEPTH).", {"type": "integer", "minimum": 1}),
-                        _param("limit", "query", "Snapshots per page, 1 to 3600 (default 60).",
-                               {"type": "integer", "minimum": 1, "maximum": 3600}),
+                        _param("depth", "query", "Levels per side in each snapshot, 1 to 1000 (default 20; at "
+                               "most what was stored, BOOK_SNAPSHOT_DEPTH).",
+                               {"type": "integer", "minimum": 1, "maximum": 1000}),
+                        _param("limit", "query", "Snapshots per page, 1 to 3600 (default 60); limit × depth "
+                               "must be at most 72000.", {"type": "integer", "minimum": 1, "maximum": 3600}),
                         _param("cursor", "query", "The `next` of the previous page.", {"type": "string"}),
                     ],
                     "responses": {
@@ -164,7 +179,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "next": {"type": ["string", "null"]},
                                 "data_complete": {"type": "boolean"},
                                 "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}}}}}}},
-                        **_errors(400, 404, 503),
+                        **_errors(400, 404, 429, 503),
                     },
                 }
             },
