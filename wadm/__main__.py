@@ -53,14 +53,14 @@ def _settings_or_exit() -> Settings:
 
 
 def _app(settings: Settings) -> Any:
-    from wadm.api.app import create_app, http10_compatible
+    from wadm.api.app import create_app, served
     from wadm.pipeline.service import Service
     from wadm.store import make_store
 
     configure_logging(settings.log_level)
     store = make_store(settings.mongodb_uri, settings.data_dir, settings.retention())
     service = Service(settings, store)
-    return http10_compatible(create_app(settings, store, service.live, lifespan=service))
+    return served(create_app(settings, store, service.live, lifespan=service))
 
 
 def make_asgi_app() -> Any:
@@ -77,7 +77,9 @@ def make_api_app() -> Any:
 # not); the process needs more file descriptors than this (see docker-compose.yml ulimits).
 MAX_CONNECTIONS = 4096
 HEADER_READ_TIMEOUT_MS = 10_000  # a client that sends no complete request head in time is closed
-MAX_REQUEST_HEAD = 65_536  # bytes of request line and headers; more is answered 431 by Granian
+# Granian's read buffer for a request head: a request line of 64 KB or more is answered 414, and a
+# head past what the buffer holds (about 112 KB with this setting) 431, both with an empty body.
+MAX_REQUEST_HEAD = 65_536
 
 
 def _serve(settings: Settings, workers: int, target: str) -> int:

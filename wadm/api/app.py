@@ -1,4 +1,4 @@
-"""``create_app``: the Falcon ASGI application over the settings, a store and a live view.
+"""``create_app``: the Falcon ASGI application over the settings, a store and a live view; ``served``.
 
 The API is read-only and shares its process with the collectors, so it is built to hold under
 abuse: every answer is bounded, heavy work runs in a small pool behind a gate (429 past it), every
@@ -31,7 +31,7 @@ from wadm.errors import QueryError, StoreError
 from wadm.live import LiveView
 from wadm.store.base import Store
 
-__all__ = ["Lifespan", "create_app", "http10_compatible"]
+__all__ = ["Lifespan", "create_app", "served"]
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,44 @@ class _HeadRouter(falcon.routing.CompiledRouter):
         return methods
 
 
-def http10_compatible(app: Any) -> Any:
-    """The ASGI app, accepting Granian's HTTP/1.0 requests.
+_EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
 
-    Granian writes ``http_version`` ``"1"`` for HTTP/1.0 where the ASGI spec (and Falcon) say
-    ``"1.0"``; Falcon refuses the scope, and every HTTP/1.0 request would be a 500.
+
+def served(app: Any) -> Any:
+    """The ASGI app as Granian should serve it: HTTP/1.0 accepted, request bodies never awaited.
+
+    * Granian writes ``http_version`` ``"1"`` for HTTP/1.0 where the ASGI spec (and Falcon) say
+      ``"1.0"``; Falcon refuses the scope, and every HTTP/1.0 request would be a 500.
+    * The API is read-only and reads no request body, but Falcon waits for the first body event
+      before it routes: a request that announces a body and never sends it would hold its
+      connection forever, and a malformed body would end in Granian's own text 500. Falcon is
+      given an empty body at once instead, and a request that came with a body is answered with
+      ``connection: close`` (its unread body ends the connection).
     """
 
-    def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
         if scope.get("http_version") == "1":
             scope["http_version"] = "1.0"
-        return app(scope, receive, send)
+        has_body = any(name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+                       for name, value in scope.get("headers", ()))
+        first = True
+
+        async def no_body() -> Any:
+            nonlocal first
+            if first:
+                first = False
+                return _EMPTY_BODY
+            return await receive()
+
+        async def closing(event: dict[str, Any]) -> None:
+            if event["type"] == "http.response.start":
+                event = {**event, "headers": [*event.get("headers", ()), (b"connection", b"close")]}
+            await send(event)
+
+        await app(scope, no_body, closing if has_body else send)
 
     return wrapped
 

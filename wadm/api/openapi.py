@@ -51,8 +51,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                            "Every operation answers HEAD too. Data endpoints refuse parameters they do not "
                            "know and parameters given twice. Heavy requests (store reads) are admitted up to a "
                            "bound; past it they are answered 429 with Retry-After. Malformed HTTP (a bad "
-                           "request line, a request head over 64 KB, more than 100 headers) is answered by "
-                           "the HTTP server itself with 400, 414 or 431 and an empty body.",
+                           "request line, a request line of 64 KB or more, more than 100 headers or a request "
+                           "head over about 112 KB) is answered by the HTTP server itself with 400, 414 or 431 "
+                           "and an empty body.",
         },
         "paths": {
             "/health": {

@@ -34,7 +34,9 @@ class Query:
         for name, value in params.items():
             if name not in allowed:
                 takes = ", ".join(sorted(allowed)) or "no parameters"
-                raise QueryError(None, f"unknown parameter {show(name)}; this endpoint takes {takes}")
+                plain = len(name) <= 40 and name.isascii() and name.isprintable()
+                raise QueryError(name if plain else None,
+                                 f"unknown parameter {show(name)}; this endpoint takes {takes}")
             if isinstance(value, list):
                 raise QueryError(name, f"{name} is given {len(value)} times; give it once")
         self._params: dict[str, str] = params  # type: ignore[assignment]  # lists were refused above

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -132,7 +133,8 @@ class Collector:
         self.keys = {name: BatchKey(st.table, st.venue, st.market, st.spec.symbol) for name, st in self.streams.items()}
         self.failures: Counter[str] = Counter()  # REST attempts that failed, by stream
         self.pending: list[PendingWindow] = []  # trade windows being backfilled
-        self._busy: set[tuple[str, str]] = set()  # (stream, job) running now
+        self._busy: set[tuple[str, str]] = set()  # (stream, job) running now: one snapshot job per book
+        self._job_ids = itertools.count()  # every backfill window is a job of its own
         self._jobs: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._unlisted: set[str] = set()
@@ -312,7 +314,7 @@ class Collector:
             return
         window = PendingWindow(st.spec.name, st.spec.symbol, action.gap.start, action.gap.end, action.gap.missing)
         self.pending.append(window)  # served as a gap meanwhile: the window is not complete yet
-        self._spawn(action.stream, f"trades:{action.gap.start}", self._backfill(st, job, window))
+        self._spawn(action.stream, f"trades:{next(self._job_ids)}", self._backfill(st, job, window))
 
     def _fetch_klines(self, action: FetchKlines) -> None:
         st = self.streams[action.stream]
@@ -321,7 +323,7 @@ class Collector:
         if self._closed:
             self._record(action.stream, job.missing())
             return
-        self._spawn(action.stream, f"klines:{action.first}", self._backfill(st, job, None))
+        self._spawn(action.stream, f"klines:{next(self._job_ids)}", self._backfill(st, job, None))
 
     async def _backfill(self, st: Stream, job: Backfill, window: PendingWindow | None) -> None:
         """Run a backfill; record what it could not recover, also on a timeout, an error or shutdown."""

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # One store call writes at most this much of the queue (one transaction / one bulk insert).
 MAX_GROUP_BATCHES = 256
 MAX_GROUP_ROWS = 1_000_000
+_KEPT = (GAPS, KLINES)  # tables whose batches are never dropped for a full queue
 ROW_BUCKETS = (10.0, 100.0, 1000.0, 5000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -80,6 +81,16 @@ class _Queued:
     stream: str  # the stream whose rows these are (gap accounting), or the table
 
 
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 class Writer:
     """Moves batches to a store. See the module docstring.
 
@@ -97,6 +108,7 @@ class Writer:
         self.ready = asyncio.Event()  # set once the store is open: nothing is written before
         self._pending: deque[_Queued] = deque()
         self.pending_rows = 0
+        self._bounded_rows = 0  # pending rows of the tables that may be dropped (trades, book snapshots)
         self._wake = asyncio.Event()
         self._closing = False
         self._inflight = 0  # batches at the front of the queue that a store call is writing
@@ -157,17 +169,21 @@ class Writer:
     def _enqueue(self, item: _Queued) -> None:
         self._pending.append(item)
         self.pending_rows += item.batch.count
+        if item.key.table not in _KEPT:
+            self._bounded_rows += item.batch.count
         # Drop the oldest trade or book batches that are not being written right now; the loss
-        # is recorded as a gap of their stream (gaps and klines are small and never dropped).
+        # is recorded as a gap of their stream. Gaps and klines are small, never dropped, and do
+        # not count against the bound (a gap recorded for a drop must not cause another drop).
         index = self._inflight
         dropped: list[_Queued] = []
-        while self.pending_rows > self.max_pending_rows and index < len(self._pending) - 1:
+        while self._bounded_rows > self.max_pending_rows and index < len(self._pending) - 1:
             old = self._pending[index]
-            if old.key.table in (GAPS, KLINES):
+            if old.key.table in _KEPT:
                 index += 1
                 continue
             del self._pending[index]
             self.pending_rows -= old.batch.count
+            self._bounded_rows -= old.batch.count
             dropped.append(old)
         for old in dropped:
             self.stats.dropped_rows["store_backlog"] += old.batch.count
@@ -194,7 +210,8 @@ class Writer:
             if not self.ready.is_set():
                 if self._closing:
                     return  # the store never opened: nothing can be written
-                await self.ready.wait()
+                self._wake.clear()
+                await _first(self.ready, self._wake)  # the store opens, or close() is called
                 continue
             if await self._write_one():
                 delay = 0.25
@@ -234,6 +251,7 @@ class Writer:
         for _ in group:
             self._pending.popleft()
         self.pending_rows -= rows
+        self._bounded_rows -= sum(item.batch.count for item in group if item.key.table not in _KEPT)
         st = self.stats
         if not st.store_ok:
             log.warning("Store writes recovered", extra={"key": str(group[0].key)})

@@ -144,7 +144,8 @@ class _Listener(picows.WSListener):
         self.frames = 0
         self.transport: picows.WSTransport | None = None
         self.disconnected = asyncio.Event()
-        self.first_data = asyncio.Event()
+        self.first_data = asyncio.Event()  # the first market-data frame (not an ack or an error)
+        self.refused = asyncio.Event()  # a connection taking over had a subscription refused
         self.shutdown_notice = asyncio.Event()
         self.first_data_at: float | None = None  # monotonic
         self.disconnected_at: float | None = None
@@ -174,7 +175,7 @@ class _Listener(picows.WSListener):
         else:
             return
         self.frames += 1
-        if self.frames == 1:
+        if self.first_data_at is None and self.link.plan.is_data(payload):
             self.first_data_at = time.monotonic()
             self.first_data.set()
         try:
@@ -258,6 +259,11 @@ class WsLink:
                 listener.shutdown_notice.set()
             elif isinstance(event, Ack):
                 continue
+            elif isinstance(event, VenueErrorReply) and listener.standby and event.stream is not None:
+                # The replacement lacks a stream the current connection carries: it must not take over.
+                self.state.errors["venue_error"] += 1
+                self.state.last_error = f"rotation: the venue refused {event.stream}: {event.message}"[:300]
+                listener.refused.set()
             else:
                 if isinstance(event, VenueErrorReply):
                     self.state.errors["venue_error"] += 1
@@ -402,7 +408,8 @@ class WsLink:
                 max_frame_size=16 * 1024 * 1024,
                 use_aiofastnet=self.use_aiofastnet,
             )
-        assert isinstance(listener, _Listener)
+        if not isinstance(listener, _Listener):  # closed before the handshake was answered
+            raise ConnectionError(f"{self.plan}: the server closed the connection during the handshake")
         for frame in self.plan.subscribe_frames:
             assert listener.transport is not None
             listener.transport.send(picows.WSMsgType.TEXT, frame)
@@ -486,8 +493,15 @@ class WsLink:
             return
         promoted = False
         try:
-            await _first_of((new.first_data, new.disconnected, self._stopping), HANDOVER_TIMEOUT)
+            await _first_of((new.first_data, new.disconnected, new.refused, self._stopping), HANDOVER_TIMEOUT)
             if self._stopping.is_set():
+                return
+            if new.refused.is_set():
+                self.state.connect_failures += 1
+                delay = self.backoff.next()
+                self._log_limited("connect", "%s: the venue refused a subscription on the replacement connection; "
+                                  "the current one stays, retrying in %.1f s", self.plan, delay)
+                await self._sleep(delay)
                 return
             if new.first_data_at is None or new.disconnected.is_set():
                 # The replacement died or stayed silent: keep the current connection (run() replaces
@@ -511,6 +525,7 @@ class WsLink:
             self.state.rotations += 1
             self.state.connected = True
             self.current = new
+            self.on_connected()
         finally:
             if not promoted:
                 new.close()

@@ -600,6 +600,9 @@ class ConnectionPlan:
     app_ping_interval: float = 20.0
     max_lifetime: float | None = None  # the venue cuts connections after this many seconds
     label: str = ""  # short name for logs and metrics
+    # Whether a frame carries market data (not a subscription answer): a connection taking over
+    # must deliver data before the old one is closed.
+    is_data: Callable[[bytes], bool] = lambda payload: True
 
     def __str__(self) -> str:
         return self.label or f"{self.venue}/{self.market}"

@@ -62,6 +62,7 @@ __all__ = [
     "decode_instruments",
     "decode_klines",
     "decode_recent_trades",
+    "is_data",
     "klines_request",
     "plan_book_connections",
     "plan_kline_connections",
@@ -461,6 +462,11 @@ def _control(msg: Envelope) -> tuple[Event, ...]:
     raise VenueProtocolError("unknown_event", "a frame with neither topic nor op")
 
 
+def is_data(payload: bytes) -> bool:
+    """True for a topic frame (market data); subscription answers and pongs carry no ``"topic"`` key."""
+    return b'"topic":' in payload
+
+
 def subscribe_frames(topics: list[str], op: str = "subscribe") -> tuple[bytes, ...]:
     """Requests for ``topics``, at most :data:`MAX_TOPICS_PER_REQUEST` per request."""
     counter = itertools.count(1)
@@ -492,6 +498,7 @@ def _plan(
                 subscribe_frames=subscribe_frames([s.name for s in group]),
                 app_ping=b'{"req_id":"ping","op":"ping"}',
                 app_ping_interval=PING_INTERVAL,
+                is_data=is_data,
                 label=f"bybit/{market}/{channel}/{i // MAX_TOPICS_PER_CONNECTION}",
             )
         )
