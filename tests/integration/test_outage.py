@@ -102,7 +102,8 @@ async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
     assert sum(svc.writer.stats.dropped_rows.values()) == 0
 
 
-async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            pymongo_mid_handshake: None) -> None:
     dead = f"mongodb://127.0.0.1:{free_port()}/"
     async with Emulator(synthetic=[SyntheticSpec(market="spot", symbol="BTCUSDT", rate=1000)], seed=2) as emu:
         svc = Service(_settings(emu, writer_max_pending_rows=1000), MongoStore(dead, server_selection_timeout=0.2))

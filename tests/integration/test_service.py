@@ -51,7 +51,7 @@ async def silent_server() -> AsyncIterator[tuple[int, list[int]]]:
         await server.wait_closed()
 
 
-async def test_a_store_that_never_answers_does_not_delay_the_connections() -> None:
+async def test_a_store_that_never_answers_does_not_delay_the_connections(pymongo_mid_handshake: None) -> None:
     spec = SyntheticSpec(market="spot", symbol="BTCUSDT", rate=300)
     async with Emulator(synthetic=[spec], seed=3) as emu, silent_server() as (port, received):
         store = MongoStore(f"mongodb://127.0.0.1:{port}/", server_selection_timeout=30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -111,6 +112,7 @@ class Writer:
         self._bounded_rows = 0  # pending rows of the tables that may be dropped (trades, book snapshots)
         self._wake = asyncio.Event()
         self._closing = False
+        self._closed = asyncio.Event()  # set by close(): retries stop waiting long
         self._inflight = 0  # batches at the front of the queue that a store call is writing
         self._lost: list[tuple[BatchKey, str, Gap]] = []  # gaps waiting for the gaps table
 
@@ -136,10 +138,12 @@ class Writer:
         self._queue_gaps()
 
     def behind(self, key: BatchKey, start: int, end: int, now: int, lag: int = 5_000_000_000) -> Gap | None:
-        """Rows of ``key`` in ``[start, end]`` (ns) queued for the store for more than ``lag`` ns.
+        """Queued rows of ``key`` in ``[start, end]`` (ns) whose newest row is older than ``lag`` ns.
 
-        Readers do not see them yet; a slow or failing store makes that last, and data endpoints
-        say so. Returns one window covering them (with the row count), or None.
+        Readers do not see them yet. The newest rows are always a moment away from the store (a
+        batch is cut every flush interval); older ones still waiting mean a slow or failing
+        store, and data endpoints say so. Returns one window covering them (with the row count),
+        or None.
         """
         lo, hi, rows = 0, 0, 0
         for item in self._pending:
@@ -216,12 +220,14 @@ class Writer:
             if await self._write_one():
                 delay = 0.25
             else:
-                await asyncio.sleep(min(delay, 1.0) if self._closing else delay)
+                with contextlib.suppress(TimeoutError):  # close() cuts a long wait short
+                    await asyncio.wait_for(self._closed.wait(), min(delay, 1.0) if self._closing else delay)
                 delay = min(delay * 2, 30.0)
 
     def close(self) -> None:
         """``run_drain`` returns once everything queued is written (collectors cut their buffers first)."""
         self._closing = True
+        self._closed.set()
         self._wake.set()
 
     async def _write_one(self) -> bool:
