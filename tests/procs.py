@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -186,3 +187,18 @@ def raise_fd_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return soft
+
+
+def stored_trade_ids(api: str, symbol: str = "BTCUSDT", *, limit: int = 10_000, timeout: float = 60,
+                     **params: str) -> list[Any]:
+    """Every trade id the API serves for ``symbol`` over the last hour, paging with the cursor."""
+    ids: list[Any] = []
+    query: dict[str, Any] = {"window": "1h", "limit": limit, **params}
+    while True:
+        r = httpx.get(f"{api}/api/v1/trades/{symbol}", params=query, timeout=timeout)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ids += [t["id"] for t in body["trades"]]
+        if body["next"] is None:
+            return ids
+        query["cursor"] = body["next"]

@@ -77,6 +77,7 @@ from tests.procs import (
     raise_fd_limit,
     rss_mb,
     run_to_exit,
+    stored_trade_ids,
     wadm,
     wait_for,
 )
@@ -572,19 +573,6 @@ class RssSampler:
         self.thread.join(10)
 
 
-def _stored_ids(api: str) -> list[int]:
-    ids: list[int] = []
-    params: dict[str, Any] = {"window": "1h", "limit": 10_000}
-    while True:
-        r = httpx.get(api + "/api/v1/trades/BTCUSDT", params=params, timeout=60)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        ids += [t["id"] for t in body["trades"]]
-        if body["next"] is None:
-            return ids
-        params["cursor"] = body["next"]
-
-
 def _check_burst(answers: list[Answer], limit: int) -> dict[int, int]:
     statuses: dict[int, int] = {}
     for a in answers:
@@ -650,7 +638,7 @@ def test_a_burst_of_heavy_requests_is_bounded_and_loses_nothing(live: Live) -> N
         stored: list[int] = []
 
         def caught_up() -> bool:
-            stored[:] = _stored_ids(live.api)
+            stored[:] = stored_trade_ids(live.api)
             return len(stored) >= len(delivered)
 
         wait_for(caught_up, 60, "every delivered trade to be stored", live.app, interval=0.5)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.procs import Proc, wadm, wait_for
+from tests.procs import Proc, stored_trade_ids, wadm, wait_for
 from wadm.emulator import Emulator, SyntheticSpec, wall_clock_ms
 from wadm.emulator.bybit import trade_id_text
 
@@ -197,14 +197,7 @@ def _check_books(s: Setup, after: str) -> None:
 
 
 def _stored_trades(s: Setup, venue: str, market: str, symbol: str) -> list[Any]:
-    ids: list[Any] = []
-    params: dict[str, Any] = {"limit": 10_000, "window": "1h", **_params(venue, market)}
-    while True:
-        body = s.get(f"/api/v1/trades/{symbol}", **params).json()
-        ids += [t["id"] for t in body["trades"]]
-        if body["next"] is None:
-            return ids
-        params["cursor"] = body["next"]
+    return stored_trade_ids(s.api, symbol, **_params(venue, market))
 
 
 def _gaps(s: Setup, venue: str, market: str, symbol: str, channel: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.procs import Proc, emulator, stop, wadm, wait_for
+from tests.procs import Proc, emulator, stop, stored_trade_ids, wadm, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,19 +97,6 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
             assert s.stopped or app.popen.poll() is None, "wadm exited on its own:\n" + app.output
 
 
-def _all_trades(api: str) -> list[int]:
-    ids: list[int] = []
-    params: dict[str, Any] = {"limit": 997, "window": "1h"}
-    while True:
-        r = httpx.get(api + "/api/v1/trades/BTCUSDT", params=params, timeout=10)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        ids += [t["id"] for t in body["trades"]]
-        if body["next"] is None:
-            return ids
-        params["cursor"] = body["next"]
-
-
 def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> None:
     # The venue's REST API is down for this test: nothing can be backfilled, so every trade
     # missed while cut off must show up in /api/v1/gaps.
@@ -137,7 +124,7 @@ def test_every_delivered_trade_is_stored_once_through_faults(setup: Setup) -> No
     stored: list[int] = []
 
     def caught_up() -> bool:
-        stored[:] = _all_trades(setup.api)
+        stored[:] = stored_trade_ids(setup.api, limit=997)
         return len(stored) >= len(delivered)
 
     wait_for(caught_up, 30, "every delivered trade to be stored", setup.app, interval=0.5)
@@ -191,7 +178,7 @@ def test_missed_trades_are_backfilled_over_rest(setup: Setup) -> None:
     stored: list[int] = []
 
     def complete() -> bool:
-        stored[:] = _all_trades(setup.api)
+        stored[:] = stored_trade_ids(setup.api, limit=997)
         return len(stored) >= len(expected)
 
     wait_for(complete, 30, "the missed trades to be backfilled", setup.app, interval=0.5)
@@ -221,7 +208,7 @@ def test_a_restart_leaves_no_hole(setup: Setup) -> None:
         stored: list[int] = []
 
         def complete() -> bool:
-            stored[:] = _all_trades(api)
+            stored[:] = stored_trade_ids(api, limit=997)
             return len(stored) >= len(expected)
 
         wait_for(complete, 30, "the trades missed while down to be backfilled", app, interval=0.5)
@@ -271,5 +258,5 @@ def test_sigterm_flushes_and_exits_cleanly(setup: Setup) -> None:
     # Everything buffered at SIGTERM was written: serve the same store and read it back.
     port = free_port()
     with wadm("serve", _env(setup.emu_port, setup.data), port):
-        stored = _all_trades(f"http://127.0.0.1:{port}")
+        stored = stored_trade_ids(f"http://127.0.0.1:{port}", limit=997)
     assert stored == delivered

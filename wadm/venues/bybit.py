@@ -140,56 +140,6 @@ def trades_to_frame(items: list[Any], ts_recv: list[int]) -> pl.DataFrame:
     ).filter(pl.col("price") > 0, pl.col("qty") > 0)
 
 
-class BybitProtocol(ProtocolBase):
-    """Decodes the frames of one Bybit connection plan into its trade streams."""
-
-    def __init__(self, streams: dict[str, TradeStream]) -> None:
-        self.streams = streams
-
-    def feed(self, payload: bytes, ts_recv: int) -> Sequence[Event]:
-        """Take one frame; see :class:`~wadm.venues.base.VenueProtocol`.
-
-        Raises:
-            VenueProtocolError: kinds ``invalid_json``, ``unknown_event``, ``missing_field`` or
-                ``unknown_stream``.
-        """
-        msg = _topic_message(payload)
-        if not msg.topic:
-            return _control(msg)
-        st = self.streams.get(msg.topic)
-        if st is None:
-            raise VenueProtocolError("unknown_stream", msg.topic[:60])
-        try:
-            trades = _decode_trades(msg.data)
-        except msgspec.DecodeError as exc:
-            raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
-        st.frames += 1
-        if not trades:
-            return NO_EVENTS
-        events: Sequence[Event] = NO_EVENTS
-        first_ts = trades[0].T * NS_PER_MS
-        if st.first_live is None:
-            st.first_live = first_ts
-        if st.gap_open:
-            # The connection was lost (or WADM restarted): trades between our newest one and
-            # this frame may be missing, and Bybit ids cannot tell; recent-trade may recover them.
-            st.gap_open = False
-            if 0 < st.newest_ts() < first_ts:
-                events = (RecoverTrades(msg.topic, Gap(st.newest_ts(), first_ts, st.gap_reason)),)
-        recent = st.recent
-        assert recent is not None
-        items = st.items
-        for trade in trades:
-            if not recent.add(trade.i):
-                st.duplicates += 1
-            elif len(items) >= st.max_rows:
-                st.note_drop(trade.T * NS_PER_MS, None)
-            else:
-                items.append(trade)
-                st.ts_recv.append(ts_recv)
-        return events
-
-
 class BookData(msgspec.Struct, frozen=True, gc=False):
     """``orderbook.{depth}.{symbol}`` data. ``seq`` (cross sequence) is skipped."""
 
@@ -252,6 +202,41 @@ class _TopicProtocol(ProtocolBase, Generic[S]):
             raise VenueProtocolError("unknown_stream", msg.topic[:60])
         action = self._take(st, msg, ts_recv)
         return NO_EVENTS if action is None else (action,)
+
+
+class BybitProtocol(_TopicProtocol[TradeStream]):
+    """Decodes the ``publicTrade`` frames of one Bybit connection plan into its trade streams."""
+
+    def _take(self, st: TradeStream, msg: Envelope, ts_recv: int) -> Action | None:
+        try:
+            trades = _decode_trades(msg.data)
+        except msgspec.DecodeError as exc:
+            raise VenueProtocolError("missing_field", f"{msg.topic}: {exc}") from exc
+        st.frames += 1
+        if not trades:
+            return None
+        action = None
+        first_ts = trades[0].T * NS_PER_MS
+        if st.first_live is None:
+            st.first_live = first_ts
+        if st.gap_open:
+            # The connection was lost (or WADM restarted): trades between our newest one and
+            # this frame may be missing, and Bybit ids cannot tell; recent-trade may recover them.
+            st.gap_open = False
+            if 0 < st.newest_ts() < first_ts:
+                action = RecoverTrades(msg.topic, Gap(st.newest_ts(), first_ts, st.gap_reason))
+        recent = st.recent
+        assert recent is not None
+        items = st.items
+        for trade in trades:
+            if not recent.add(trade.i):
+                st.duplicates += 1
+            elif len(items) >= st.max_rows:
+                st.note_drop(trade.T * NS_PER_MS, None)
+            else:
+                items.append(trade)
+                st.ts_recv.append(ts_recv)
+        return action
 
 
 class BybitBookProtocol(_TopicProtocol[BookStream], HoldingProtocol):
