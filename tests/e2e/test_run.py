@@ -81,7 +81,7 @@ class Setup:
     def recover_and_freeze(self) -> list[int]:
         """Wait for the stream to be healthy again, stop the market, return the ids delivered to us."""
         wait_for(lambda: self.health().status_code == 200, 30, "the stream to recover", self.app)
-        self.more_trades()
+        self.more_trades(600)
         self.control("pause")
         return self.delivered()
 

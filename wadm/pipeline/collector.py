@@ -103,7 +103,7 @@ class Collector:
         settings: watchdog, rotation, reconnect, flush and backfill knobs.
         writer: where batches and gaps go.
         rest: the REST client of the plan's venue host (shared with other collectors of that host).
-        use_aiofastnet: picows transport choice (None: picows' default).
+        use_aiofastnet: picows transport choice (None: the loop's own, see WsLink).
     """
 
     def __init__(

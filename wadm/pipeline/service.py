@@ -78,7 +78,7 @@ class Service:
     Args:
         settings: validated settings.
         store: an unopened store; the service opens and closes it.
-        use_aiofastnet: picows transport choice for the links (None: picows' default).
+        use_aiofastnet: picows transport choice for the links (None: the loop's own, see WsLink).
         plans: connection plans to use instead of those the settings describe (tests, benchmarks).
         rest_transport: httpx transport of the REST clients (default: the network).
     """

@@ -211,7 +211,11 @@ class WsLink:
         rotate_after: age in seconds at which the connection is rotated (make before break).
         backoff: reconnect delays.
         clock: monotonic seconds (injected in tests).
-        use_aiofastnet: picows transport choice (None: picows' default).
+        use_aiofastnet: picows transport choice; None means False, the loop's own transport. On
+            uvloop, aiofastnet's transport never reports a TCP reset that arrives together with
+            data not read yet (uvloop runs the reader once for a socket in error, then stops
+            polling it; aiofastnet reads once per call), so a cut connection looked alive until
+            the watchdog replaced it.
     """
 
     def __init__(
@@ -233,7 +237,7 @@ class WsLink:
         self.rotate_after = min(rotate_after, plan.max_lifetime or rotate_after)
         self.backoff = backoff
         self.clock = clock
-        self.use_aiofastnet = use_aiofastnet
+        self.use_aiofastnet = bool(use_aiofastnet)
         self.state = LinkState()
         self.current: _Listener | None = None
         self.crash: Exception | None = None  # an unexpected error from frame handling
