@@ -16,6 +16,7 @@ from typing import Protocol
 import polars as pl
 
 from wadm.records import BatchKey, Market, Venue
+from wadm.venues.base import Instrument
 
 __all__ = [
     "BookDetail",
@@ -227,6 +228,10 @@ class LiveView(Protocol):
 
     def book(self, series: Series, depth: int) -> BookView | None:
         """The live book of a series with ``depth`` levels per side; None when not collected here."""
+        ...
+
+    def instrument(self, series: Series) -> Instrument | None:
+        """The series' price tick and quantity lot as the venue last described them; None if unknown."""
         ...
 
     def book_rows(self, series: Series) -> pl.DataFrame | None:

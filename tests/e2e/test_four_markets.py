@@ -368,5 +368,9 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
     symbols = s.get("/api/v1/symbols").json()["symbols"]
     assert {(x["exchange"], x["market"], x["symbol"]) for x in symbols} == set(SERIES)
     assert all(sorted(x["channels"]) == ["book", "klines", "trades"] and x["collecting"] for x in symbols)
+    # The venue's listing gave every series its price tick and quantity lot (the emulator's grids).
+    for x in symbols:
+        grid = s.emu.emu.feeds[(x["exchange"], x["market"], x["symbol"])].instrument
+        assert (x["tick_size"], x["lot_size"]) == (10.0 ** -grid.tick_decimals, 10.0 ** -grid.lot_decimals), x
     c("resume")
     _check_books(s, "the end of the test")

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import binance_spot_settings, health, streams, until
+from wadm.config import StreamTarget
 from wadm.emulator import Emulator
 from wadm.emulator.market import SyntheticSpec
+from wadm.live import Series
 from wadm.pipeline.service import Service
 from wadm.records import GAPS, TRADES, BatchKey, Market, Venue
 from wadm.store import SqliteStore
@@ -134,3 +136,28 @@ async def test_a_restart_resumes_even_when_live_trades_come_before_the_store_ans
     assert sorted(ids) == list(range(min(ids), max(ids) + 1)) and len(set(ids)) == len(ids)  # no hole, no twice
     assert max(ids) == delivered[-1]
     assert gaps.height == 0
+
+
+async def test_the_venue_listing_gives_each_series_its_tick_and_lot(tmp_path: Path) -> None:
+    specs = [SyntheticSpec(market="spot", symbol="BTCUSDT", rate=50),
+             SyntheticSpec(market="linear", symbol="ETHUSDT", rate=50, venue="bybit")]
+    async with Emulator(synthetic=specs, seed=3) as emu:
+        targets = (StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=("BTCUSDT",)),
+                   StreamTarget(venue=Venue.BYBIT, market=Market.LINEAR, symbols=("ETHUSDT",)))
+        settings = binance_spot_settings(emu, targets=targets, bybit_ws_url=emu.urls["bybit"]["linear"].rsplit(
+            "/v5/", 1)[0], bybit_rest_url=emu.rest_urls["bybit"]["linear"])
+        svc = Service(settings, SqliteStore(tmp_path / "w.db"))
+        await svc.start()
+        try:
+            btc, eth = Series(Venue.BINANCE, Market.SPOT, "BTCUSDT"), Series(Venue.BYBIT, Market.LINEAR, "ETHUSDT")
+            await until(lambda: svc.live.instrument(btc) is not None and svc.live.instrument(eth) is not None, 10,
+                        "the listings to be read")
+            for series in (btc, eth):
+                feed = emu.feeds[(str(series.venue), str(series.market), series.symbol)]
+                instrument = svc.live.instrument(series)
+                assert instrument is not None
+                assert instrument.tick == 10.0 ** -feed.instrument.tick_decimals, series
+                assert instrument.lot == 10.0 ** -feed.instrument.lot_decimals, series
+            assert svc.live.instrument(Series(Venue.BINANCE, Market.USDM, "BTCUSDT")) is None  # not collected
+        finally:
+            await svc.stop()

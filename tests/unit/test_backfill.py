@@ -412,7 +412,10 @@ def _spot_symbol(symbol: str, status: str = "TRADING") -> dict[str, Any]:
             "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"], "icebergAllowed": True, "ocoAllowed": True,
             "isSpotTradingAllowed": True, "isMarginTradingAllowed": True,
             "filters": [{"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000",
-                         "tickSize": "0.01000000"}],
+                         "tickSize": "0.01000000"},
+                        {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000",
+                         "stepSize": "0.00001000"},
+                        {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True}],
             "permissions": [], "permissionSets": [["SPOT", "MARGIN"]], "defaultSelfTradePreventionMode": "EXPIRE_MAKER"}
 
 
@@ -421,7 +424,8 @@ def _usdm_symbol(symbol: str, status: str = "TRADING") -> dict[str, Any]:
             "onboardDate": 1569398400000, "status": status, "baseAsset": symbol[:-4], "quoteAsset": "USDT",
             "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3, "underlyingType": "COIN",
             "filters": [{"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764",
-                         "tickSize": "0.10"}],
+                         "tickSize": "0.10"},
+                        {"filterType": "LOT_SIZE", "maxQty": "1000", "minQty": "0.001", "stepSize": "0.001"}],
             "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
 
 
@@ -542,3 +546,32 @@ def test_rest_limits_per_venue_market() -> None:
     assert rest_limit(Venue.BINANCE, Market.SPOT) == binance.REST_LIMITS[Market.SPOT]
     assert rest_limit(Venue.BINANCE, Market.USDM).limit == 2400
     assert rest_limit(Venue.BYBIT, Market.SPOT) == rest_limit(Venue.BYBIT, Market.LINEAR) == bybit.REST_LIMIT
+
+
+def test_listings_give_each_symbol_its_tick_and_lot() -> None:
+    spot = BinanceListing(Market.SPOT, ["BTCUSDT"])
+    req = spot.next_request()
+    assert req is not None
+    spot.on_answer(req.decode(_exchange_info([_spot_symbol("BTCUSDT")], SPOT_LIMITS)))
+    (btc,) = spot.instruments.values()
+    assert (btc.tick, btc.lot, btc.tick_text, btc.lot_text) == (0.01, 0.00001, "0.01000000", "0.00001000")
+    usdm = BinanceListing(Market.USDM, ["BTCUSDT"])
+    req = usdm.next_request()
+    assert req is not None
+    no_lot = {**_usdm_symbol("ETHUSDT"), "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.01"}]}
+    usdm.on_answer(req.decode(_exchange_info([_usdm_symbol("BTCUSDT"), no_lot], USDM_LIMITS, usdm=True)))
+    assert {s: (i.tick, i.lot) for s, i in usdm.instruments.items()} == {"BTCUSDT": (0.1, 0.001)}  # asked only
+    linear = BybitListing(Market.LINEAR, ["BTCUSDT"])
+    req = linear.next_request()
+    assert req is not None
+    linear.on_answer(req.decode(_instruments([_instrument("BTCUSDT")])))
+    assert (linear.instruments["BTCUSDT"].tick, linear.instruments["BTCUSDT"].lot) == (0.1, 0.001)
+    # Spot describes its lot as basePrecision; a zero or missing tick describes nothing.
+    spot_row = {"symbol": "BTCUSDT", "status": "Trading", "lotSizeFilter": {"basePrecision": "0.000001"},
+                "priceFilter": {"tickSize": "0.01"}}
+    bybit_spot = BybitListing(Market.SPOT, ["BTCUSDT", "ETHUSDT"])
+    for row in (spot_row, {**spot_row, "symbol": "ETHUSDT", "priceFilter": {"tickSize": "0"}}):
+        req = bybit_spot.next_request()
+        assert req is not None
+        bybit_spot.on_answer(req.decode(_instruments([row])))
+    assert {s: (i.tick, i.lot) for s, i in bybit_spot.instruments.items()} == {"BTCUSDT": (0.01, 0.000001)}

@@ -308,6 +308,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "since": {"type": ["integer", "null"], "description": "When this process started "
                                   "collecting it (epoch ms); null when it is not collecting."},
                         "collecting": {"type": "boolean"},
+                        "tick_size": {"type": ["number", "null"], "description": "The venue's price increment "
+                                      "(from its listing); null until the listing was read."},
+                        "lot_size": {"type": ["number", "null"], "description": "The venue's quantity increment."},
                     }}}},
                 },
                 "Health": {

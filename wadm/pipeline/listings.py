@@ -2,7 +2,8 @@
 
 PROTOCOLS.md §5.8 and §5.11 ask to check symbols against the venue's list (``exchangeInfo``,
 ``instruments-info``) before relying on them, and §1.5 to read Binance's request-weight budget
-from ``exchangeInfo.rateLimits`` rather than hard-code it. One check per venue market serves
+from ``exchangeInfo.rateLimits`` rather than hard-code it. The same answers give each symbol's
+price tick and quantity lot, which analytics use (they never guess a tick). One check per venue market serves
 every collector of that market: a symbol that is not listed (or not trading) is reported on
 its streams, like a refused subscription, so that its silence neither fails over the
 connection it shares nor goes unexplained.
@@ -18,7 +19,7 @@ from wadm.errors import VenueProtocolError
 from wadm.pipeline.collector import Collector
 from wadm.records import Market, Venue
 from wadm.transport.rest import RestClient, RestError
-from wadm.venues.base import ListingQuery
+from wadm.venues.base import Instrument, ListingQuery
 
 __all__ = ["LISTING_CHECK_EVERY", "ListingWatch"]
 
@@ -44,6 +45,7 @@ class ListingWatch:
         self.client = client
         self.collectors = list(collectors)
         self.symbols = sorted({st.spec.symbol for c in self.collectors for st in c.streams.values()})
+        self.instruments: dict[str, Instrument] = {}  # the venue's tick and lot per symbol, as last read
 
     async def run(self) -> None:
         """Check now and every hour, forever."""
@@ -67,6 +69,7 @@ class ListingWatch:
             self.client.budget.set_limit(query.weight_limit)
             log.info("%s/%s: the venue allows %d request weight per minute", self.venue, self.market,
                      query.weight_limit)
+        self.instruments.update(query.instruments)
         for collector in self.collectors:
             collector.set_listing(query.statuses, query.trading)
         for symbol, state in sorted(query.statuses.items()):

@@ -31,7 +31,7 @@ from wadm.pipeline.collector import Collector
 from wadm.pipeline.writer import Histogram
 from wadm.records import KLINE_SCHEMA, TRADES, BatchKey
 from wadm.units import NS_PER_MS
-from wadm.venues.base import Stream, TradeStream
+from wadm.venues.base import Instrument, Stream, TradeStream
 from wadm.venues.streams import BookStream, KlineStream
 
 if TYPE_CHECKING:
@@ -221,6 +221,13 @@ class ServiceView:
         mid, spread, bands = st.metrics()
         return BookView(str(st.state), stale, st.ts_update, st.ts_recv, st.book.update_id, bids, asks, mid, spread,
                         bands, resyncs)
+
+    def instrument(self, series: Series) -> Instrument | None:
+        """The tick and lot the venue's listing gave for the series."""
+        for listing in self._svc.listings:
+            if listing.venue is series.venue and listing.market is series.market:
+                return listing.instruments.get(series.symbol)
+        return None
 
     def book_rows(self, series: Series) -> pl.DataFrame | None:
         """Snapshots taken but not handed to the store yet."""

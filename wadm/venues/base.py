@@ -43,6 +43,7 @@ __all__ = [
     "FetchSnapshot",
     "Gap",
     "HoldingProtocol",
+    "Instrument",
     "ListingQuery",
     "ProtocolBase",
     "RecentIds",
@@ -218,11 +219,36 @@ class Backfill(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """What the venue says about a symbol's grids: price ``tick`` and quantity ``lot``.
+
+    The decimal strings are kept as the venue wrote them (exact); the floats are for arithmetic.
+    """
+
+    tick: float
+    lot: float
+    tick_text: str
+    lot_text: str
+
+    @classmethod
+    def parse(cls, tick: str, lot: str) -> Instrument | None:
+        """From the venue's decimal strings; None when either is missing or not a positive number."""
+        try:
+            t, q = float(tick), float(lot)
+        except ValueError:
+            return None
+        if not (t > 0 and q > 0):
+            return None
+        return cls(t, q, tick, lot)
+
+
 class ListingQuery(Protocol):
     """Which configured symbols the venue lists and trades, sans-IO, in one or more requests."""
 
     trading: str  # the status that means "trading" on this venue
     statuses: dict[str, str]  # symbol -> the venue's status, or NOT_LISTED
+    instruments: dict[str, Instrument]  # symbol -> its tick and lot, for the symbols the venue described
     weight_limit: int | None  # the request budget the venue published, when it did
 
     def next_request(self) -> RestRequest[Any] | None:

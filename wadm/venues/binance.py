@@ -34,6 +34,7 @@ from wadm.venues.base import (
     Event,
     Gap,
     HoldingProtocol,
+    Instrument,
     ProtocolBase,
     RestLimit,
     RestRequest,
@@ -388,11 +389,26 @@ class RateLimit(msgspec.Struct, frozen=True, gc=False):
     limit: int = 0
 
 
+class SymbolFilter(msgspec.Struct, frozen=True, gc=False):
+    """One of a symbol's ``filters`` (``PRICE_FILTER`` carries the tick, ``LOT_SIZE`` the lot)."""
+
+    filterType: str = ""
+    tickSize: str = ""
+    stepSize: str = ""
+
+
 class SymbolStatus(msgspec.Struct, frozen=True, gc=False):
     """One entry of ``exchangeInfo.symbols`` (the fields we use)."""
 
     symbol: str
     status: str = ""
+    filters: list[SymbolFilter] = []
+
+    def instrument(self) -> Instrument | None:
+        """The symbol's tick and lot, when both filters are given."""
+        kinds = {f.filterType: f for f in self.filters}
+        price, lot = kinds.get("PRICE_FILTER"), kinds.get("LOT_SIZE")
+        return None if price is None or lot is None else Instrument.parse(price.tickSize, lot.stepSize)
 
 
 class ExchangeInfo(msgspec.Struct, frozen=True, gc=False):
@@ -547,6 +563,7 @@ class BinanceListing:
     def __init__(self, market: Market, symbols: Sequence[str]) -> None:
         self.market = market
         self.statuses: dict[str, str] = {}
+        self.instruments: dict[str, Instrument] = {}
         self.weight_limit: int | None = None
         self._queue: list[list[str]] = [sorted(symbols)] if symbols else []
         self._asked: list[str] = []
@@ -568,9 +585,12 @@ class BinanceListing:
             if (rule.rateLimitType == "REQUEST_WEIGHT" and rule.interval == "MINUTE" and rule.intervalNum == 1
                     and rule.limit > 0):
                 self.weight_limit = rule.limit
-        listed = {x.symbol: x.status for x in info.symbols}
+        listed = {x.symbol: x for x in info.symbols}
         for symbol in self._asked:
-            self.statuses[symbol] = listed.get(symbol, NOT_LISTED)
+            found = listed.get(symbol)
+            self.statuses[symbol] = NOT_LISTED if found is None else found.status
+            if found is not None and (instrument := found.instrument()) is not None:
+                self.instruments[symbol] = instrument
 
     def on_error(self, status: int | None) -> None:
         """Spot's 400 names an unknown symbol: split the list, or mark the one symbol; otherwise stop."""

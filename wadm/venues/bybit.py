@@ -37,6 +37,7 @@ from wadm.venues.base import (
     Event,
     Gap,
     HoldingProtocol,
+    Instrument,
     ProtocolBase,
     RecentIds,
     RecoverTrades,
@@ -58,6 +59,7 @@ __all__ = [
     "BybitKlineProtocol",
     "BybitListing",
     "BybitProtocol",
+    "InstrumentInfo",
     "RecentTradeBackfill",
     "decode_instruments",
     "decode_klines",
@@ -298,18 +300,34 @@ class RestTrade(msgspec.Struct, frozen=True, gc=False):
     i: str = msgspec.field(name="execId")
 
 
-class Instrument(msgspec.Struct, frozen=True, gc=False):
+class _PriceFilter(msgspec.Struct, frozen=True, gc=False):
+    tickSize: str = ""
+
+
+class _LotSizeFilter(msgspec.Struct, frozen=True, gc=False):
+    qtyStep: str = ""  # linear
+    basePrecision: str = ""  # spot
+
+
+class InstrumentInfo(msgspec.Struct, frozen=True, gc=False):
     """One row of ``GET /v5/market/instruments-info`` (the fields we use)."""
 
     symbol: str
     status: str = ""
+    priceFilter: _PriceFilter = _PriceFilter()
+    lotSizeFilter: _LotSizeFilter = _LotSizeFilter()
+
+    def instrument(self) -> Instrument | None:
+        """The symbol's tick and lot (linear: ``qtyStep``; spot: ``basePrecision``)."""
+        lot = self.lotSizeFilter.qtyStep or self.lotSizeFilter.basePrecision
+        return Instrument.parse(self.priceFilter.tickSize, lot)
 
 
 _decode_answer = msgspec.json.Decoder(_RestAnswer).decode
 _decode_rest_trades = msgspec.json.Decoder(list[RestTrade], strict=False).decode
 _decode_rest_klines = msgspec.json.Decoder(list[tuple[int, float, float, float, float, float, float]],
                                            strict=False).decode
-_decode_instruments = msgspec.json.Decoder(list[Instrument]).decode
+_decode_instruments = msgspec.json.Decoder(list[InstrumentInfo]).decode
 
 
 def _result_list(payload: bytes, decode: Any, what: str) -> Any:
@@ -339,7 +357,7 @@ def decode_klines(payload: bytes, ts_recv: int = 0) -> list[KlineRow]:
     return sorted(out)
 
 
-def decode_instruments(payload: bytes) -> list[Instrument]:
+def decode_instruments(payload: bytes) -> list[InstrumentInfo]:
     """Decode ``instruments-info``."""
     return _result_list(payload, _decode_instruments, "instruments-info")  # type: ignore[no-any-return]
 
@@ -413,11 +431,12 @@ class BybitListing:
     def __init__(self, market: Market, symbols: Sequence[str]) -> None:
         self.market = market
         self.statuses: dict[str, str] = {}
+        self.instruments: dict[str, Instrument] = {}
         self.weight_limit: int | None = None  # Bybit publishes none: its budget is fixed
         self._queue = sorted(symbols)
         self._asked = ""
 
-    def next_request(self) -> RestRequest[list[Instrument]] | None:
+    def next_request(self) -> RestRequest[list[InstrumentInfo]] | None:
         """The next symbol's request, or None when done."""
         if not self._queue:
             return None
@@ -429,6 +448,8 @@ class BybitListing:
         """Note the asked symbol's status (not listed when the list does not hold it)."""
         listed = [x for x in value if x.symbol == self._asked]
         self.statuses[self._asked] = listed[0].status if listed else NOT_LISTED
+        if listed and (instrument := listed[0].instrument()) is not None:
+            self.instruments[self._asked] = instrument
 
     def on_error(self, status: int | None) -> None:
         """Leave the symbol out: nothing is assumed about it."""

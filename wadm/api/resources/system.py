@@ -142,6 +142,7 @@ class SymbolsResource:
             for symbol in target.symbols:
                 series = Series(target.venue, target.market, symbol)
                 streams = collecting.get(series, ())
+                instrument = live.instrument(series)
                 rows.append({
                     "exchange": str(target.venue),
                     "market": str(target.market),
@@ -150,6 +151,9 @@ class SymbolsResource:
                     "channels": [channel for _, channel in streams],
                     "collecting": bool(streams),
                     "since": since if streams and live.connected_once(series) else None,
+                    # The venue's price and quantity increments (null until its listing was read).
+                    "tick_size": None if instrument is None else instrument.tick,
+                    "lot_size": None if instrument is None else instrument.lot,
                 })
         send_json(resp, {"symbols": rows, "count": len(rows)})
 
