@@ -183,3 +183,16 @@ def test_binance_crossed_book_resyncs() -> None:
     assert sync.state is BookState.LIVE
     assert sync.on_diff(11, 12, 10, [(3.0, 1.0)], []) == NeedSnapshot("X", "crossed")
     assert sync.state is BookState.RESYNCING and sync.resyncs == {"crossed": 1}
+
+
+def test_band_edges_are_exact() -> None:
+    # mid 100: the 0.5 % band is [99.5, 100.5]. In floats 100 * 1.005 is 100.49999999999999, which
+    # would leave out the ask at 100.5 (imbalance 0.667 instead of (45 - 29) / 74).
+    book = L2Book()
+    book.load([(99.9, 20.0), (99.6, 25.0), (99.5, 7.0), (99.4, 1.0)],
+              [(100.1, 4.0), (100.3, 5.0), (100.5, 20.0), (100.6, 100.0)], 1)
+    mid, spread, metrics = book_metrics(book)
+    assert (mid, spread) == (100.0, 0.2)
+    assert (metrics["bid_depth_0.5pct"], metrics["ask_depth_0.5pct"]) == (52.0, 29.0)  # 99.5 and 100.5 both in
+    assert metrics["imbalance_0.5pct"] == round((52 - 29) / 81, 10)
+    assert (metrics["bid_depth_0.1pct"], metrics["ask_depth_0.1pct"]) == (20.0, 4.0)  # [99.9, 100.1], both ends in

@@ -12,6 +12,7 @@ import bisect
 import heapq
 import math
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 from wadm.records import BANDS, band_name
 
@@ -139,14 +140,44 @@ def book_snapshot(
     mid = (bid + ask) / 2
     out: Metrics = {}
     for band in bands:
-        b = sum(map(bid_qty, bid_keys[bisect.bisect_left(bid_keys, mid * (1 - band)):]))
-        a = sum(map(ask_qty, ask_keys[: bisect.bisect_right(ask_keys, mid * (1 + band))]))
+        b = sum(map(bid_qty, bid_keys[_band_start(bid_keys, bid, ask, band):]))
+        a = sum(map(ask_qty, ask_keys[:_band_end(ask_keys, bid, ask, band)]))
         name = band_name(band)
         # Sums of decimal quantities carry float noise; 10 decimals is far below any venue's step.
         out[f"bid_depth_{name}"] = round(b, 10)
         out[f"ask_depth_{name}"] = round(a, 10)
         out[f"imbalance_{name}"] = round((b - a) / (b + a), 10) if b + a else 0.0
     return top_bids, top_asks, round(mid, 10), round(ask - bid, 10), out
+
+
+def _dec(x: float) -> Decimal:
+    return Decimal(repr(x))  # the decimal the venue wrote (shortest round trip)
+
+
+def _band_start(bid_keys: list[float], bid: float, ask: float, band: float) -> int:
+    """First bid (ascending keys) at or above ``mid * (1 - band)``, the edge compared exactly.
+
+    In floats the edge drifts (mid 100, 0.5 %: 99.5 is fine, but 100.49999999999999 on the ask
+    side leaves out an order at 100.5); the float bisection is corrected on the decimals.
+    """
+    i = bisect.bisect_left(bid_keys, (bid + ask) / 2 * (1 - band))
+    edge = (_dec(bid) + _dec(ask)) * (1 - _dec(band))  # 2 x the edge: prices are compared doubled
+    while i > 0 and 2 * _dec(bid_keys[i - 1]) >= edge:
+        i -= 1
+    while i < len(bid_keys) and 2 * _dec(bid_keys[i]) < edge:
+        i += 1
+    return i
+
+
+def _band_end(ask_keys: list[float], bid: float, ask: float, band: float) -> int:
+    """One past the last ask (ascending keys) at or below ``mid * (1 + band)``, compared exactly."""
+    i = bisect.bisect_right(ask_keys, (bid + ask) / 2 * (1 + band))
+    edge = (_dec(bid) + _dec(ask)) * (1 + _dec(band))
+    while i < len(ask_keys) and 2 * _dec(ask_keys[i]) <= edge:
+        i += 1
+    while i > 0 and 2 * _dec(ask_keys[i - 1]) > edge:
+        i -= 1
+    return i
 
 
 def book_metrics(
