@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +86,7 @@ class Settings:
     retention_aggregates_1h: int = 604800
     retention_gaps: int = 604800
     retention_book_snapshots: int = 3600
+    retention_indicators: int = 604800
     channels: tuple[str, ...] = CHANNELS
     book_depth: int = 1000
     bybit_book_depth: int = 200
@@ -113,6 +115,9 @@ class Settings:
     log_level: str = "INFO"
     api_concurrency: int = 2  # heavy API requests (store reads, large answers) working at once
     api_queue: int = 32  # heavy API requests waiting for a turn; more are answered 429
+    # Footprint row height per symbol (price units), as configured; other symbols get a row
+    # derived from their tick and price (wadm.analytics.grid.default_row).
+    footprint_rows: tuple[tuple[str, Decimal], ...] = ()
 
     def retention(self) -> dict[str, int]:
         """Seconds each table keeps its rows (event time)."""
@@ -121,7 +126,14 @@ class Settings:
             "book_snapshots": self.retention_book_snapshots,
             "klines": self.retention_aggregates_1m,
             "gaps": self.retention_gaps,
+            "bars_1m": self.retention_aggregates_1m,
+            "bars_1h": self.retention_aggregates_1h,
+            "indicators": self.retention_indicators,
         }
+
+    def footprint_row(self, symbol: str) -> Decimal | None:
+        """The configured footprint row of ``symbol`` (price units), or None for the derived default."""
+        return dict(self.footprint_rows).get(symbol)
 
     def symbols(self, venue: Venue, market: Market) -> tuple[str, ...]:
         """Return the symbols collected on one (venue, market), possibly empty."""
@@ -139,6 +151,7 @@ class Settings:
             for t in self.targets
         ]
         out["mongodb_uri"] = _mask_password(self.mongodb_uri)
+        out["footprint_rows"] = {symbol: format(row, "f") for symbol, row in self.footprint_rows}
         return out
 
 
@@ -228,7 +241,54 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]]:
+_ROW_RULE = ("a row height in price units: a positive decimal number with at most 12 decimals, "
+             "such as 10 or 0.5, a multiple of the symbol's tick")
+FOOTPRINT_KEY = "footprint_row"
+
+
+def _row(name: str, raw: object) -> Decimal:
+    """One footprint row height: a positive decimal (YAML numbers are read through their text)."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ConfigError(name, raw, _ROW_RULE)
+    text = str(raw).strip()
+    try:
+        value = Decimal(text) if text.isascii() else None
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value <= 0 or value > 10**9 or -value.as_tuple().exponent > 12:  # type: ignore[operator]
+        raise ConfigError(name, raw, _ROW_RULE)
+    return value.normalize()
+
+
+def _footprint_rows(name: str, raw: object) -> dict[str, Decimal]:
+    """``SYMBOL:row`` pairs (comma-separated text) or a YAML mapping of symbol -> row."""
+    pairs: list[tuple[str, object]]
+    if isinstance(raw, str):
+        pairs = []
+        for item in (part.strip() for part in raw.split(",")):
+            if not item:
+                continue
+            symbol, sep, text = item.replace("=", ":").partition(":")
+            if not sep:
+                raise ConfigError(name, item, f"SYMBOL:row pairs separated by commas, e.g. BTCUSDT:10,ETHUSDT:0.5; "
+                                              f"{_ROW_RULE}")
+            pairs.append((symbol.strip(), text.strip()))
+    elif isinstance(raw, dict):
+        pairs = [(str(k), v) for k, v in raw.items()]
+    else:
+        raise ConfigError(name, raw, "a mapping of symbol -> row height, e.g. {BTCUSDT: 10, ETHUSDT: 0.5}")
+    out: dict[str, Decimal] = {}
+    for symbol, row in pairs:
+        sym = str(symbol).upper()
+        if not (symbol.isascii() and SYMBOL_RE.fullmatch(sym)):
+            raise ConfigError(name, symbol, SYMBOL_RULE)
+        if sym in out:
+            raise ConfigError(name, symbol, "each symbol once")
+        out[sym] = _row(f"{name}: {sym}", row)
+    return out
+
+
+def _read_symbols_file(path: Path) -> tuple[dict[tuple[Venue, Market], tuple[str, ...]], dict[str, Decimal]]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -248,17 +308,21 @@ def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2025-02-30
         raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
     if doc is None:
-        return {}
+        return {}, {}
     if not isinstance(doc, dict):
         raise ConfigError(str(path), doc, "a mapping of venue -> market -> list of symbols")
     found: dict[tuple[Venue, Market], tuple[str, ...]] = {}
     given_as: dict[tuple[Venue, Market], str] = {}
+    rows: dict[str, Decimal] = {}
     for venue_name, markets in doc.items():
+        if venue_name == FOOTPRINT_KEY:
+            rows = _footprint_rows(f"{path}: {FOOTPRINT_KEY}", markets or {})
+            continue
         try:
             venue = Venue(str(venue_name).lower())
         except ValueError:
             allowed = ", ".join(v.value for v in Venue)
-            raise ConfigError(f"{path}: {venue_name}", venue_name, f"a venue: {allowed}") from None
+            raise ConfigError(f"{path}: {venue_name}", venue_name, f"a venue: {allowed}, or {FOOTPRINT_KEY}") from None
         if not isinstance(markets, dict):
             raise ConfigError(f"{path}: {venue_name}", markets, "a mapping of market -> list of symbols")
         for market_name, syms in markets.items():
@@ -273,7 +337,7 @@ def _read_symbols_file(path: Path) -> dict[tuple[Venue, Market], tuple[str, ...]
                                   f"each market once; it is already given as {given_as[(venue, market)]}")
             given_as[(venue, market)] = key
             found[(venue, market)] = _symbols(f"{path}: {key}", [] if syms is None else syms)
-    return found
+    return found, rows
 
 
 def _check_data_dir(data_dir: Path, cwd: Path) -> None:
@@ -350,6 +414,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("RETENTION_AGGREGATES_1H", "retention_aggregates_1h", 3600, 5 * 365 * 86400, True),
         ("RETENTION_GAPS", "retention_gaps", 3600, 5 * 365 * 86400, True),
         ("RETENTION_BOOK_SNAPSHOTS", "retention_book_snapshots", 60, 365 * 86400, True),
+        ("RETENTION_INDICATORS", "retention_indicators", 3600, 5 * 365 * 86400, True),
         ("BOOK_DEPTH", "book_depth", 5, 5000, True),
         ("BOOK_SNAPSHOT_INTERVAL", "book_snapshot_interval", 0.1, 3600, False),
         ("BOOK_SNAPSHOT_DEPTH", "book_snapshot_depth", 1, 1000, True),
@@ -424,8 +489,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         exists = path.exists()
     except OSError as exc:  # e.g. a folder on the way that we may not read
         raise ConfigError("WADM_SYMBOLS_FILE", str(path), f"a readable YAML file ({exc})") from exc
+    rows: dict[str, Decimal] = {}
     if exists:
-        symbols.update(_read_symbols_file(path))
+        from_file, rows = _read_symbols_file(path)
+        symbols.update(from_file)
     elif file_raw:
         raise ConfigError("WADM_SYMBOLS_FILE", file_raw, "the path of an existing YAML file")
     for key, name in SYMBOL_VARIABLES.items():
@@ -438,4 +505,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
                           f"at least one symbol in one of these variables or in {path}: "
                           "with every market empty the service could never be healthy")
     kw["targets"] = tuple(StreamTarget(venue=v, market=m, symbols=s) for (v, m), s in symbols.items() if s)
+    if (raw := get("FOOTPRINT_ROW")) is not None:
+        rows = _footprint_rows("FOOTPRINT_ROW", raw)  # the variable, when set, wins over the file
+    collected = {s for t in kw["targets"] for s in t.symbols}
+    for symbol in rows:
+        if symbol not in collected:
+            source = "FOOTPRINT_ROW" if get("FOOTPRINT_ROW") is not None else f"{path}: {FOOTPRINT_KEY}"
+            raise ConfigError(source, symbol, f"a collected symbol ({', '.join(sorted(collected))})")
+    kw["footprint_rows"] = tuple(sorted(rows.items()))
     return Settings(**kw)

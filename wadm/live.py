@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 import polars as pl
@@ -19,6 +20,7 @@ from wadm.records import BatchKey, Market, Venue
 from wadm.venues.base import Instrument
 
 __all__ = [
+    "BarsView",
     "BookDetail",
     "BookView",
     "ConnectionHealth",
@@ -206,6 +208,17 @@ class Unfinished:
     missing: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class BarsView:
+    """The bar scheduler's view of one series: closed bars kept in memory and the open minutes' trades."""
+
+    closed_until: int  # every minute before this (ns) is closed
+    bars: pl.DataFrame  # closed 1m bars in memory (wadm.analytics.aggregates.STORED_BAR_SCHEMA)
+    open_trades: pl.DataFrame | None  # trades from closed_until on, not all stored yet
+    row: Decimal | None  # the footprint row bars are closed with (None until the tick is known)
+    row_source: str | None  # config or default
+
+
 class LiveView(Protocol):
     """What the API and metrics may know about live collection. Reading never changes it."""
 
@@ -241,6 +254,10 @@ class LiveView(Protocol):
     def kline_rows(self, series: Series) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         """(closed bars not handed to the store yet, the open bar) as KLINE_SCHEMA frames; None when
         not collected here."""
+        ...
+
+    def bars(self, series: Series) -> BarsView | None:
+        """The series' closed bars in memory and open-minute trades; None when not collected here."""
         ...
 
     def unfinished(self, key: BatchKey, start: int, end: int) -> list[Unfinished]:

@@ -16,7 +16,10 @@ import polars as pl
 
 __all__ = [
     "BANDS",
+    "BARS_1H",
+    "BARS_1M",
     "BOOK_SNAPSHOTS",
+    "INDICATORS",
     "CHANNELS",
     "CHANNEL_OF_TABLE",
     "BatchKey",
@@ -66,6 +69,9 @@ TRADES = "trades"
 GAPS = "gaps"
 BOOK_SNAPSHOTS = "book_snapshots"
 KLINES = "klines"
+BARS_1M = "bars_1m"  # our bars and footprints from trades (wadm.analytics.aggregates)
+BARS_1H = "bars_1h"
+INDICATORS = "indicators"  # per-minute Volume Profile and Order Flow snapshots
 
 # What is collected for every symbol, and the table each channel's rows go to.
 CHANNELS = ("trades", "book", "klines")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,8 @@ def test_book_and_channel_settings_are_read(tmp_path: Path) -> None:
     assert s.retention()["book_snapshots"] == 7200
     defaults = load_settings({}, cwd=tmp_path)
     assert defaults.channels == ("trades", "book", "klines") and defaults.book_depth == 1000
-    assert defaults.retention() == {"trades": 3600, "book_snapshots": 3600, "klines": 86400, "gaps": 604800}
+    assert defaults.retention() == {"trades": 3600, "book_snapshots": 3600, "klines": 86400, "gaps": 604800,
+                                    "bars_1m": 86400, "bars_1h": 604800, "indicators": 604800}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "192.168.1.20", "fe80::1%eth0"])
@@ -362,3 +364,42 @@ def test_valid_numbers_and_urls_are_read_as_before(tmp_path: Path) -> None:
                       cwd=tmp_path)
     assert (s.port, s.flush_rows, s.stale_after) == (0, 1000, 100.0)
     assert (s.bybit_ws_url, s.bybit_rest_url) == ("ws://[::1]:9443", "http://127.0.0.1:8080")
+
+
+def test_footprint_rows_from_the_environment_and_the_symbols_file(tmp_path: Path) -> None:
+    assert load_settings({}, cwd=tmp_path).footprint_row("BTCUSDT") is None, "no row: the derived default"
+    s = load_settings({"FOOTPRINT_ROW": "btcusdt:10, ETHUSDT=0.50"}, cwd=tmp_path)
+    assert s.footprint_row("BTCUSDT") == Decimal("10") and s.footprint_row("ETHUSDT") == Decimal("0.5")
+    assert s.as_dict()["footprint_rows"] == {"BTCUSDT": "10", "ETHUSDT": "0.5"}
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "symbols.yaml").write_text(
+        "binance:\n  spot: [BTCUSDT, XRPUSDT]\nfootprint_row:\n  XRPUSDT: 0.00001\n  BTCUSDT: 25\n")
+    s = load_settings({}, cwd=tmp_path)
+    assert s.footprint_row("XRPUSDT") == Decimal("0.00001") and s.footprint_row("BTCUSDT") == Decimal("25")
+    s = load_settings({"FOOTPRINT_ROW": "BTCUSDT:5"}, cwd=tmp_path)
+    assert s.footprint_row("BTCUSDT") == Decimal("5") and s.footprint_row("XRPUSDT") is None, "the variable wins"
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    ("BTCUSDT", "SYMBOL:row pairs"),
+    ("10", "SYMBOL:row pairs"),
+    ("BTCUSDT:0", "positive decimal"),
+    ("BTCUSDT:-5", "positive decimal"),
+    ("BTCUSDT:nan", "positive decimal"),
+    ("BTCUSDT:0.0000000000001", "at most 12 decimals"),
+    ("BTCUSDT:10,BTCUSDT:20", "each symbol once"),
+    ("BTC USDT:10", "2-20 ASCII letters"),
+    ("DOGEUSDT:1", "a collected symbol"),
+])
+def test_bad_footprint_rows_are_refused_with_what_is_allowed(tmp_path: Path, raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"FOOTPRINT_ROW": raw}, cwd=tmp_path)
+    assert "FOOTPRINT_ROW" in str(err.value) and fragment in str(err.value)
+
+
+def test_a_bad_footprint_row_in_the_symbols_file_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "symbols.yaml").write_text("footprint_row:\n  BTCUSDT: [1, 2]\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, cwd=tmp_path)
+    assert "footprint_row: BTCUSDT" in str(err.value) and "row height" in str(err.value)

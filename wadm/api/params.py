@@ -27,6 +27,7 @@ import enum
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date
+from decimal import Decimal
 from typing import TypeVar
 
 import orjson
@@ -134,6 +135,35 @@ def parse_limit(raw: str | None, *, default: int, maximum: int, name: str = "lim
     if not (_COUNT_RE.fullmatch(raw) and minimum <= int(raw) <= maximum):
         raise _bad(name, f"an integer from {minimum} to {maximum} in ASCII digits", raw)
     return int(raw)
+
+
+_DECIMAL_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?|\.[0-9]{1,12}")
+
+
+def parse_number(raw: str | None, *, name: str, default: float, minimum: float, maximum: float) -> float:
+    """Parse a decimal number (ASCII digits, an optional point; no sign, exponent or ``nan``) in a range.
+
+    Raises:
+        QueryError: for ``''``, anything else, or a value out of ``[minimum, maximum]``.
+    """
+    if raw is None:
+        return default
+    if not (_DECIMAL_RE.fullmatch(raw) and minimum <= float(raw) <= maximum):
+        raise _bad(name, f"a number from {minimum:g} to {maximum:g} such as {default:g}", raw)
+    return float(raw)
+
+
+def parse_decimal(raw: str | None, *, name: str, what: str) -> Decimal | None:
+    """Parse a positive exact decimal such as ``10`` or ``0.05`` (at most 12 digits each side of the point).
+
+    Raises:
+        QueryError: for ``''``, zero, signs, exponents or anything else.
+    """
+    if raw is None:
+        return None
+    if not _DECIMAL_RE.fullmatch(raw) or Decimal(raw) <= 0:
+        raise _bad(name, f"{what}: a positive decimal number such as 10 or 0.5", raw)
+    return Decimal(raw).normalize()
 
 
 # --- times ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import polars as pl
 
 from wadm.book.sync import BookState
 from wadm.live import (
+    BarsView,
     BookDetail,
     BookView,
     ConnectionHealth,
@@ -224,10 +225,7 @@ class ServiceView:
 
     def instrument(self, series: Series) -> Instrument | None:
         """The tick and lot the venue's listing gave for the series."""
-        for listing in self._svc.listings:
-            if listing.venue is series.venue and listing.market is series.market:
-                return listing.instruments.get(series.symbol)
-        return None
+        return self._svc.instrument(series)
 
     def book_rows(self, series: Series) -> pl.DataFrame | None:
         """Snapshots taken but not handed to the store yet."""
@@ -242,6 +240,14 @@ class ServiceView:
         closed = pl.DataFrame(st.rows, schema=KLINE_SCHEMA, orient="row")
         open_bar = pl.DataFrame([st.open_bar] if st.open_bar is not None else [], schema=KLINE_SCHEMA, orient="row")
         return closed, open_bar
+
+    def bars(self, series: Series) -> BarsView | None:
+        """Closed bars in memory and the trades of the minutes not closed yet."""
+        scheduler = self._svc.bars
+        st = scheduler.state(series)
+        if st is None:
+            return None
+        return BarsView(st.closed_until, st.bars, scheduler.open_trades(series), st.row, st.row_source)
 
     def unfinished(self, key: BatchKey, start: int, end: int) -> list[Unfinished]:
         """Trades still being backfilled (trade series), and rows a slow store has not taken yet."""

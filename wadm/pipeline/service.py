@@ -10,6 +10,8 @@ one :class:`~wadm.pipeline.writer.Writer`, and runs them under a
 * **resume**: each stream asks the store where its data ends, on its own and concurrently; a
   slow store delays no connection, and an answer that comes after live data has arrived still
   leaves no silent hole (:mod:`wadm.pipeline.resume`).
+* **bars**: the :class:`~wadm.pipeline.bars.BarScheduler` closes bars and stores indicator
+  snapshots from the trades the collectors queue.
 * **retention**: expired batches are swept every minute.
 * **stop** (SIGTERM): connections close, REST jobs record what they could not recover, every
   buffer is cut and the writer drains within the deadline.
@@ -28,6 +30,8 @@ import httpx
 
 from wadm.config import Settings
 from wadm.errors import StoreError
+from wadm.live import Series
+from wadm.pipeline.bars import BarScheduler
 from wadm.pipeline.collector import Collector, CollectorSettings
 from wadm.pipeline.listings import ListingWatch
 from wadm.pipeline.live import ServiceView
@@ -39,7 +43,7 @@ from wadm.store.base import Store
 from wadm.transport.rest import RestClient, WeightBudget
 from wadm.units import NS_PER_S
 from wadm.venues import listing_query, plan_connections, rest_limit
-from wadm.venues.base import ConnectionPlan
+from wadm.venues.base import ConnectionPlan, Instrument
 
 __all__ = ["Service", "build_plans"]
 
@@ -121,11 +125,19 @@ class Service:
             for (venue, market), found in by_market.items()
         ]
         self.supervisor = Supervisor()
+        self.bars = BarScheduler(settings, store, self.writer, self.collectors, self.instrument)
         self.collectors_started = False
         self.store_open = False
         self.live = ServiceView(self)
         self._collector_tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
+
+    def instrument(self, series: Series) -> Instrument | None:
+        """The series' tick and lot as its venue's listing last gave them (None until read)."""
+        for listing in self.listings:
+            if listing.venue is series.venue and listing.market is series.market:
+                return listing.instruments.get(series.symbol)
+        return None
 
     def _client(self, venue: Venue, market: Market, transport: httpx.AsyncBaseTransport | None) -> RestClient:
         url = _rest_url(self.settings, venue, market)
@@ -145,6 +157,8 @@ class Service:
         sup.spawn("retention", self._sweep_forever, restart=True)
         if self.collectors:
             sup.spawn("writer-cut", self._cut_forever, restart=True)
+            if self.bars.series:
+                sup.spawn("bars", self.bars.run, restart=True)
             if self.settings.book_snapshot_interval and any(c.has_books for c in self.collectors):
                 sup.spawn("book-snapshots", self._sample_books, restart=True)
             sup.spawn("collectors", self._start_collectors, restart=False)
@@ -230,6 +244,7 @@ class Service:
             log.error("Shutting down with %d rows not written: the store did not accept them in time",
                       self.writer.pending_rows, extra={"rows": self.writer.pending_rows, "reason": "shutdown"})
         await self.supervisor.cancel_all()
+        await self.bars.close()
         for client in self.rest.values():
             await client.close()
         await self.store.close()  # also when it never opened: a half-made client is released

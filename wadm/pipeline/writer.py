@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from wadm.errors import StoreError
-from wadm.records import GAP_SCHEMA, GAPS, KLINES, TRADES, BatchKey
+from wadm.records import BARS_1H, BARS_1M, GAP_SCHEMA, GAPS, INDICATORS, KLINES, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.store.codec import Batch, encode_batch
 from wadm.venues.base import Gap
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # One store call writes at most this much of the queue (one transaction / one bulk insert).
 MAX_GROUP_BATCHES = 256
 MAX_GROUP_ROWS = 1_000_000
-_KEPT = (GAPS, KLINES)  # tables whose batches are never dropped for a full queue
+_KEPT = (GAPS, KLINES, BARS_1M, BARS_1H, INDICATORS)  # small tables never dropped for a full queue
 ROW_BUCKETS = (10.0, 100.0, 1000.0, 5000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -115,6 +115,9 @@ class Writer:
         self._closed = asyncio.Event()  # set by close(): retries stop waiting long
         self._inflight = 0  # batches at the front of the queue that a store call is writing
         self._lost: list[tuple[BatchKey, str, Gap]] = []  # gaps waiting for the gaps table
+        # Who sees trades and gaps as they are queued (the bar scheduler); called on the loop.
+        self.trade_listeners: list[Callable[[BatchKey, pl.DataFrame], None]] = []
+        self.gap_listeners: list[Callable[[BatchKey, str, Sequence[Gap]], None]] = []
 
     @property
     def pending_batches(self) -> int:
@@ -127,6 +130,8 @@ class Writer:
             return
         if key.table == TRADES:
             self._note_latency(key, frame)
+            for listener in self.trade_listeners:
+                listener(key, frame)
         self._enqueue(_Queued(key, encode_batch(frame), stream))
 
     def record_gaps(self, key: BatchKey, stream: str, gaps: Sequence[Gap]) -> None:
@@ -135,6 +140,8 @@ class Writer:
             return
         self._lost += [(key, stream, gap) for gap in gaps]
         self.stats.gaps[stream] += len(gaps)
+        for listener in self.gap_listeners:
+            listener(key, stream, gaps)
         self._queue_gaps()
 
     def behind(self, key: BatchKey, start: int, end: int, now: int, lag: int = 5_000_000_000) -> Gap | None:

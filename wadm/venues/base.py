@@ -481,6 +481,12 @@ class TradeStream:
             self.last_ts = frame["ts_event"][-1]
         return Taken(frame, actions)
 
+    def peek(self) -> pl.DataFrame | None:
+        """The pending trades as a frame for readers, left pending; None when there are none."""
+        if not self.items:
+            return None
+        return self.to_frame(list(self.items), list(self.ts_recv))
+
     def newest_ts(self) -> int:
         """Trade time (ns) of the newest trade accepted, pending or cut; 0 before any."""
         return self.items[-1].T * NS_PER_MS if self.items else self.last_ts
