@@ -282,3 +282,29 @@ async def test_open_trades_are_what_no_closed_minute_holds(rig: Rig) -> None:
     open_trades = sched.open_trades(BTC)
     assert open_trades is not None and open_trades.height == 7
     assert open_trades["ts_event"].min() >= t0 + MIN  # type: ignore[operator]
+
+
+async def test_on_a_first_start_the_minute_it_started_in_is_incomplete(rig: Rig) -> None:
+    t0 = DAY0 + 10 * HOUR + MIN
+    rig.clock.now = t0 + 20 * S  # collection starts 20 s into the minute: its first 20 s were never seen
+    sched = rig.scheduler()
+    await sched.load()
+    rig.put(_minute_trades(t0 + 20 * S, 20))
+    rig.put(_minute_trades(t0 + MIN, 20))
+    await rig.at(sched, t0 + 2 * MIN + CLOSE_GRACE + 2 * S)
+    assert latest(await rig.read(BARS_1M))["complete"].to_list() == [False, True]
+
+
+async def test_after_a_restart_the_minute_it_started_in_is_whole(rig: Rig) -> None:
+    t0 = DAY0 + 10 * HOUR + MIN
+    rig.put(_minute_trades(t0 - MIN, 20))  # stored by the run before
+    await rig.written()
+    rig.writer.trade_listeners.clear()
+    rig.clock.now = t0 + 20 * S
+    sched = rig.scheduler()
+    await sched.load()
+    rig.put(_minute_trades(t0, 40))  # the resumed stream backfills the start of the minute too
+    await rig.at(sched, t0 + MIN + CLOSE_GRACE + 2 * S)
+    stored = latest(await rig.read(BARS_1M))
+    assert stored.filter(pl.col("ts_event") == t0)["complete"].to_list() == [True]
+    assert stored.filter(pl.col("ts_event") == t0 - MIN)["volume"].to_list() != [], "caught up the minute before"

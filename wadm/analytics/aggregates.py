@@ -7,7 +7,9 @@ A stored bar is a :data:`~wadm.analytics.bars.BAR_SCHEMA` bar (``ts_event`` is i
   closing twice is harmless and nothing is ever updated in place.
 * ``complete``: False when a recorded gap of the trades overlaps the bar.
 * ``tick`` and ``row``: the instrument's tick and the footprint's row height (price units), null
-  when the tick was unknown (then the footprint is empty).
+  when the tick was unknown (then the footprint is empty); ``lot``: the quantity step, to which
+  every volume, delta and CVD is rounded (sums of quantities on the lot grid lie on it, so the
+  rounding only removes float noise such as ``0.1 + 0.2 = 0.30000000000000004``).
 * ``fp_index``, ``fp_buy``, ``fp_sell``: the footprint, dense from the bar's low row to its high
   row (C1, C2): row ``fp_index[i]`` covers ``[fp_index[i] * row, (fp_index[i] + 1) * row)``.
 
@@ -29,6 +31,7 @@ from wadm.analytics.profile import ROWS_SCHEMA, combine, rows_from_footprints, v
 from wadm.errors import UsageError
 
 __all__ = [
+    "QTY_COLUMNS",
     "STORED_BAR_SCHEMA",
     "build_bars",
     "chain_cvd",
@@ -40,6 +43,8 @@ __all__ = [
     "hour_bars",
     "latest",
     "merge_bars",
+    "qty_decimals",
+    "round_qty",
     "profile_rows",
     "row_sizes",
 ]
@@ -50,11 +55,30 @@ STORED_BAR_SCHEMA: dict[str, pl.DataType] = {
     **{name: kind for name, kind in BAR_SCHEMA.items() if name != "start"},
     "complete": pl.Boolean(),
     "tick": pl.Float64(),
+    "lot": pl.Float64(),
     "row": pl.Float64(),
     "fp_index": pl.List(pl.Int64()),
     "fp_buy": pl.List(pl.Float64()),
     "fp_sell": pl.List(pl.Float64()),
 }
+
+
+QTY_COLUMNS = ("volume", "buy", "sell", "delta", "delta_min", "delta_max", "cvd_open", "cvd")
+DEFAULT_QTY_DECIMALS = 8  # when the lot is unknown
+
+
+def qty_decimals(lot: float | None) -> int:
+    """Decimals of a quantity step (0.00001 -> 5); DEFAULT_QTY_DECIMALS when unknown."""
+    if lot is None or not lot > 0:
+        return DEFAULT_QTY_DECIMALS
+    return max(0, -Decimal(repr(lot)).normalize().as_tuple().exponent)  # type: ignore[operator]
+
+
+def round_qty(frame: pl.DataFrame, decimals: int, columns: Sequence[str] = QTY_COLUMNS) -> pl.DataFrame:
+    """Round the quantity columns (and list columns ``fp_buy``/``fp_sell``) present in ``frame``."""
+    exprs = [pl.col(c).round(decimals) for c in columns if c in frame.columns]
+    exprs += [pl.col(c).list.eval(pl.element().round(decimals)) for c in ("fp_buy", "fp_sell") if c in frame.columns]
+    return frame.with_columns(exprs) if exprs else frame
 
 
 def _overlaps(start: pl.Expr, interval_ns: int, windows: Sequence[tuple[int, int]]) -> pl.Expr:
@@ -73,6 +97,7 @@ def build_bars(
     revision: int,
     cvd_open: float = 0.0,
     gaps: Sequence[tuple[int, int]] = (),
+    lot: float | None = None,
 ) -> pl.DataFrame:
     """Stored bars of ``interval_ns`` from trades (in print order), with footprints on ``grid``.
 
@@ -83,6 +108,7 @@ def build_bars(
         revision: the version stamp of these bars (ns).
         cvd_open: the CVD before the first bar (ignored when it starts a UTC day).
         gaps: ``(start, end)`` windows of missing trades (ns); overlapped bars are incomplete.
+        lot: the quantity step; quantities are rounded to its decimals (8 when unknown).
 
     Returns:
         Rows of :data:`STORED_BAR_SCHEMA`, sorted by ``ts_event``; empty without trades.
@@ -95,12 +121,13 @@ def build_bars(
         cells = footprints(trades, grid, interval_ns).group_by("start", maintain_order=True).agg(
             fp_index=pl.col("index"), fp_buy=pl.col("buy"), fp_sell=pl.col("sell")
         )
-    return (
+    stored = (
         bars.join(cells, on="start", how="left")
         .with_columns(
             revision=pl.lit(revision, pl.Int64),
             complete=~_overlaps(pl.col("start"), interval_ns, gaps),
             tick=pl.lit(None if grid is None else grid.tick, pl.Float64),
+            lot=pl.lit(lot, pl.Float64),
             row=pl.lit(None if grid is None else grid.row, pl.Float64),
             fp_index=pl.col("fp_index").fill_null([]),
             fp_buy=pl.col("fp_buy").fill_null([]),
@@ -110,6 +137,7 @@ def build_bars(
         .select(list(STORED_BAR_SCHEMA))
         .sort("ts_event")
     )
+    return round_qty(stored, qty_decimals(lot))
 
 
 def latest(bars: pl.DataFrame) -> pl.DataFrame:
@@ -145,6 +173,8 @@ def chain_cvd(bars: pl.DataFrame, *, base: float = 0.0, session_ns: int = NS_PER
         return bars
     starts: list[int] = bars["ts_event"].to_list()
     deltas: list[float] = bars["delta"].to_list()
+    lots = bars["lot"].drop_nulls() if "lot" in bars.columns else pl.Series([], dtype=pl.Float64)
+    decimals = qty_decimals(float(lots[-1]) if lots.len() else None)
     opens: list[float] = []
     closes: list[float] = []
     cvd, session = base, starts[0] // session_ns
@@ -152,7 +182,7 @@ def chain_cvd(bars: pl.DataFrame, *, base: float = 0.0, session_ns: int = NS_PER
         if start // session_ns != session or start % session_ns == 0:
             cvd, session = 0.0, start // session_ns
         opens.append(cvd)
-        cvd = cvd + delta
+        cvd = round(cvd + delta, decimals)
         closes.append(cvd)
     return bars.with_columns(cvd_open=pl.Series(opens, dtype=pl.Float64), cvd=pl.Series(closes, dtype=pl.Float64))
 
@@ -172,7 +202,7 @@ def footprint_cells(bars: pl.DataFrame) -> pl.DataFrame:
 def row_sizes(bars: pl.DataFrame) -> list[Decimal]:
     """The distinct footprint rows of stored bars (as exact decimals), ascending."""
     rows = bars.filter(pl.col("row").is_not_null())["row"].unique().to_list()
-    return sorted(Decimal(repr(r)) for r in rows)
+    return sorted(Decimal(repr(r)).normalize() for r in rows)
 
 
 def common_row(rows: Sequence[Decimal]) -> Decimal | None:
@@ -218,7 +248,8 @@ def hour_bars(minutes: pl.DataFrame, interval_ns: int, *, revision: int) -> pl.D
     bars = resample(minutes.rename({"ts_event": "start"}).select(list(BAR_SCHEMA)), interval_ns)
     start = (pl.col("ts_event") // interval_ns) * interval_ns
     meta = minutes.group_by(start.alias("start")).agg(
-        complete=pl.col("complete").all(), tick=pl.col("tick").drop_nulls().last()
+        complete=pl.col("complete").all(), tick=pl.col("tick").drop_nulls().last(),
+        lot=pl.col("lot").drop_nulls().last(),
     )
     cells = footprint_cells(minutes)
     nested = pl.DataFrame(schema={"start": pl.Int64(), "row": pl.Float64(), "fp_index": pl.List(pl.Int64()),
@@ -238,7 +269,8 @@ def hour_bars(minutes: pl.DataFrame, interval_ns: int, *, revision: int) -> pl.D
                 "fp_sell": [dense["sell"].to_list()],
             }, schema=nested.schema))
         nested = pl.concat(parts)
-    return (
+    lots = minutes["lot"].drop_nulls()
+    hourly = (
         bars.join(meta, on="start", how="left")
         .join(nested, on="start", how="left")
         .with_columns(
@@ -251,6 +283,7 @@ def hour_bars(minutes: pl.DataFrame, interval_ns: int, *, revision: int) -> pl.D
         .select(list(STORED_BAR_SCHEMA))
         .sort("ts_event")
     )
+    return round_qty(hourly, qty_decimals(float(lots[-1]) if lots.len() else None))
 
 
 def _dense(rows: pl.DataFrame) -> pl.DataFrame:
@@ -336,4 +369,7 @@ def day_snapshot(bars: pl.DataFrame, tick: float, ts: int, session: int) -> pl.D
         "delta_15m": bars.filter(recent)["delta"].sum(),
         "delta_1h": bars.filter(hour)["delta"].sum(),
     }
-    return pl.DataFrame([values], schema=INDICATOR_SCHEMA)
+    lots = bars["lot"].drop_nulls()
+    decimals = qty_decimals(float(lots[-1]) if lots.len() else None)
+    return round_qty(pl.DataFrame([values], schema=INDICATOR_SCHEMA), decimals,
+                     ("volume", "buy", "sell", "delta", "cvd", "cvd_min", "cvd_max", "delta_15m", "delta_1h"))

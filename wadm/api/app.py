@@ -22,9 +22,13 @@ from wadm.api.metrics import Metrics
 from wadm.api.resources.book import BookHistoryResource, BookResource
 from wadm.api.resources.gaps import GapsResource
 from wadm.api.resources.klines import KlinesResource
+from wadm.api.resources.orderflow import CurrentFlowResource, FootprintResource
+from wadm.api.resources.profile import VolumeProfileResource
 from wadm.api.resources.series import Context
+from wadm.api.resources.structure import IndicatorHistoryResource, MarketStructureResource
 from wadm.api.resources.system import HealthResource, MetricsResource, OpenApiResource, SymbolsResource
 from wadm.api.resources.trades import TradesResource
+from wadm.api.sources import BarCache
 from wadm.api.work import Work
 from wadm.config import Settings
 from wadm.errors import QueryError, StoreError
@@ -161,7 +165,7 @@ def create_app(
         lifespan: started and stopped with the server (the collecting service), if any.
     """
     work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
-    ctx = Context(settings=settings, store=store, live=live, work=work)
+    ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings))
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work)], router=_HeadRouter())
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
@@ -174,6 +178,11 @@ def create_app(
     app.add_route("/api/v1/klines/{symbol}", KlinesResource(ctx))
     app.add_route("/api/v1/orderbook/{symbol}", BookResource(ctx))
     app.add_route("/api/v1/orderbook/{symbol}/history", BookHistoryResource(ctx))
+    app.add_route("/api/v1/volume-profile/{symbol}", VolumeProfileResource(ctx))
+    app.add_route("/api/v1/order-flow/current/{symbol}", CurrentFlowResource(ctx))
+    app.add_route("/api/v1/order-flow/{symbol}/footprint", FootprintResource(ctx))
+    app.add_route("/api/v1/market-structure/{symbol}", MarketStructureResource(ctx))
+    app.add_route("/api/v1/indicators/{symbol}/history", IndicatorHistoryResource(ctx))
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(QueryError, _query_error)

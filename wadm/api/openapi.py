@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wadm.api.openapi_analytics import ANALYTICS_PATHS, ANALYTICS_SCHEMAS
+
 __all__ = ["openapi_document"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -184,9 +186,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                     },
                 }
             },
+            **ANALYTICS_PATHS,
         },
         "components": {
             "schemas": {
+                **ANALYTICS_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

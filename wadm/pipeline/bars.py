@@ -13,7 +13,8 @@ never wrong silently:
 * **Gaps**: a bar overlapping a recorded trade gap (now or found later) is ``complete: false``;
   one closed while a backfill of its trades runs is incomplete until the backfill ends.
 * **Restart**: minutes within raw-trade retention that have stored trades but no bar are closed
-  from the store (catch-up), and so is the minute the process started in.
+  from the store (catch-up), and so is the minute the process started in. On a first start
+  (nothing stored) that minute is incomplete: it holds only the trades since the start.
 
 Work runs on one thread of its own (polars releases the GIL): the event loop only swaps lists
 and queues the results, so closing never stalls the receive path.
@@ -120,7 +121,8 @@ class BarScheduler:
         self.instrument = instrument
         self.clock = clock
         self.grace = CLOSE_GRACE + int(settings.flush_interval * NS_PER_S)
-        start = _minute(clock())
+        self.started = clock()
+        start = _minute(self.started)
         self.series: dict[BatchKey, SeriesBars] = {}
         for collector in self.collectors:
             for name, st in collector.streams.items():
@@ -188,6 +190,8 @@ class BarScheduler:
         except TimeoutError:
             log.warning("The store did not open within %.0f s: bars start without stored history (CVD from 0)",
                         START_WAIT_S)
+            for st in self.series.values():
+                st.gaps.append((st.closed_until - 1, self.started))
             return
         for st in self.series.values():
             await self._load(st)
@@ -238,6 +242,10 @@ class BarScheduler:
         st.row, st.row_source = default_row(inst.tick, price), "default"
         return Grid(inst.tick, float(st.row))
 
+    def _lot(self, st: SeriesBars) -> float | None:
+        inst = self.instrument(st.series)
+        return None if inst is None else inst.lot
+
     # -- closing -----------------------------------------------------------------------------
 
     def _backfilling(self, st: SeriesBars, start: int, end: int) -> bool:
@@ -252,7 +260,7 @@ class BarScheduler:
         revision = self._next_revision()
         try:
             bars, rest = await self._off_loop(_close_minutes, frames, start, until, grid, revision,
-                                              tuple(st.gaps), st.bars)
+                                              tuple(st.gaps), st.bars, self._lot(st))
         except BaseException:
             st.pending = frames + st.pending
             raise
@@ -311,7 +319,8 @@ class BarScheduler:
             windows += list(zip(mine["ts_event"].to_list(), mine["end"].to_list(), strict=True))
         grid = self.grid(st, _last_price([trades]))
         revision = self._next_revision()
-        chained, changed = await self._off_loop(_reclose_minutes, trades, ready, grid, revision, windows, st.bars)
+        chained, changed = await self._off_loop(_reclose_minutes, trades, ready, grid, revision, windows, st.bars,
+                                                self._lot(st))
         st.bars = _keep(chained, st.closed_until, self.settings.retention_raw_trades)
         self.recloses += 1
         if changed.height:
@@ -331,9 +340,13 @@ class BarScheduler:
             known = latest(stored)
             since = max(oldest, int(known["ts_event"][-1]) + NS_PER_MIN) if known.height else oldest
             trades = await self.store.read(st.key(TRADES), since, st.closed_until - 1)
+            earlier = await self.store.latest(st.key(TRADES), before=self.started)
         except StoreError as exc:
             log.warning("Could not read stored bars of %s (%s); closing from now", st.key(BARS_1M), exc)
+            st.gaps.append((st.closed_until - 1, self.started))
             return
+        if earlier.height == 0:  # a first start: the minute we started in holds only what came after
+            st.gaps.append((st.closed_until - 1, self.started))
         st.bars = merge_bars(known, st.bars)
         minutes = set()
         if trades.height:
@@ -422,21 +435,23 @@ def _base(bars: pl.DataFrame, first: int) -> float:
 
 
 def _close_minutes(frames: list[pl.DataFrame], start: int, until: int, grid: Grid | None, revision: int,
-                   gaps: tuple[tuple[int, int], ...], closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+                   gaps: tuple[tuple[int, int], ...], closed: pl.DataFrame, lot: float | None
+                   ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Bars of ``[start, until)`` from queued frames, and the trades left for later minutes."""
     if not frames:
         return pl.DataFrame(schema=STORED_BAR_SCHEMA), pl.DataFrame()
     trades = pl.concat(frames, how="vertical_relaxed").sort("ts_event", maintain_order=True)
     ts = pl.col("ts_event")
     now = trades.filter((ts >= start) & (ts < until))
-    bars = build_bars(now, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps)
+    bars = build_bars(now, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps, lot=lot)
     if bars.height:
         bars = chain_cvd(bars, base=_base(closed, bars["ts_event"][0]))
     return bars, trades.filter(ts >= until)
 
 
 def _reclose_minutes(trades: pl.DataFrame, minutes: list[int], grid: Grid | None, revision: int,
-                     gaps: list[tuple[int, int]], closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+                     gaps: list[tuple[int, int]], closed: pl.DataFrame, lot: float | None
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The kept bars with ``minutes`` rebuilt from stored trades and the CVD chained again, and
     the bars that changed (stamped ``revision``)."""
     if trades.height:
@@ -444,7 +459,7 @@ def _reclose_minutes(trades: pl.DataFrame, minutes: list[int], grid: Grid | None
             (pl.col("ts_event") - pl.col("ts_event") % NS_PER_MIN).is_in(minutes))
         if "id" in trades.columns:
             trades = trades.unique(subset="id", keep="first", maintain_order=True)
-    fresh = build_bars(trades, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps)
+    fresh = build_bars(trades, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps, lot=lot)
     merged = merge_bars(closed, fresh) if closed.height else fresh
     if merged.height == 0:
         return merged, merged

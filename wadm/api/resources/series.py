@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from wadm.api.params import resolve_series
 from wadm.api.query import Query
+from wadm.api.sources import BarCache
 from wadm.api.work import Work
 from wadm.config import Settings
 from wadm.live import LiveView, Series
@@ -16,12 +17,14 @@ __all__ = ["Context", "SeriesResource"]
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Everything a resource may use: settings, the store, the live view and the heavy-work gate."""
+    """Everything a resource may use: settings, the store, the live view, the heavy-work gate and
+    the cache of settled bars."""
 
     settings: Settings
     store: Store
     live: LiveView
     work: Work
+    bars: BarCache
 
 
 class SeriesResource:

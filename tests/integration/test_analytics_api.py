@@ -1,0 +1,321 @@
+"""The analytics endpoints over real HTTP: ``wadm serve`` under Granian reading a store we filled.
+
+The store holds what a running service would have stored for BTCUSDT on Binance spot and USD-M
+over seven days of a synthetic rising market: raw trades for the last 55 minutes, 1m bars for
+the last 23 hours and 1h bars for the whole week, all built from one tape, plus a recorded trade
+gap and indicator snapshots. Answers are checked against the analytics computed directly on
+that tape, so a window answered from bars must equal the one answered from trades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+
+from tests.conftest import free_port
+from tests.procs import wadm
+from wadm.analytics.aggregates import build_bars, chain_cvd, day_snapshot, hour_bars
+from wadm.analytics.bars import NS_PER_DAY, trade_bars
+from wadm.analytics.grid import Grid
+from wadm.analytics.profile import combine, rows_from_trades, volume_profile
+from wadm.records import (
+    BARS_1H,
+    BARS_1M,
+    GAP_SCHEMA,
+    GAPS,
+    INDICATORS,
+    TRADE_SCHEMA_INT_ID,
+    TRADES,
+    BatchKey,
+    Market,
+    Venue,
+)
+from wadm.store import SqliteStore, encode_batch
+
+MS = 1_000_000
+S = 1000 * MS
+MIN = 60 * S
+HOUR = 60 * MIN
+NOW = time.time_ns() // MIN * MIN  # the tape ends here; requests come a little later
+SPOT = (Venue.BINANCE, Market.SPOT, 0.01, 20.0)  # venue, market, tick, footprint row
+USDM = (Venue.BINANCE, Market.USDM, 0.1, 50.0)
+GAP = (NOW - 20 * MIN + 10 * S, NOW - 20 * MIN + 40 * S)  # a recorded gap in the spot trades
+
+
+def _price(t: int, tick: float, rng: random.Random) -> float:
+    """A rising market that swings: +40 an hour, a 600-wide zigzag with a 10-hour period."""
+    hours = (t - (NOW - 7 * 24 * HOUR)) / HOUR
+    phase = (hours % 10) / 10
+    zig = 600 * (phase * 2 if phase < 0.5 else 2 - phase * 2)
+    raw = 60_000 + 40 * hours + zig + rng.uniform(-15, 15)
+    return round(round(raw / tick) * tick, 2)
+
+
+def _tape(venue: Venue, market: Market, tick: float, every_s: int) -> pl.DataFrame:
+    rng = random.Random(f"{venue}{market}")
+    start = NOW - 7 * 24 * HOUR
+    ts = list(range(start + rng.randrange(every_s) * S, NOW, every_s * S))
+    return pl.DataFrame({
+        "ts_event": ts,
+        "ts_recv": [t + 3 * MS for t in ts],
+        "id": range(1, len(ts) + 1),
+        "price": [_price(t, tick, rng) for t in ts],
+        "qty": [rng.randrange(1, 2000) / 1000 for _ in ts],
+        "side": [rng.choice((1, -1)) for _ in ts],
+    }, schema=TRADE_SCHEMA_INT_ID)
+
+
+@dataclass
+class Market_:
+    venue: Venue
+    market: Market
+    tick: float
+    row: float
+    tape: pl.DataFrame
+
+
+MARKETS = [Market_(v, m, tick, row, _tape(v, m, tick, every)) for (v, m, tick, row), every in ((SPOT, 12), (USDM, 15))]
+
+
+async def _fill(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    for mk in MARKETS:
+        def key(table: str, mk: Market_ = mk) -> BatchKey:
+            return BatchKey(table, mk.venue, mk.market, "BTCUSDT")
+
+        gaps = [GAP] if mk.market is Market.SPOT else []
+        minutes = chain_cvd(build_bars(mk.tape, MIN, grid=Grid(mk.tick, mk.row), revision=1, gaps=gaps, lot=0.001))
+        hours = hour_bars(minutes, HOUR, revision=2)
+        raw = mk.tape.filter(pl.col("ts_event") >= NOW - 55 * MIN)
+        for first in range(0, raw.height, 100):
+            await store.write(key(TRADES), encode_batch(raw.slice(first, 100)))
+        recent = minutes.filter(pl.col("ts_event") >= NOW - 23 * HOUR)
+        for first in range(0, recent.height, 60):
+            await store.write(key(BARS_1M), encode_batch(recent.slice(first, 60)))
+        for first in range(0, hours.height, 24):
+            await store.write(key(BARS_1H), encode_batch(hours.slice(first, 24)))
+        if gaps:
+            gap = pl.DataFrame([(GAP[0], GAP[1], "btcusdt@aggTrade", "missing_ids", 4, GAP[1])], schema=GAP_SCHEMA,
+                               orient="row")
+            await store.write(key(GAPS), encode_batch(gap))
+            day = NOW - NOW % NS_PER_DAY
+            snaps = pl.concat([day_snapshot(minutes.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < t)),
+                                            mk.tick, t, day) for t in range(NOW - 9 * MIN, NOW + 1, MIN)])
+            await store.write(key(INDICATORS), encode_batch(snaps))
+    await store.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("data")
+    asyncio.run(_fill(data / "wadm.db"))
+    port = free_port()
+    env = {"WADM_DATA_DIR": str(data), "BINANCE_SYMBOLS": "BTCUSDT", "BINANCE_USDM_SYMBOLS": "BTCUSDT",
+           "BYBIT_SYMBOLS": "", "BYBIT_SPOT_SYMBOLS": ""}
+    with wadm("serve", env, port) as proc:
+        yield f"http://127.0.0.1:{port}"
+    assert "Traceback" not in proc.output, proc.output
+
+
+def _get(api: str, path: str, status: int = 200, **params: object) -> Any:
+    r = httpx.get(api + path, params=params, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    return r.json()
+
+
+def _window(start: int, end: int) -> pl.DataFrame:
+    return pl.concat([mk.tape.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+                      .with_columns(market=pl.lit(str(mk.market))) for mk in MARKETS])
+
+
+def _expected_profile(start: int, end: int, row: float, **kw: Any) -> Any:
+    grid = Grid(0.01, row)
+    parts = [rows_from_trades(mk.tape.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end)),
+                              Grid(mk.tick, row)) for mk in MARKETS]
+    return volume_profile(combine(parts), grid, **kw)
+
+
+# -- volume profile -------------------------------------------------------------------------------
+
+
+def test_a_recent_window_is_answered_from_trades_of_every_market(api: str) -> None:
+    start, end = NOW - 30 * MIN + 7 * S, NOW - 1
+    body = _get(api, "/api/v1/volume-profile/BTCUSDT", start=start // MS, end=end // MS)
+    assert body["resolution"] == "trades"
+    assert [(s["exchange"], s["market"]) for s in body["sources"]] == [("binance", "spot"), ("binance", "usdm")]
+    assert "exchange" not in body, "a combined answer names its sources, not one market"
+    assert body["row_size"] == 100.0, "the common row of 20 (spot) and 50 (USD-M)"
+    expected = _expected_profile(start, end, 100.0)
+    assert (body["poc"], body["vah"], body["val"]) == (expected.poc, expected.vah, expected.val)
+    assert body["total_volume"] == expected.total_volume and body["delta"] == expected.delta
+    assert "rows" not in body, "rows only when asked"
+    assert body["data_complete"] is False
+    assert any(g["reason"] == "missing_ids" and g["market"] == "spot" for g in body["gaps"])
+
+
+def test_the_same_window_from_1m_footprints_gives_the_same_profile(api: str) -> None:
+    start, end = NOW - 6 * HOUR, NOW - 1
+    for resolution in ("1m", "auto"):
+        body = _get(api, "/api/v1/volume-profile/BTCUSDT", start=start // MS, end=end // MS, resolution=resolution,
+                    row_size="200", rows="all", value_area="0.8", va_method="one_row", nodes="2")
+        assert body["resolution"] == "1m"
+        expected = _expected_profile(start, end, 200.0, value_area=0.8, va_method="one_row", nodes=2)
+        assert (body["poc"], body["vah"], body["val"]) == (expected.poc, expected.vah, expected.val)
+        assert body["hvn"] == list(expected.hvn) and body["lvn"] == list(expected.lvn)
+        assert [r["price"] for r in body["rows"]] == expected.rows["price"].to_list()
+        assert [r["volume"] for r in body["rows"]] == expected.rows["volume"].to_list()
+        assert all(r["delta"] == pytest.approx(r["buy"] - r["sell"]) for r in body["rows"])
+
+
+def test_a_long_window_is_answered_from_hourly_footprints_with_naked_pocs(api: str) -> None:
+    body = _get(api, "/api/v1/volume-profile/BTCUSDT", window="5d", exchange="binance", market="spot", rows="7")
+    assert body["resolution"] == "1h" and (body["exchange"], body["market"]) == ("binance", "spot")
+    assert len(body["rows"]) == 7 and body["poc"] in [r["price"] for r in body["rows"]]
+    assert body["start"] % (3600 * 1000) == 0, "the window starts on the first hourly bar it holds"
+    day_start = (NOW - 7 * 24 * HOUR) // NS_PER_DAY * NS_PER_DAY  # every day hourly bars still hold
+    sessions = {}
+    tape = MARKETS[0].tape
+    for day in range(day_start, NOW, NS_PER_DAY):
+        part = tape.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < day + NS_PER_DAY))
+        if part.height:
+            sessions[day] = volume_profile(rows_from_trades(part, Grid(0.01, 20.0)), Grid(0.01, 20.0))
+    naked = []
+    for day, profile in sessions.items():
+        later = tape.filter(pl.col("ts_event") >= day + NS_PER_DAY)
+        touched = later.filter((pl.col("price") >= profile.poc) & (pl.col("price") < profile.poc + 20)).height
+        if later.height and not touched:
+            naked.append({"session": day // MS, "poc": profile.poc})
+    assert body["naked_pocs"] == naked
+    assert body["naked_poc_row_size"] == 20.0
+
+
+def test_resolution_and_row_size_that_cannot_answer_say_what_can(api: str) -> None:
+    err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, window="3h", resolution="trades")["error"]
+    assert err["parameter"] == "resolution" and "RETENTION_RAW_TRADES" in err["message"] and "1m" in err["message"]
+    err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, window="3d", resolution="1m")["error"]
+    assert err["parameter"] == "resolution" and "1h" in err["message"]
+    err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, window="6h", row_size="30")["error"]
+    assert err["parameter"] == "row_size" and "multiple of 100" in err["message"] and "200" in err["message"]
+    err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, window="20m", row_size="0.05")["error"]
+    assert err["parameter"] == "row_size" and "tick 0.1" in err["message"]
+
+
+@pytest.mark.parametrize(("params", "name"), [
+    ({"value_area": "0.3"}, "value_area"), ({"value_area": "nan"}, "value_area"), ({"va_method": "greedy"}, "va_method"),
+    ({"nodes": "0"}, "nodes"), ({"rows": "-1"}, "rows"), ({"rows": "some"}, "rows"), ({"row_size": "0"}, "row_size"),
+    ({"row_size": "1e3"}, "row_size"), ({"resolution": "5m"}, "resolution"), ({"window": "9y"}, "window"),
+    ({"exchange": "kraken"}, "exchange"), ({"bogus": "1"}, "bogus"),
+])
+def test_bad_profile_parameters_are_400_naming_them(api: str, params: dict[str, str], name: str) -> None:
+    err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, **params)["error"]
+    assert err["parameter"] == name and err["code"] == "invalid_parameter"
+
+
+def test_a_symbol_that_is_not_collected_is_404(api: str) -> None:
+    assert _get(api, "/api/v1/volume-profile/DOGEUSDT", 404)["error"]["code"] == "not_found"
+    assert _get(api, "/api/v1/order-flow/current/BTCUSDT", 404, exchange="bybit")["error"]["code"] == "not_found"
+
+
+# -- order flow -----------------------------------------------------------------------------------
+
+
+def test_current_order_flow_sums_the_minutes_of_every_window(api: str) -> None:
+    body = _get(api, "/api/v1/order-flow/current/BTCUSDT", large_notional="100000", limit="5")
+    assert body["price"] in (float(MARKETS[0].tape["price"][-1]), float(MARKETS[1].tape["price"][-1]))
+    for name, span in (("5m", 5 * MIN), ("1h", HOUR), ("24h", 24 * HOUR)):
+        window = body["windows"][name]
+        trades = _window(window["start"] * MS, NOW)
+        bars = trade_bars(trades.sort("ts_event"), MIN)
+        if name != "24h":  # 1m bars are kept 23 h here: the 24h window says where its data ends
+            assert window["trades"] == trades.height
+            assert window["volume"] == pytest.approx(float(bars["volume"].sum()))
+        assert window["delta"] == pytest.approx(window["buy"] - window["sell"])
+        assert window["start"] * MS >= body["ts"] * MS - span
+    day = NOW - NOW % NS_PER_DAY
+    today = _window(day, NOW)
+    signed = today.select((pl.col("qty") * pl.col("side")).sum()).item()
+    assert body["cvd"] == pytest.approx(signed), "CVD since 00:00 UTC, both markets"
+    large = body["large_trades"]
+    assert large and all(t["notional"] >= 100_000 for t in large) and len(large) <= 5
+    assert [t["ts"] for t in large] == sorted((t["ts"] for t in large), reverse=True)
+    assert body["book"] == [], "serve has no live books"
+
+
+def test_footprints_merge_minutes_into_the_interval(api: str) -> None:
+    body = _get(api, "/api/v1/order-flow/BTCUSDT/footprint", interval="5m", limit="4", exchange="binance",
+                market="spot", row_size="40", imbalance_ratio="2.5", stacked="2")
+    assert body["interval"] == "5m" and body["row_size"] == 40.0 and len(body["bars"]) == 4
+    tape = MARKETS[0].tape
+    for bar in body["bars"]:
+        start = bar["start"] * MS
+        trades = tape.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") < start + 5 * MIN))
+        assert bar["volume"] == pytest.approx(float(trades["qty"].sum()))
+        assert bar["trades"] == trades.height
+        assert sum(r["buy"] + r["sell"] for r in bar["rows"]) == pytest.approx(bar["volume"])
+        prices = [r["price"] for r in bar["rows"]]
+        assert prices == sorted(prices) and all(p % 40 == 0 for p in prices)
+        assert bar["delta_min"] <= 0 <= bar["delta_max"]
+    assert body["data_complete"] is False or not any(
+        b["start"] * MS <= GAP[1] and b["start"] * MS + 5 * MIN > GAP[0] for b in body["bars"])
+
+
+def test_a_footprint_past_1m_retention_needs_an_hourly_interval(api: str) -> None:
+    err = _get(api, "/api/v1/order-flow/BTCUSDT/footprint", 400, window="3d", interval="15m")["error"]
+    assert err["parameter"] == "interval" and "1h" in err["message"]
+    body = _get(api, "/api/v1/order-flow/BTCUSDT/footprint", window="3d", interval="4h", limit="3")
+    assert body["resolution"] == "1h" and len(body["bars"]) == 3
+    assert all(b["delta_min"] is None for b in body["bars"]), "combined markets: no delta extremes"
+
+
+# -- market structure and indicators --------------------------------------------------------------
+
+
+def test_market_structure_of_a_rising_market(api: str) -> None:
+    body = _get(api, "/api/v1/market-structure/BTCUSDT", interval="1h", window="6d", swing="3",
+                exchange="binance", market="spot")
+    assert body["resolution"] == "1h" and body["swing"] == 3
+    labels = [s["label"] for s in body["swings"] if s["label"]]
+    assert labels and labels.count("HH") + labels.count("HL") > labels.count("LH") + labels.count("LL")
+    assert body["trend"] == "up"
+    assert any(e["type"] == "BOS" and e["direction"] == "bullish" for e in body["events"])
+    kinds = {k["kind"] for k in body["key_levels"]}
+    assert {"poc", "vah", "val"} <= kinds
+    for candidate in body["wyckoff"]:
+        assert candidate["type"] in ("spring", "upthrust", "selling_climax", "buying_climax")
+
+
+def test_indicator_history_lists_the_stored_snapshots(api: str) -> None:
+    body = _get(api, "/api/v1/indicators/BTCUSDT/history", window="1h", exchange="binance", market="spot",
+                limit="4")
+    assert body["count"] == 4 and body["truncated"] is True
+    ts = [s["ts"] for s in body["snapshots"]]
+    assert ts == sorted(ts) and ts[-1] == NOW // MS
+    last = body["snapshots"][-1]
+    day = NOW - NOW % NS_PER_DAY
+    today = MARKETS[0].tape.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < NOW))
+    assert last["trades"] == today.height and last["poc"] is not None
+    assert last["complete"] is (not (day <= GAP[0] < NOW))
+
+
+def test_openapi_lists_the_analytics_endpoints_and_their_parameters(api: str) -> None:
+    doc = _get(api, "/openapi.json")
+    for path, names in (
+        ("/api/v1/volume-profile/{symbol}", {"row_size", "value_area", "va_method", "nodes", "rows", "resolution"}),
+        ("/api/v1/order-flow/current/{symbol}", {"large_notional"}),
+        ("/api/v1/order-flow/{symbol}/footprint", {"interval", "row_size", "imbalance_ratio", "stacked", "limit"}),
+        ("/api/v1/market-structure/{symbol}", {"interval", "swing", "limit"}),
+        ("/api/v1/indicators/{symbol}/history", {"limit"}),
+    ):
+        params = {p["name"] for p in doc["paths"][path]["get"]["parameters"]}
+        assert names <= params, path

@@ -1,0 +1,70 @@
+"""What the analytics resources share: loading each source's data, gaps and coverage, row output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from wadm.api.resources.gaps import gap_row, gaps_between
+from wadm.api.resources.series import Context
+from wadm.api.sources import BAR_NS, Scope, load_bars, load_trades
+from wadm.live import Series
+from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
+from wadm.units import NS_PER_MIN, NS_PER_MS
+
+__all__ = ["coverage_gaps", "load_each", "rows_around", "source_gaps"]
+
+_TABLE = {"trades": TRADES, "1m": BARS_1M, "1h": BARS_1H}
+
+
+async def load_each(ctx: Context, scope: Scope, resolution: str, start: int | None = None) -> list[pl.DataFrame]:
+    """Each source's trades (``resolution`` trades) or bars in the scope's window."""
+    lo = scope.start if start is None else start
+    out = []
+    for series in scope.sources:
+        if resolution == "trades":
+            out.append(await load_trades(ctx.store, ctx.live, series, lo, scope.end))
+        else:
+            out.append(await load_bars(ctx.store, ctx.live, ctx.bars, series, resolution, lo, scope.end, scope.now))
+    return out
+
+
+async def coverage_gaps(ctx: Context, series: Series, resolution: str, start: int, first: int | None,
+                        end: int) -> list[dict[str, Any]]:
+    """A window at the start that was never collected (or is past retention): the data begins later."""
+    step = BAR_NS.get(resolution, NS_PER_MIN)
+    if first is not None and first < start + step:
+        return []
+    key = BatchKey(_TABLE[resolution], series.venue, series.market, series.symbol)
+    earliest = await ctx.store.read(key, 0, 2**62, max_rows=1)
+    if earliest.height and int(earliest["ts_event"].min()) <= start:  # type: ignore[arg-type]
+        return []  # stored data reaches back: the market was simply quiet
+    until = first if first is not None else end
+    return [gap_row(series, _TABLE[resolution], start, until, "not_collected", None)]
+
+
+async def source_gaps(ctx: Context, scope: Scope, resolution: str, data: list[pl.DataFrame], start: int
+                      ) -> list[dict[str, Any]]:
+    """Trade gaps of every source in the window, and windows no source's data covers."""
+    gaps: list[dict[str, Any]] = []
+    for series, frame in zip(scope.sources, data, strict=True):
+        first = int(frame["ts_event"].min()) if frame.height else None  # type: ignore[arg-type]
+        gaps += await coverage_gaps(ctx, series, resolution, start, first, scope.end)
+        gaps += await gaps_between(ctx, series, start, scope.end, "trades")
+        if resolution != "trades" and frame.height:
+            step = BAR_NS[resolution]
+            gaps += [gap_row(series, _TABLE[resolution], ts, ts + step - 1, "incomplete_bar", None)
+                     for ts in frame.filter(~pl.col("complete"))["ts_event"].to_list()
+                     if not any(g["start"] * NS_PER_MS <= ts + step and g["end"] * NS_PER_MS >= ts for g in gaps)]
+    return gaps
+
+
+def rows_around(rows: pl.DataFrame, poc_index: int | None, n: int | None) -> pl.DataFrame:
+    """All rows (``n`` None) or the ``n`` rows centred on the POC row, as the answer lists them."""
+    out = rows
+    if n is not None and poc_index is not None and rows.height > n:
+        pos = rows["index"].to_list().index(poc_index)
+        first = min(max(0, pos - (n - 1) // 2), rows.height - n)
+        out = rows.slice(first, n)
+    return out.select("price", "volume", "buy", "sell", "delta")

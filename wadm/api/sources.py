@@ -1,0 +1,383 @@
+"""What analytics answers are computed from: a symbol's sources, the window, the resolution, the data.
+
+* **Sources**: with ``exchange``/``market`` omitted, every market the symbol is collected on;
+  answers combine them on one row grid and list them.
+* **Resolution**: ``trades`` while the window lies within raw-trade retention, else ``1m`` within
+  1-minute retention, else ``1h`` (``auto``); asking for a finer one than the window allows is a
+  400 that says which ones can answer.
+* **Data**: stored bars (newest revision of each) plus what the live view has not stored yet:
+  closed bars in memory and the open minutes built from their trades, so "now" waits for no
+  flush. Stored trades plus the trades not closed yet, without duplicates.
+* **Cache**: decoded hours of ``bars_1m`` and days of ``bars_1h`` that can no longer change (older
+  than raw retention, which is how far back late trades can close a bar again) are kept, so a
+  long window reads from the store only its newest part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import polars as pl
+
+from wadm.analytics.aggregates import (
+    STORED_BAR_SCHEMA,
+    build_bars,
+    chain_cvd,
+    common_row,
+    hour_bars,
+    latest,
+    merge_bars,
+    qty_decimals,
+    row_sizes,
+)
+from wadm.analytics.bars import NS_PER_DAY
+from wadm.analytics.grid import Grid, default_row
+from wadm.api.params import parse_choice, parse_exchange, parse_market, parse_range, parse_symbol
+from wadm.api.query import Query
+from wadm.config import Settings
+from wadm.errors import QueryError
+from wadm.live import LiveView, Series
+from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
+from wadm.store.base import Store
+from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
+
+__all__ = [
+    "BAR_NS",
+    "BarCache",
+    "MAX_PROFILE_ROWS",
+    "NS_PER_HOUR",
+    "RESOLUTIONS",
+    "Scope",
+    "bar_grid",
+    "choose_resolution",
+    "describe",
+    "grid_of",
+    "load_bars",
+    "load_trades",
+    "parse_scope",
+    "qty_places",
+    "resolve_sources",
+    "tick_of",
+    "trade_grid",
+]
+
+NS_PER_HOUR = 60 * NS_PER_MIN
+RESOLUTIONS = ("auto", "trades", "1m", "1h")
+BAR_NS = {"1m": NS_PER_MIN, "1h": NS_PER_HOUR}
+MAX_PROFILE_ROWS = 20_000  # rows from a window's low to its high at the asked row size
+CACHE_CHUNKS = 4096
+_CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One analytics request's symbol, sources and window (ns)."""
+
+    symbol: str
+    sources: tuple[Series, ...]
+    start: int
+    end: int
+    now: int
+
+
+def resolve_sources(settings: Settings, q: Query, symbol: str) -> tuple[str, tuple[Series, ...]]:
+    """Resolve ``{symbol}``, ``exchange`` and ``market`` into every market they name.
+
+    Raises:
+        QueryError: a bad parameter (400) or a symbol not collected there (404).
+    """
+    venue = parse_exchange(q.get("exchange"))
+    market = parse_market(q.get("market"))
+    sym = parse_symbol(symbol)
+    sources = tuple(
+        Series(t.venue, t.market, sym)
+        for t in settings.targets
+        if sym in t.symbols and (venue is None or t.venue is venue) and (market is None or t.market is market)
+    )
+    if not sources:
+        where = "/".join(str(x) for x in (venue, market) if x is not None)
+        raise QueryError(None, f"symbol {sym} is not collected{' on ' + where if where else ''}; "
+                               "see /api/v1/symbols", status=404, code="not_found")
+    return sym, sources
+
+
+def parse_scope(settings: Settings, q: Query, symbol: str, *, default_span: int) -> Scope:
+    """Resolve ``{symbol}``, ``exchange``, ``market`` and ``window`` or ``start``/``end``.
+
+    Raises:
+        QueryError: a bad parameter (400) or a symbol not collected there (404).
+    """
+    sym, sources = resolve_sources(settings, q, symbol)
+    now = time.time_ns()
+    start, end = parse_range(q.get("start"), q.get("end"), q.get("window"), now=now, default_span=default_span)
+    return Scope(sym, sources, start, end, now)
+
+
+def describe(scope: Scope, resolution: str, gaps: list[dict[str, object]], complete: bool) -> dict[str, object]:
+    """The head every analytics answer starts with (API.md: sources, window, resolution, gaps)."""
+    head: dict[str, object] = {}
+    if len(scope.sources) == 1:
+        head |= {"exchange": str(scope.sources[0].venue), "market": str(scope.sources[0].market)}
+    return head | {
+        "sources": [{"exchange": str(s.venue), "market": str(s.market)} for s in scope.sources],
+        "symbol": scope.symbol,
+        "start": scope.start // NS_PER_MS,
+        "end": scope.end // NS_PER_MS,
+        "resolution": resolution,
+        "data_complete": complete and not gaps,
+        "gaps": gaps,
+    }
+
+
+def choose_resolution(raw: str | None, scope: Scope, settings: Settings, *, allowed: Sequence[str] = RESOLUTIONS
+                      ) -> str:
+    """The finest data that covers the window (``auto``), or the one asked for if it can.
+
+    Raises:
+        QueryError: an unknown resolution, or one whose retention does not reach the window's start.
+    """
+    asked = parse_choice("resolution", raw, allowed, "auto")
+    reach = {
+        "trades": scope.now - settings.retention_raw_trades * NS_PER_S,
+        "1m": scope.now - settings.retention_aggregates_1m * NS_PER_S,
+    }
+    usable = [r for r in ("trades", "1m") if r in allowed and scope.start >= reach[r]] + ["1h"]
+    if asked == "auto":
+        return usable[0]
+    if asked not in usable:
+        kept = {"trades": f"raw trades are kept RETENTION_RAW_TRADES={settings.retention_raw_trades} s",
+                "1m": f"1-minute bars are kept RETENTION_AGGREGATES_1M={settings.retention_aggregates_1m} s"}[asked]
+        ago = (scope.now - scope.start) // NS_PER_S
+        raise QueryError("resolution", f"resolution {asked} cannot answer a window that starts {ago} s ago: {kept}; "
+                                       f"use one of {', '.join(['auto', *usable])}")
+    return asked
+
+
+# -- the cache of bars that can no longer change ---------------------------------------------
+
+
+class BarCache:
+    """Decoded stored bars by (table, series, chunk), for chunks older than any late trade can reach."""
+
+    def __init__(self, settings: Settings, *, chunks: int = CACHE_CHUNKS) -> None:
+        self.settings = settings
+        self.chunks = chunks
+        self.hits = 0
+        self.misses = 0
+        self._frames: OrderedDict[tuple[str, Series, int], pl.DataFrame] = OrderedDict()
+
+    def settled_before(self, now: int) -> int:
+        """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
+        return now - (self.settings.retention_raw_trades + 3600) * NS_PER_S
+
+    async def read(self, store: Store, table: str, series: Series, start: int, end: int, now: int) -> pl.DataFrame:
+        """The newest revision of the stored bars of ``table`` starting in ``[start, end]``."""
+        step = _CHUNK[table]
+        chunk = start - start % step
+        settled = self.settled_before(now)
+        parts: list[pl.DataFrame] = []
+        while chunk + step <= settled and chunk <= end:
+            found = self._frames.get((table, series, chunk))
+            if found is None:
+                break
+            self._frames.move_to_end((table, series, chunk))
+            self.hits += 1
+            parts.append(found)
+            chunk += step
+        if chunk <= end:
+            self.misses += 1
+            key = BatchKey(table, series.venue, series.market, series.symbol)
+            rest = latest(await store.read(key, chunk, end))
+            rest = rest.filter(pl.col("ts_event") >= chunk)
+            parts.append(rest)
+            bucket = pl.col("ts_event") - pl.col("ts_event") % step
+            while chunk + step <= min(settled, end + 1):
+                self._put((table, series, chunk), rest.filter(bucket == chunk))
+                chunk += step
+        bars = merge_bars(*parts)
+        return bars.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+
+    def _put(self, key: tuple[str, Series, int], frame: pl.DataFrame) -> None:
+        self._frames[key] = frame
+        self._frames.move_to_end(key)
+        while len(self._frames) > self.chunks:
+            self._frames.popitem(last=False)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _open_bars(live: LiveView, series: Series, closed: pl.DataFrame, end: int, tick: float | None
+               ) -> tuple[pl.DataFrame, int | None]:
+    """The bars of the minutes not closed yet (from the live view's trades), and where closing stands."""
+    view = live.bars(series)
+    if view is None:
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA), None
+    trades = view.open_trades
+    if trades is None or trades.height == 0:
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA), view.closed_until
+    trades = trades.filter(pl.col("ts_event") <= end)
+    grid = Grid(tick, float(view.row)) if tick is not None and view.row is not None else None
+    inst = live.instrument(series)
+    bars = build_bars(trades, NS_PER_MIN, grid=grid, revision=2**62, lot=None if inst is None else inst.lot)
+    if bars.height == 0:
+        return bars, view.closed_until
+    first = int(bars["ts_event"][0])
+    before = closed.filter((pl.col("ts_event") < first) & (pl.col("ts_event") >= first - first % NS_PER_DAY))
+    return chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0), view.closed_until
+
+
+async def load_bars(store: Store, live: LiveView, cache: BarCache, series: Series, resolution: str, start: int,
+                    end: int, now: int) -> pl.DataFrame:
+    """Bars of one series at ``1m`` or ``1h`` that start in ``[floor(start), end]``, the open ones included.
+
+    Minutes: stored ``bars_1m``, the closed bars the live view has in memory, and bars built from
+    the trades of the minutes not closed yet. Hours: stored ``bars_1h`` for hours that are closed,
+    and the hours since then merged from their minutes (the scheduler writes an hour a moment
+    after it ends).
+    """
+    step = BAR_NS[resolution]
+    lo = start - start % step
+    if resolution == "1m":
+        stored = await cache.read(store, BARS_1M, series, lo, end, now)
+        view = live.bars(series)
+        closed = merge_bars(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))) \
+            if view is not None else stored
+        tick = tick_of(live, series, closed)
+        opened, _ = _open_bars(live, series, closed, end, tick)
+        return merge_bars(closed, opened)
+    view = live.bars(series)
+    mark = view.closed_until if view is not None else now
+    recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
+    stored = await cache.read(store, BARS_1H, series, lo, recent - 1, now) if recent > lo else \
+        pl.DataFrame(schema=STORED_BAR_SCHEMA)
+    minutes = await load_bars(store, live, cache, series, "1m", recent, end, now)
+    hours = hour_bars(minutes, NS_PER_HOUR, revision=2**62) if minutes.height else minutes
+    return merge_bars(stored, hours)
+
+
+async def load_trades(store: Store, live: LiveView, series: Series, start: int, end: int) -> pl.DataFrame:
+    """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""
+    stored = await store.read(BatchKey(TRADES, series.venue, series.market, series.symbol), start, end)
+    view = live.bars(series)
+    frames = [f for f in (stored, None if view is None else view.open_trades) if f is not None and f.height]
+    if not frames:
+        return pl.DataFrame(schema={"ts_event": pl.Int64(), "price": pl.Float64(), "qty": pl.Float64(),
+                                    "side": pl.Int8()})
+    trades = pl.concat([f.select("ts_event", "id", "price", "qty", "side") for f in frames], how="vertical_relaxed")
+    trades = trades.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+    # Trades queued for the store can be there already: the venue's id tells them apart.
+    return trades.unique(subset="id", keep="first", maintain_order=True).sort("ts_event", maintain_order=True)
+
+
+def qty_places(live: LiveView, sources: Sequence[Series], data: Sequence[pl.DataFrame]) -> int:
+    """Decimals that quantities of an answer are rounded to: the finest lot among its sources."""
+    places = []
+    for series, frame in zip(sources, data, strict=True):
+        inst = live.instrument(series)
+        lot = inst.lot if inst is not None else None
+        if lot is None and "lot" in frame.columns and frame["lot"].drop_nulls().len():
+            lot = float(frame["lot"].drop_nulls()[-1])
+        places.append(qty_decimals(lot))
+    return max(places, default=qty_decimals(None))
+
+
+async def grid_of(store: Store, live: LiveView, cache: BarCache, series: Series, now: int
+                  ) -> tuple[float | None, Decimal | None]:
+    """A series' tick and footprint row: the live ones, else those recorded with its newest stored bar."""
+    inst = live.instrument(series)
+    view = live.bars(series)
+    tick = None if inst is None else inst.tick
+    row = None if view is None else view.row
+    if tick is None or row is None:
+        recent = await load_bars(store, live, cache, series, "1m", now - 2 * NS_PER_HOUR, now, now)
+        if tick is None:
+            tick = tick_of(live, series, recent)
+        rows = recent["row"].drop_nulls()
+        if row is None and rows.len():
+            row = Decimal(repr(float(rows[-1]))).normalize()
+    return tick, row
+
+
+def tick_of(live: LiveView, series: Series, bars: pl.DataFrame | None = None) -> float | None:
+    """The series' tick: from the live listing, else from the newest stored bar that recorded it."""
+    inst = live.instrument(series)
+    if inst is not None:
+        return inst.tick
+    if bars is not None and bars.height:
+        ticks = bars["tick"].drop_nulls()
+        if ticks.len():
+            return float(ticks[-1])
+    return None
+
+
+# -- grids -----------------------------------------------------------------------------------
+
+
+def _examples(base: Decimal) -> str:
+    return ", ".join(format((base * k).normalize(), "f") for k in (1, 2, 5, 10))
+
+
+def bar_grid(bars: Sequence[pl.DataFrame], row_size: Decimal | None, resolution: str) -> Grid | None:
+    """The grid of an answer from stored footprints: their common row, or a multiple of it.
+
+    Returns None when no bar has a footprint (nothing to bin).
+
+    Raises:
+        QueryError: ``row_size`` is not a multiple of the footprints' common row.
+    """
+    rows = sorted({r for frame in bars for r in row_sizes(frame)})
+    base = common_row(rows)
+    if base is None:
+        return None
+    row = base if row_size is None else row_size
+    if (row / base) != (row / base).to_integral_value():
+        raise QueryError("row_size", f"row_size {format(row_size, 'f')} cannot be given from the stored "
+                                     f"{resolution} footprints of this window, whose rows are "
+                                     f"{', '.join(format(r, 'f') for r in rows)}: use a multiple of "
+                                     f"{format(base, 'f')}, e.g. {_examples(base)}")
+    ticks = [float(t) for frame in bars for t in frame["tick"].drop_nulls().unique().to_list()]
+    tick = min(ticks) if ticks else float(base)
+    return Grid(tick, float(row))
+
+
+def trade_grid(ticks: Sequence[float], rows: Sequence[Decimal | None], price: float | None,
+               row_size: Decimal | None) -> Grid | None:
+    """The grid of an answer from raw trades: ``row_size``, or the sources' bar row, on every tick.
+
+    Returns None when no tick is known.
+
+    Raises:
+        QueryError: ``row_size`` is not a multiple of every source's tick.
+    """
+    if not ticks:
+        return None
+    step = common_row([Decimal(repr(t)) for t in ticks])
+    assert step is not None
+    if row_size is not None:
+        if (row_size / step) != (row_size / step).to_integral_value():
+            raise QueryError("row_size", f"row_size {format(row_size, 'f')} is not a multiple of the tick "
+                                         f"{format(step, 'f')}: use e.g. {_examples(step)}")
+        return Grid(min(ticks), float(row_size))
+    known = [r for r in rows if r is not None]
+    if not known and price is not None:
+        known = [default_row(max(ticks), price)]
+    row = common_row([*known, step]) if known else step
+    assert row is not None
+    return Grid(min(ticks), float(row))
+
+
+def check_rows(low: float | None, high: float | None, grid: Grid) -> None:
+    """Refuse a row so fine that the window's price range would span more than MAX_PROFILE_ROWS rows."""
+    if low is None or high is None:
+        return
+    rows = (high - low) / grid.row + 1
+    if rows > MAX_PROFILE_ROWS:
+        least = Decimal(repr((high - low) / (MAX_PROFILE_ROWS - 1)))
+        raise QueryError("row_size", f"row_size {grid.row:g} would give {int(rows)} rows between {low:g} and "
+                                     f"{high:g}; at most {MAX_PROFILE_ROWS}: use a row_size of at least "
+                                     f"{float(least):.6g}")
