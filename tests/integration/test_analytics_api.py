@@ -212,8 +212,9 @@ def test_resolution_and_row_size_that_cannot_answer_say_what_can(api: str) -> No
 
 
 @pytest.mark.parametrize(("params", "name"), [
-    ({"value_area": "0.3"}, "value_area"), ({"value_area": "nan"}, "value_area"), ({"va_method": "greedy"}, "va_method"),
-    ({"nodes": "0"}, "nodes"), ({"rows": "-1"}, "rows"), ({"rows": "some"}, "rows"), ({"row_size": "0"}, "row_size"),
+    ({"value_area": "0.3"}, "value_area"), ({"value_area": "nan"}, "value_area"),
+    ({"va_method": "greedy"}, "va_method"), ({"nodes": "0"}, "nodes"), ({"rows": "-1"}, "rows"),
+    ({"rows": "some"}, "rows"), ({"row_size": "0"}, "row_size"),
     ({"row_size": "1e3"}, "row_size"), ({"resolution": "5m"}, "resolution"), ({"window": "9y"}, "window"),
     ({"exchange": "kraken"}, "exchange"), ({"bogus": "1"}, "bogus"),
 ])

@@ -88,7 +88,8 @@ def _stacks(cells: pl.DataFrame, grid: Grid, ratio: float, min_rows: int) -> pl.
 def _current(minutes: list[pl.DataFrame], trades: list[pl.DataFrame], scope: Scope, now: int, lookback: int,
              min_notional: float | None, limit: int, grid: Grid | None, ratio: float, min_rows: int, places: int
              ) -> dict[str, Any]:
-    tagged = [t.with_columns(exchange=pl.lit(str(s.venue)), market=pl.lit(str(s.market)))
+    # Trade ids are integers on Binance and text on Bybit: the combined tape does without them.
+    tagged = [t.drop("id", strict=False).with_columns(exchange=pl.lit(str(s.venue)), market=pl.lit(str(s.market)))
               for s, t in zip(scope.sources, trades, strict=True) if t.height]
     tape = pl.concat(tagged).sort("ts_event", maintain_order=True) if tagged else None
     minute = now - now % NS_PER_MIN
@@ -131,7 +132,7 @@ def _current(minutes: list[pl.DataFrame], trades: list[pl.DataFrame], scope: Sco
     ]
     large = pl.concat(larges).sort("ts", descending=True, maintain_order=True).head(limit) if larges else None
     out["large_trades"] = [] if large is None else [
-        {"ts": r["ts"] // NS_PER_MS, "price": r["price"], "qty": r["qty"], "notional": r["notional"],
+        {"ts": r["ts"] // NS_PER_MS, "price": r["price"], "qty": r["qty"], "notional": round(r["notional"], 4),
          "side": r["side"], "exchange": r["exchange"], "market": r["market"]}
         for r in large.iter_rows(named=True)
     ]
