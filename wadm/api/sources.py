@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 
@@ -48,6 +49,8 @@ from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
 __all__ = [
     "BAR_NS",
     "BarCache",
+    "Offload",
+    "Reader",
     "MAX_PROFILE_ROWS",
     "NS_PER_HOUR",
     "RESOLUTIONS",
@@ -55,9 +58,6 @@ __all__ = [
     "bar_grid",
     "choose_resolution",
     "describe",
-    "grid_of",
-    "load_bars",
-    "load_trades",
     "parse_scope",
     "qty_places",
     "resolve_sources",
@@ -157,7 +157,9 @@ def choose_resolution(raw: str | None, scope: Scope, settings: Settings, *, allo
     return asked
 
 
-# -- the cache of bars that can no longer change ---------------------------------------------
+# -- reading ---------------------------------------------------------------------------------
+
+Offload = Callable[..., Awaitable[Any]]  # runs a function on a worker thread (Work.run)
 
 
 class BarCache:
@@ -174,7 +176,8 @@ class BarCache:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
         return now - (self.settings.retention_raw_trades + 3600) * NS_PER_S
 
-    async def read(self, store: Store, table: str, series: Series, start: int, end: int, now: int) -> pl.DataFrame:
+    async def read(self, store: Store, off: Offload, table: str, series: Series, start: int, end: int, now: int
+                   ) -> pl.DataFrame:
         """The newest revision of the stored bars of ``table`` starting in ``[start, end]``."""
         step = _CHUNK[table]
         chunk = start - start % step
@@ -191,15 +194,14 @@ class BarCache:
         if chunk <= end:
             self.misses += 1
             key = BatchKey(table, series.venue, series.market, series.symbol)
-            rest = latest(await store.read(key, chunk, end))
-            rest = rest.filter(pl.col("ts_event") >= chunk)
+            stored = await store.read(key, chunk, end)
+            keep = min(settled, end + 1) // step * step  # whole chunks that will not change
+            rest, chunks = await off(_split, stored, chunk, keep, step)
             parts.append(rest)
-            bucket = pl.col("ts_event") - pl.col("ts_event") % step
-            while chunk + step <= min(settled, end + 1):
-                self._put((table, series, chunk), rest.filter(bucket == chunk))
-                chunk += step
-        bars = merge_bars(*parts)
-        return bars.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+            for first, frame in chunks:
+                self._put((table, series, first), frame)
+        merged: pl.DataFrame = await off(_merge_in, parts, start, end)
+        return merged
 
     def _put(self, key: tuple[str, Series, int], frame: pl.DataFrame) -> None:
         self._frames[key] = frame
@@ -208,70 +210,111 @@ class BarCache:
             self._frames.popitem(last=False)
 
 
-# -- loading ---------------------------------------------------------------------------------
+def _split(stored: pl.DataFrame, first: int, keep: int, step: int
+           ) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]]]:
+    """The newest revisions from ``first`` on, and the whole chunks before ``keep`` to cache."""
+    rest = latest(stored).filter(pl.col("ts_event") >= first)
+    bucket = pl.col("ts_event") - pl.col("ts_event") % step
+    return rest, [(c, rest.filter(bucket == c)) for c in range(first, keep, step)]
 
 
-def _open_bars(live: LiveView, series: Series, closed: pl.DataFrame, end: int, tick: float | None
-               ) -> tuple[pl.DataFrame, int | None]:
-    """The bars of the minutes not closed yet (from the live view's trades), and where closing stands."""
-    view = live.bars(series)
-    if view is None:
-        return pl.DataFrame(schema=STORED_BAR_SCHEMA), None
-    trades = view.open_trades
-    if trades is None or trades.height == 0:
-        return pl.DataFrame(schema=STORED_BAR_SCHEMA), view.closed_until
-    trades = trades.filter(pl.col("ts_event") <= end)
-    grid = Grid(tick, float(view.row)) if tick is not None and view.row is not None else None
-    inst = live.instrument(series)
-    bars = build_bars(trades, NS_PER_MIN, grid=grid, revision=2**62, lot=None if inst is None else inst.lot)
+def _merge_in(parts: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
+    return merge_bars(*parts).filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+
+
+def _minutes(stored: pl.DataFrame, memory: pl.DataFrame | None, open_trades: pl.DataFrame | None, lo: int, end: int,
+             grid: Grid | None, lot: float | None) -> pl.DataFrame:
+    """Stored minutes, the closed ones in memory, and those built from the trades not closed yet."""
+    closed = stored if memory is None else merge_bars(
+        stored, memory.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
+    if open_trades is None or open_trades.height == 0:
+        return closed
+    bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=2**62, lot=lot)
     if bars.height == 0:
-        return bars, view.closed_until
+        return closed
     first = int(bars["ts_event"][0])
     before = closed.filter((pl.col("ts_event") < first) & (pl.col("ts_event") >= first - first % NS_PER_DAY))
-    return chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0), view.closed_until
+    opened = chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0)
+    return merge_bars(closed, opened.filter(pl.col("ts_event") >= lo))
 
 
-async def load_bars(store: Store, live: LiveView, cache: BarCache, series: Series, resolution: str, start: int,
-                    end: int, now: int) -> pl.DataFrame:
-    """Bars of one series at ``1m`` or ``1h`` that start in ``[floor(start), end]``, the open ones included.
-
-    Minutes: stored ``bars_1m``, the closed bars the live view has in memory, and bars built from
-    the trades of the minutes not closed yet. Hours: stored ``bars_1h`` for hours that are closed,
-    and the hours since then merged from their minutes (the scheduler writes an hour a moment
-    after it ends).
-    """
-    step = BAR_NS[resolution]
-    lo = start - start % step
-    if resolution == "1m":
-        stored = await cache.read(store, BARS_1M, series, lo, end, now)
-        view = live.bars(series)
-        closed = merge_bars(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))) \
-            if view is not None else stored
-        tick = tick_of(live, series, closed)
-        opened, _ = _open_bars(live, series, closed, end, tick)
-        return merge_bars(closed, opened)
-    view = live.bars(series)
-    mark = view.closed_until if view is not None else now
-    recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
-    stored = await cache.read(store, BARS_1H, series, lo, recent - 1, now) if recent > lo else \
-        pl.DataFrame(schema=STORED_BAR_SCHEMA)
-    minutes = await load_bars(store, live, cache, series, "1m", recent, end, now)
+def _hours(stored: pl.DataFrame, minutes: pl.DataFrame) -> pl.DataFrame:
     hours = hour_bars(minutes, NS_PER_HOUR, revision=2**62) if minutes.height else minutes
     return merge_bars(stored, hours)
 
 
-async def load_trades(store: Store, live: LiveView, series: Series, start: int, end: int) -> pl.DataFrame:
-    """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""
-    stored = await store.read(BatchKey(TRADES, series.venue, series.market, series.symbol), start, end)
-    view = live.bars(series)
-    frames = [f for f in (stored, None if view is None else view.open_trades) if f is not None and f.height]
+_TRADE_COLUMNS = ("ts_event", "id", "price", "qty", "side")
+
+
+def _trades(frames: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
     if not frames:
-        return pl.DataFrame(schema={"ts_event": pl.Int64(), "price": pl.Float64(), "qty": pl.Float64(),
-                                    "side": pl.Int8()})
-    trades = pl.concat([f.select("ts_event", "id", "price", "qty", "side") for f in frames], how="vertical_relaxed")
+        return pl.DataFrame(schema={"ts_event": pl.Int64(), "id": pl.Int64(), "price": pl.Float64(),
+                                    "qty": pl.Float64(), "side": pl.Int8()})
+    trades = pl.concat([f.select(_TRADE_COLUMNS) for f in frames], how="vertical_relaxed")
     trades = trades.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
     # Trades queued for the store can be there already: the venue's id tells them apart.
     return trades.unique(subset="id", keep="first", maintain_order=True).sort("ts_event", maintain_order=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Reads one request's data: the store, the live view, the cache; polars work goes to ``off``."""
+
+    store: Store
+    live: LiveView
+    cache: BarCache
+    off: Offload
+
+    async def bars(self, series: Series, resolution: str, start: int, end: int, now: int) -> pl.DataFrame:
+        """Bars of one series at ``1m`` or ``1h`` that start in ``[floor(start), end]``, the open ones included.
+
+        Minutes: stored ``bars_1m``, the closed bars the live view has in memory, and bars built
+        from the trades of the minutes not closed yet. Hours: stored ``bars_1h`` for hours that are
+        closed, and the hours since then merged from their minutes (the scheduler writes an hour a
+        moment after it ends).
+        """
+        step = BAR_NS[resolution]
+        lo = start - start % step
+        view = self.live.bars(series)  # read on the loop: the scheduler's state is only copied here
+        if resolution == "1m":
+            stored = await self.cache.read(self.store, self.off, BARS_1M, series, lo, end, now)
+            inst = self.live.instrument(series)
+            grid = None
+            if view is not None and view.row is not None and inst is not None:
+                grid = Grid(inst.tick, float(view.row))
+            minutes: pl.DataFrame = await self.off(_minutes, stored, None if view is None else view.bars,
+                                                   None if view is None else view.open_trades, lo, end, grid,
+                                                   None if inst is None else inst.lot)
+            return minutes
+        mark = view.closed_until if view is not None else now
+        recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
+        stored = await self.cache.read(self.store, self.off, BARS_1H, series, lo, recent - 1, now) \
+            if recent > lo else pl.DataFrame(schema=STORED_BAR_SCHEMA)
+        hours: pl.DataFrame = await self.off(_hours, stored, await self.bars(series, "1m", recent, end, now))
+        return hours
+
+    async def trades(self, series: Series, start: int, end: int) -> pl.DataFrame:
+        """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""
+        stored = await self.store.read(BatchKey(TRADES, series.venue, series.market, series.symbol), start, end)
+        view = self.live.bars(series)
+        frames = [f for f in (stored, None if view is None else view.open_trades) if f is not None and f.height]
+        trades: pl.DataFrame = await self.off(_trades, frames, start, end)
+        return trades
+
+    async def grid_of(self, series: Series, now: int) -> tuple[float | None, Decimal | None]:
+        """A series' tick and footprint row: the live ones, else those recorded with its newest stored bar."""
+        inst = self.live.instrument(series)
+        view = self.live.bars(series)
+        tick = None if inst is None else inst.tick
+        row = None if view is None else view.row
+        if tick is None or row is None:
+            recent = await self.bars(series, "1m", now - 2 * NS_PER_HOUR, now, now)
+            if tick is None:
+                tick = tick_of(self.live, series, recent)
+            rows = recent["row"].drop_nulls()
+            if row is None and rows.len():
+                row = Decimal(repr(float(rows[-1]))).normalize()
+        return tick, row
 
 
 def qty_places(live: LiveView, sources: Sequence[Series], data: Sequence[pl.DataFrame]) -> int:
@@ -284,23 +327,6 @@ def qty_places(live: LiveView, sources: Sequence[Series], data: Sequence[pl.Data
             lot = float(frame["lot"].drop_nulls()[-1])
         places.append(qty_decimals(lot))
     return max(places, default=qty_decimals(None))
-
-
-async def grid_of(store: Store, live: LiveView, cache: BarCache, series: Series, now: int
-                  ) -> tuple[float | None, Decimal | None]:
-    """A series' tick and footprint row: the live ones, else those recorded with its newest stored bar."""
-    inst = live.instrument(series)
-    view = live.bars(series)
-    tick = None if inst is None else inst.tick
-    row = None if view is None else view.row
-    if tick is None or row is None:
-        recent = await load_bars(store, live, cache, series, "1m", now - 2 * NS_PER_HOUR, now, now)
-        if tick is None:
-            tick = tick_of(live, series, recent)
-        rows = recent["row"].drop_nulls()
-        if row is None and rows.len():
-            row = Decimal(repr(float(rows[-1]))).normalize()
-    return tick, row
 
 
 def tick_of(live: LiveView, series: Series, bars: pl.DataFrame | None = None) -> float | None:

@@ -8,25 +8,31 @@ import polars as pl
 
 from wadm.api.resources.gaps import gap_row, gaps_between
 from wadm.api.resources.series import Context
-from wadm.api.sources import BAR_NS, Scope, load_bars, load_trades
+from wadm.api.sources import BAR_NS, Reader, Scope
 from wadm.live import Series
 from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
 from wadm.units import NS_PER_MIN, NS_PER_MS
 
-__all__ = ["coverage_gaps", "load_each", "rows_around", "source_gaps"]
+__all__ = ["coverage_gaps", "load_each", "reader", "rows_around", "source_gaps"]
 
 _TABLE = {"trades": TRADES, "1m": BARS_1M, "1h": BARS_1H}
+
+
+def reader(ctx: Context) -> Reader:
+    """The data reader of one request (its polars work runs on the API's worker threads)."""
+    return Reader(ctx.store, ctx.live, ctx.bars, ctx.work.run)
 
 
 async def load_each(ctx: Context, scope: Scope, resolution: str, start: int | None = None) -> list[pl.DataFrame]:
     """Each source's trades (``resolution`` trades) or bars in the scope's window."""
     lo = scope.start if start is None else start
+    read = reader(ctx)
     out = []
     for series in scope.sources:
         if resolution == "trades":
-            out.append(await load_trades(ctx.store, ctx.live, series, lo, scope.end))
+            out.append(await read.trades(series, lo, scope.end))
         else:
-            out.append(await load_bars(ctx.store, ctx.live, ctx.bars, series, resolution, lo, scope.end, scope.now))
+            out.append(await read.bars(series, resolution, lo, scope.end, scope.now))
     return out
 
 

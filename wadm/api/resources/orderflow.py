@@ -25,15 +25,13 @@ from wadm.analytics.orderflow import imbalances, large_trades, stacked
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, parse_window
 from wadm.api.query import Query
-from wadm.api.resources.analytics import load_each, source_gaps
+from wadm.api.resources.analytics import load_each, reader, source_gaps
 from wadm.api.resources.series import SeriesResource
 from wadm.api.sources import (
     NS_PER_HOUR,
     Scope,
     bar_grid,
     describe,
-    load_bars,
-    load_trades,
     parse_scope,
     qty_places,
     resolve_sources,
@@ -168,10 +166,9 @@ class CurrentFlowResource(SeriesResource):
         scope = Scope(sym, sources, now - 24 * NS_PER_HOUR, now, now)
         day_or_24h = min(now - now % NS_PER_DAY, now - 24 * NS_PER_HOUR + NS_PER_MIN)
         async with ctx.work.turn():
-            minutes = [await load_bars(ctx.store, ctx.live, ctx.bars, s, "1m", day_or_24h, now, now)
-                       for s in scope.sources]
-            trades = [await load_trades(ctx.store, ctx.live, s, now - max(lookback, NS_PER_MIN), now)
-                      for s in scope.sources]
+            read = reader(ctx)
+            minutes = [await read.bars(s, "1m", day_or_24h, now, now) for s in scope.sources]
+            trades = [await read.trades(s, now - max(lookback, NS_PER_MIN), now) for s in scope.sources]
             try:
                 grid = bar_grid([m.filter(pl.col("ts_event") >= now - lookback) for m in minutes], None, "1m")
             except QueryError:

@@ -21,7 +21,7 @@ from wadm.analytics.profile import Profile, combine, naked_pocs, rows_from_trade
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, show
 from wadm.api.query import Query
-from wadm.api.resources.analytics import load_each, rows_around, source_gaps
+from wadm.api.resources.analytics import load_each, reader, rows_around, source_gaps
 from wadm.api.resources.series import SeriesResource
 from wadm.api.sources import (
     BAR_NS,
@@ -29,8 +29,6 @@ from wadm.api.sources import (
     check_rows,
     choose_resolution,
     describe,
-    grid_of,
-    load_bars,
     parse_scope,
     trade_grid,
 )
@@ -107,7 +105,7 @@ class VolumeProfileResource(SeriesResource):
             data = await load_each(ctx, scope, resolution, start)
             ticks: list[float | None] = [None] * len(scope.sources)
             if resolution == "trades":
-                known = [await grid_of(ctx.store, ctx.live, ctx.bars, s, scope.now) for s in scope.sources]
+                known = [await reader(ctx).grid_of(s, scope.now) for s in scope.sources]
                 ticks = [tick for tick, _ in known]
                 prices = [float(t["price"][-1]) for t in data if t.height]
                 grid = trade_grid([t for t in ticks if t is not None], [row for _, row in known],
@@ -124,9 +122,8 @@ class VolumeProfileResource(SeriesResource):
             naked: list[dict[str, Any]] = []
             naked_row = None
             if profile is not None and grid is not None:
-                hours = [await load_bars(ctx.store, ctx.live, ctx.bars, s, "1h",
-                                         scope.end - ctx.settings.retention_aggregates_1h * NS_PER_S, scope.end,
-                                         scope.now) for s in scope.sources]
+                hours = [await reader(ctx).bars(s, "1h", scope.end - ctx.settings.retention_aggregates_1h * NS_PER_S,
+                                                scope.end, scope.now) for s in scope.sources]
                 naked, naked_row = await ctx.work.run(_naked, hours, Decimal(repr(grid.row)), grid.tick)
         empty = profile is None or profile.poc is None
         body: dict[str, Any] = describe(scope, resolution, gaps, True) | {

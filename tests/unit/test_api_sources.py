@@ -1,0 +1,103 @@
+"""Where analytics answers get their data: resolution by retention, grids, the cache of settled bars."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from wadm.analytics.aggregates import build_bars
+from wadm.analytics.grid import Grid
+from wadm.api.sources import MAX_PROFILE_ROWS, BarCache, Scope, bar_grid, check_rows, choose_resolution, trade_grid
+from wadm.config import Settings
+from wadm.errors import QueryError
+from wadm.live import Series
+from wadm.records import BARS_1M, BatchKey, Market, Venue
+from wadm.store import SqliteStore, encode_batch
+
+S = 1_000_000_000
+MIN = 60 * S
+HOUR = 60 * MIN
+NOW = 1_790_000_000 * S // HOUR * HOUR
+BTC = Series(Venue.BINANCE, Market.SPOT, "BTCUSDT")
+
+
+def _scope(span: int) -> Scope:
+    return Scope("BTCUSDT", (BTC,), NOW - span, NOW, NOW)
+
+
+@pytest.mark.parametrize(("span", "auto"), [(30 * MIN, "trades"), (HOUR, "trades"), (HOUR + S, "1m"),
+                                            (24 * HOUR, "1m"), (24 * HOUR + S, "1h"), (7 * 24 * HOUR, "1h")])
+def test_auto_takes_the_finest_data_that_reaches_the_start(span: int, auto: str) -> None:
+    assert choose_resolution(None, _scope(span), Settings()) == auto
+    assert choose_resolution("1h", _scope(span), Settings()) == "1h"
+
+
+def test_a_resolution_past_its_retention_says_which_can_answer() -> None:
+    with pytest.raises(QueryError) as err:
+        choose_resolution("trades", _scope(2 * HOUR), Settings())
+    assert err.value.parameter == "resolution" and "use one of auto, 1m, 1h" in str(err.value)
+    with pytest.raises(QueryError) as err:
+        choose_resolution("1m", _scope(2 * 24 * HOUR), Settings(retention_aggregates_1m=86400))
+    assert "RETENTION_AGGREGATES_1M=86400" in str(err.value) and "auto, 1h" in str(err.value)
+
+
+def _bars(row: float, tick: float = 0.01, start: int = NOW - HOUR, n: int = 5) -> pl.DataFrame:
+    trades = pl.DataFrame({"ts_event": [start + i * MIN for i in range(n)], "price": [100.0 + i for i in range(n)],
+                           "qty": [1.0] * n, "side": [1] * n},
+                          schema={"ts_event": pl.Int64, "price": pl.Float64, "qty": pl.Float64, "side": pl.Int8})
+    return build_bars(trades, MIN, grid=Grid(tick, row), revision=1)
+
+
+def test_bar_grids_use_the_common_row_or_a_multiple_of_it() -> None:
+    grid = bar_grid([_bars(0.2), _bars(0.5, tick=0.1)], None, "1m")
+    assert grid is not None and grid.row == 1.0 and grid.tick == 0.01
+    assert bar_grid([_bars(0.2)], Decimal("0.6"), "1m").row == 0.6  # type: ignore[union-attr]
+    with pytest.raises(QueryError) as err:
+        bar_grid([_bars(0.2), _bars(0.5)], Decimal("1.5"), "1h")
+    assert "rows are 0.2, 0.5" in str(err.value) and "multiple of 1, e.g. 1, 2, 5, 10" in str(err.value)
+    assert bar_grid([pl.DataFrame(schema=_bars(1).schema)], None, "1m") is None
+
+
+def test_trade_grids_sit_on_every_tick() -> None:
+    assert trade_grid([0.01, 0.1], [Decimal("20"), Decimal("50")], 60_000, None).row == 100  # type: ignore[union-attr]
+    assert trade_grid([0.01], [None], 90_000, None).row == 25, "the default row"  # type: ignore[union-attr]
+    assert trade_grid([0.01, 0.1], [], None, Decimal("0.3")).row == 0.3  # type: ignore[union-attr]
+    with pytest.raises(QueryError, match="multiple of the tick 0.1"):
+        trade_grid([0.01, 0.1], [], None, Decimal("0.05"))
+    assert trade_grid([], [], 100.0, None) is None
+
+
+def test_a_row_too_fine_for_the_range_names_the_least_row() -> None:
+    check_rows(100.0, 100.0 + (MAX_PROFILE_ROWS - 1) * 0.01, Grid(0.01, 0.01))
+    with pytest.raises(QueryError) as err:
+        check_rows(100.0, 100.0 + MAX_PROFILE_ROWS * 0.01, Grid(0.01, 0.01))
+    assert err.value.parameter == "row_size" and "at least" in str(err.value)
+
+
+async def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+@pytest.mark.asyncio
+async def test_settled_bars_are_read_once_and_kept(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cache.db")
+    await store.open()
+    key = BatchKey(BARS_1M, Venue.BINANCE, Market.SPOT, "BTCUSDT")
+    start = NOW - 6 * HOUR
+    await store.write(key, encode_batch(_bars(0.5, start=start, n=6 * 60)))
+    cache = BarCache(Settings())
+    first = await cache.read(store, _run, BARS_1M, BTC, start, NOW, NOW)
+    assert first.height == 6 * 60 and cache.misses == 1
+    await store.sweep(BARS_1M, NOW)  # gone from the store: only the cache can answer now
+    again = await cache.read(store, _run, BARS_1M, BTC, start, NOW, NOW)
+    settled = NOW - (3600 + 3600) * S
+    assert again.height == (settled - start) // MIN, "every settled hour came from the cache"
+    assert again.equals(first.filter(pl.col("ts_event") < settled))
+    assert cache.hits >= 4
+    await store.close()
