@@ -229,6 +229,8 @@ def _cells_rows(cells: pl.DataFrame, grid: Grid) -> pl.DataFrame:
     for (row,), group in cells.group_by("row"):
         fine = Grid(float(row), float(row))
         parts.append(rows_from_footprints(group, fine, grid))
+    if len(parts) == 1:  # already summed per row and sorted
+        return parts[0]
     return combine(parts) if parts else pl.DataFrame(schema=ROWS_SCHEMA)
 
 
