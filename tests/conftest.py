@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.mongo import mongodb_database, mongodb_uri
+
+__all__ = ["mongodb_database", "mongodb_uri"]  # fixtures for every test folder
+
 DATA = Path(__file__).parent / "data"
 
 

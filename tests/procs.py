@@ -189,16 +189,24 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def stored_trade_ids(api: str, symbol: str = "BTCUSDT", *, limit: int = 10_000, timeout: float = 60,
-                     **params: str) -> list[Any]:
-    """Every trade id the API serves for ``symbol`` over the last hour, paging with the cursor."""
-    ids: list[Any] = []
-    query: dict[str, Any] = {"window": "1h", "limit": limit, **params}
+def stored_trades(api: str, symbol: str = "BTCUSDT", *, limit: int = 10_000, timeout: float = 60,
+                  **params: str) -> list[dict[str, Any]]:
+    """Every trade the API serves for ``symbol`` (over the last hour unless ``params`` say), paging with the cursor."""
+    trades: list[dict[str, Any]] = []
+    query: dict[str, Any] = {"limit": limit, **params}
+    if "start" not in query and "end" not in query:
+        query.setdefault("window", "1h")
     while True:
         r = httpx.get(f"{api}/api/v1/trades/{symbol}", params=query, timeout=timeout)
         assert r.status_code == 200, r.text
         body = r.json()
-        ids += [t["id"] for t in body["trades"]]
+        trades += body["trades"]
         if body["next"] is None:
-            return ids
+            return trades
         query["cursor"] = body["next"]
+
+
+def stored_trade_ids(api: str, symbol: str = "BTCUSDT", *, limit: int = 10_000, timeout: float = 60,
+                     **params: str) -> list[Any]:
+    """Every trade id the API serves for ``symbol`` over the last hour, paging with the cursor."""
+    return [t["id"] for t in stored_trades(api, symbol, limit=limit, timeout=timeout, **params)]

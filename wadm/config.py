@@ -505,12 +505,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
                           f"at least one symbol in one of these variables or in {path}: "
                           "with every market empty the service could never be healthy")
     kw["targets"] = tuple(StreamTarget(venue=v, market=m, symbols=s) for (v, m), s in symbols.items() if s)
-    if (raw := get("FOOTPRINT_ROW")) is not None:
-        rows = _footprint_rows("FOOTPRINT_ROW", raw)  # the variable, when set, wins over the file
+    # The variable, when set to something, wins over the file; empty (as a compose file passes an
+    # unset one) leaves the file's rows and the derived defaults.
+    from_env = bool((raw := get("FOOTPRINT_ROW")) and raw.strip())
+    if from_env:
+        rows = _footprint_rows("FOOTPRINT_ROW", raw)
     collected = {s for t in kw["targets"] for s in t.symbols}
     for symbol in rows:
         if symbol not in collected:
-            source = "FOOTPRINT_ROW" if get("FOOTPRINT_ROW") is not None else f"{path}: {FOOTPRINT_KEY}"
+            source = "FOOTPRINT_ROW" if from_env else f"{path}: {FOOTPRINT_KEY}"
             raise ConfigError(source, symbol, f"a collected symbol ({', '.join(sorted(collected))})")
     kw["footprint_rows"] = tuple(sorted(rows.items()))
     return Settings(**kw)

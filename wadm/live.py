@@ -208,15 +208,37 @@ class Unfinished:
     missing: int | None
 
 
+RECENT_TRADES_NS = 16 * 60 * 10**9  # the closed minutes whose trades the bar scheduler keeps in memory
+
+
 @dataclass(frozen=True, slots=True)
 class BarsView:
-    """The bar scheduler's view of one series: closed bars kept in memory and the open minutes' trades."""
+    """The bar scheduler's view of one series: closed bars kept in memory and the open minutes' trades.
+
+    PERF: the views are taken on the event loop, so they hold references only; :meth:`open_trades`
+    does the concatenating, off the loop.
+    """
 
     closed_until: int  # every minute before this (ns) is closed
     bars: pl.DataFrame  # closed 1m bars in memory (wadm.analytics.aggregates.STORED_BAR_SCHEMA)
-    open_trades: pl.DataFrame | None  # trades from closed_until on, not all stored yet
+    open_frames: tuple[pl.DataFrame, ...]  # trades from closed_until on (and maybe late ones), not all stored yet
     row: Decimal | None  # the footprint row bars are closed with (None until the tick is known)
     row_source: str | None  # config or default
+    version: int = 0  # moves whenever a closed minute, or a gap of the series, changes
+    recent: pl.DataFrame | None = None  # trades of the closed minutes in [recent_from, closed_until)
+    recent_from: int = 0  # closed trades before this are only in the store
+
+    def open_trades(self) -> pl.DataFrame | None:
+        """The trades from ``closed_until`` on, in time order (None when there are none)."""
+        frames = [f for f in self.open_frames if f.height]
+        if not frames:
+            return None
+        trades = pl.concat(frames, how="vertical_relaxed").filter(pl.col("ts_event") >= self.closed_until)
+        if trades.height == 0:
+            return None
+        if "id" in trades.columns:  # a trade can reach the store twice (live and over REST): one counts
+            trades = trades.unique(subset="id", keep="first", maintain_order=True)
+        return trades.sort("ts_event", maintain_order=True)
 
 
 class LiveView(Protocol):

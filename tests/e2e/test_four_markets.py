@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import polars as pl
 import pytest
 
 from tests.conftest import free_port
-from tests.procs import Proc, stored_trade_ids, wadm, wait_for
+from tests.mongo import with_database
+from tests.procs import Proc, stored_trade_ids, stored_trades, wadm, wait_for
+from wadm.analytics.bars import footprints, trade_bars
+from wadm.analytics.grid import Grid
+from wadm.analytics.profile import combine, rows_from_trades, volume_profile
+from wadm.api.resources.orderflow import MAX_LARGE
 from wadm.emulator import Emulator, SyntheticSpec, wall_clock_ms
 from wadm.emulator.bybit import trade_id_text
 
@@ -37,6 +43,8 @@ SERIES = [  # the deployment spec's default symbols
     ("bybit", "linear", "BTCUSDT"), ("bybit", "linear", "ETHUSDT"), ("bybit", "linear", "SOLUSDT"),
     ("bybit", "spot", "BTCUSDT"),
 ]
+MS = 1_000_000
+MIN_NS = 60_000 * MS
 LEAD = 40_000  # the emulator's clock starts this many ms before a minute boundary
 STALE_AFTER = 4
 
@@ -113,6 +121,13 @@ class Setup:
         wait_for(grew, 60, what, self.app, interval=0.25)
 
 
+def _env_for(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    if request.param == "sqlite":
+        return {}
+    server: str = request.getfixturevalue("mongodb_uri")
+    return {"MONGODB_URI": with_database(server, request.getfixturevalue("mongodb_database"))}
+
+
 def _env(emu: ThreadedEmulator, data: Path) -> dict[str, str]:
     base = emu.http
     ws = base.replace("http://", "ws://")
@@ -134,8 +149,10 @@ def _env(emu: ThreadedEmulator, data: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(params=["sqlite", "mongodb"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    """The emulator and ``wadm run`` storing into the embedded store, then into MongoDB."""
+    env = _env_for(request, tmp_path)
     now = wall_clock_ms()
     # The emulator's next minute boundary is LEAD ms away. Its clock runs behind ours (a venue
     # clock ahead of ours would put trades in our future, outside "the last hour").
@@ -144,7 +161,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     emu = ThreadedEmulator(specs, lambda: wall_clock_ms() + offset)
     try:
         port = free_port()
-        with wadm("run", _env(emu, tmp_path), port) as app:
+        with wadm("run", _env(emu, tmp_path) | env, port) as app:
             s = Setup(emu, app, f"http://127.0.0.1:{port}")
             s.wait_healthy("all 24 streams to go live")
             yield s
@@ -374,45 +391,123 @@ def test_four_markets_stay_exact_through_faults(setup: Setup) -> None:
         assert (x["tick_size"], x["lot_size"]) == (10.0 ** -grid.tick_decimals, 10.0 ** -grid.lot_decimals), x
     # Bars and footprints closed from the live tape, closed again for the trades backfilled after
     # the silence, equal the stored trades minute by minute on every market.
+    ticks = _ticks(s)
     for venue, market, symbol in SERIES:
-        wait_for(lambda v=venue, m=market, y=symbol: not _bar_mismatches(s, v, m, y), 30,  # type: ignore[misc]
-                 f"the 1m bars of {venue}/{market}/{symbol} to equal its stored trades", s.app, interval=1.0)
+        deadline = time.monotonic() + 30
+        while (wrong := _bar_mismatches(s, venue, market, symbol, ticks[(venue, market, symbol)])) \
+                and time.monotonic() < deadline:
+            time.sleep(1.0)
+        assert not wrong, f"{venue}/{market}/{symbol}: 1m bars differ from the stored trades: {wrong[:5]}"
+    _check_analytics(s, ticks)
     now = s.get("/api/v1/order-flow/current/BTCUSDT").json()
     assert {(x["exchange"], x["market"]) for x in now["sources"]} == {(v, m) for v, m, y in SERIES if y == "BTCUSDT"}
     assert now["bar"]["start"] == now["ts"] // 60_000 * 60_000
-    assert {b["exchange"] for b in now["book"]} == {"binance", "bybit"} and all(b["mid"] for b in now["book"])
     history = s.get("/api/v1/indicators/ETHUSDT/history", window="1h", **_params("bybit", "linear")).json()
     assert history["count"] >= 1 and history["snapshots"][-1]["volume"] > 0, history
     c("resume")
     _check_books(s, "the end of the test")
+    # Paused longer than STALE_AFTER, the connections were replaced: live again, current order
+    # flow shows every market's book.
+    s.wait_healthy("the streams to recover from the pause")
+    now = s.get("/api/v1/order-flow/current/BTCUSDT").json()
+    assert {b["exchange"] for b in now["book"]} == {"binance", "bybit"} and all(b["mid"] for b in now["book"]), now
 
 
-def _bar_mismatches(s: Setup, venue: str, market: str, symbol: str) -> list[str]:
-    """Minutes whose served 1m bar differs from the stored trades of that minute (volume, count)."""
-    trades: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"window": "1h", "limit": 10_000, **_params(venue, market)}
-    while True:
-        page = s.get(f"/api/v1/trades/{symbol}", **query).json()
-        trades += page["trades"]
-        if not page["next"]:
-            break
-        query["cursor"] = page["next"]
-    minutes: dict[int, tuple[float, int]] = {}
-    for t in trades:
-        minute = t["ts"] // 60_000 * 60_000
-        volume, count = minutes.get(minute, (0.0, 0))
-        minutes[minute] = (volume + t["qty"], count + 1)
+def _tape(s: Setup, venue: str, market: str, symbol: str, **window: Any) -> pl.DataFrame:
+    """The stored trades the API serves (over the last hour unless ``window`` says), as analytics take them."""
+    rows = stored_trades(s.api, symbol, **_params(venue, market), **window)
+    return pl.DataFrame({
+        "ts_event": [t["ts"] * MS for t in rows], "price": [t["price"] for t in rows],
+        "qty": [t["qty"] for t in rows], "side": [1 if t["side"] == "buy" else -1 for t in rows],
+    }, schema={"ts_event": pl.Int64(), "price": pl.Float64(), "qty": pl.Float64(), "side": pl.Int8()})
+
+
+def _ticks(s: Setup) -> dict[tuple[str, str, str], float]:
+    symbols = s.get("/api/v1/symbols").json()["symbols"]
+    return {(x["exchange"], x["market"], x["symbol"]): x["tick_size"] for x in symbols}
+
+
+def _near(a: float | None, b: float | None) -> bool:
+    return a == b or (a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b)))
+
+
+def _cells(rows: Any) -> dict[float, tuple[float, float]]:
+    """Footprint or profile rows with volume, by price, rounded past float noise."""
+    return {r["price"]: (round(r["buy"], 8), round(r["sell"], 8)) for r in rows if r["buy"] or r["sell"]}
+
+
+def _bar_mismatches(s: Setup, venue: str, market: str, symbol: str, tick: float) -> list[str]:
+    """Minutes whose served 1m bar or footprint differs from the same computed from the stored trades."""
+    tape = _tape(s, venue, market, symbol)
     body = s.get(f"/api/v1/order-flow/{symbol}/footprint", interval="1m", window="1h", limit=500,
                  **_params(venue, market)).json()
-    bars = {b["start"]: b for b in body["bars"]}
-    first = min(minutes) + 60_000  # the first minute of the stored hour may be cut by the window
+    served = {b["start"]: b for b in body["bars"]}
+    bars = trade_bars(tape, MIN_NS)
+    grid = Grid(tick, body["row_size"])
+    cells = footprints(tape, grid, MIN_NS).with_columns(price=grid.price(pl.col("index")))
+    first = bars["start"].min() // MS + 60_000 if bars.height else 0  # the first stored minute may be cut
     wrong = []
-    for minute, (volume, count) in sorted(minutes.items()):
-        bar = bars.get(minute)
+    for bar in bars.iter_rows(named=True):
+        minute = bar["start"] // MS
+        got = served.get(minute)
         if minute < first:
             continue
-        if bar is None or bar["trades"] != count or abs(bar["volume"] - volume) > 1e-6 * max(1.0, volume):
-            wrong.append(f"{minute}: bar {bar and (bar['trades'], bar['volume'])} trades {(count, volume)}")
-        elif abs(sum(r["buy"] + r["sell"] for r in bar["rows"]) - volume) > 1e-6 * max(1.0, volume):
-            wrong.append(f"{minute}: footprint rows do not add up to the volume")
+        if got is None:
+            wrong.append(f"{minute}: no bar served for {bar['trades']} trades")
+            continue
+        differ = [k for k in ("open", "high", "low", "close", "volume", "buy", "sell", "delta", "delta_min",
+                              "delta_max", "cvd", "trades") if not _near(got[k], bar[k])]
+        if differ:
+            wrong.append(f"{minute}: {', '.join(f'{k} {got[k]} != {bar[k]}' for k in differ)}")
+        elif _cells(got["rows"]) != _cells(cells.filter(pl.col("start") == bar["start"]).to_dicts()):
+            wrong.append(f"{minute}: footprint rows differ from the trades'")
     return wrong
+
+
+def _check_analytics(s: Setup, ticks: dict[tuple[str, str, str], float]) -> None:
+    """With the market paused, the served BTCUSDT volume profile and current order flow equal the
+    analytics functions applied to the trades read back from ``/api/v1/trades``."""
+    sources = [(v, m) for v, m, y in SERIES if y == "BTCUSDT"]
+    end = int(time.time() * 1000)
+    start = end - 50 * 60_000
+    tapes = {(v, m): _tape(s, v, m, "BTCUSDT") for v, m in sources}
+    window = {k: t.filter(pl.col("ts_event").is_between(start * MS, end * MS)) for k, t in tapes.items()}
+
+    vp = s.get("/api/v1/volume-profile/BTCUSDT", start=start, end=end, rows="all").json()
+    assert vp["resolution"] == "trades" and {(x["exchange"], x["market"]) for x in vp["sources"]} == set(sources)
+    row = vp["row_size"]
+    parts = [rows_from_trades(t, Grid(ticks[(v, m, "BTCUSDT")], row)) for (v, m), t in window.items()]
+    profile = volume_profile(combine(parts), Grid(min(ticks[(v, m, "BTCUSDT")] for v, m in sources), row))
+    assert (vp["poc"], vp["val"], vp["vah"]) == (profile.poc, profile.val, profile.vah), vp
+    for name, value in (("total_volume", profile.total_volume), ("buy_volume", profile.buy_volume),
+                        ("sell_volume", profile.sell_volume)):
+        assert _near(vp[name], value), (name, vp[name], value)
+    assert _cells(vp["rows"]) == _cells(profile.rows.to_dicts())
+    assert (vp["hvn"], vp["lvn"]) == (list(profile.hvn), list(profile.lvn))
+
+    now = s.get("/api/v1/order-flow/current/BTCUSDT", limit=MAX_LARGE).json()
+    tape = pl.concat(tapes.values())
+    for name, w in now["windows"].items():
+        part = tape.filter(pl.col("ts_event") >= w["start"] * MS)
+        buy = float(part.filter(pl.col("side") > 0)["qty"].sum())
+        sell = float(part.filter(pl.col("side") < 0)["qty"].sum())
+        assert (w["trades"], _near(w["buy"], buy), _near(w["sell"], sell)) == (part.height, True, True), (name, w)
+    day = now["ts"] // 86_400_000 * 86_400_000
+    today = tape.filter(pl.col("ts_event") >= day * MS)
+    assert _near(now["cvd"], float((today["qty"] * today["side"]).sum())), now["cvd"]
+    last = tape.filter(pl.col("ts_event") == tape["ts_event"].max())
+    assert now["price"] in last["price"].to_list()
+    opened = tape.filter(pl.col("ts_event") >= now["bar"]["start"] * MS)
+    assert now["bar"]["trades"] == opened.height and _near(now["bar"]["volume"], float(opened["qty"].sum()))
+    # Large trades: the newest of those at or above the threshold in the lookback (whole minutes).
+    lookback, threshold = now["lookback_start"], now["large_notional"]
+    recent = tape.filter(pl.col("ts_event") >= lookback * MS).with_columns(notional=pl.col("price") * pl.col("qty"))
+    want = recent.filter(pl.col("notional") >= threshold)
+    assert threshold > 0 and len(now["large_trades"]) == min(MAX_LARGE, want.height), (now["large_trades"], want)
+    assert [x["ts"] for x in now["large_trades"]] == sorted((x["ts"] for x in now["large_trades"]), reverse=True)
+    # With a threshold that about 50 trades reach, exactly those.
+    bar = sorted(recent["notional"].to_list(), reverse=True)[49]
+    few = s.get("/api/v1/order-flow/current/BTCUSDT", limit=MAX_LARGE, large_notional=bar).json()
+    large = recent.filter(pl.col("notional") >= bar)
+    assert sorted((x["ts"], x["price"], x["qty"]) for x in few["large_trades"]) == sorted(
+        (t // MS, p, q) for t, p, q in large.select("ts_event", "price", "qty").iter_rows())

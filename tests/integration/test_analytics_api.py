@@ -1,4 +1,5 @@
-"""The analytics endpoints over real HTTP: ``wadm serve`` under Granian reading a store we filled.
+"""The analytics endpoints over real HTTP: ``wadm serve`` under Granian reading a store we filled,
+the embedded store and MongoDB in turn.
 
 The store holds what a running service would have stored for BTCUSDT on Binance spot and USD-M
 over seven days of a synthetic rising market: raw trades for the last 55 minutes, 1m bars for
@@ -13,8 +14,8 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import free_port
+from tests.mongo import scratch_database, with_database
 from tests.procs import wadm
 from wadm.analytics.aggregates import build_bars, chain_cvd, day_snapshot, hour_bars
 from wadm.analytics.bars import NS_PER_DAY, trade_bars
@@ -39,7 +41,7 @@ from wadm.records import (
     Market,
     Venue,
 )
-from wadm.store import SqliteStore, encode_batch
+from wadm.store import SqliteStore, Store, encode_batch, make_store
 
 MS = 1_000_000
 S = 1000 * MS
@@ -86,8 +88,7 @@ class Market_:
 MARKETS = [Market_(v, m, tick, row, _tape(v, m, tick, every)) for (v, m, tick, row), every in ((SPOT, 12), (USDM, 15))]
 
 
-async def _fill(path: Path) -> None:
-    store = SqliteStore(path)
+async def _fill(store: Store) -> None:
     await store.open()
     for mk in MARKETS:
         def key(table: str, mk: Market_ = mk) -> BatchKey:
@@ -115,16 +116,23 @@ async def _fill(path: Path) -> None:
     await store.close()
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``wadm serve`` over a filled store: the embedded one, then MongoDB (the tests' wire server)."""
     data = tmp_path_factory.mktemp("data")
-    asyncio.run(_fill(data / "wadm.db"))
-    port = free_port()
     env = {"WADM_DATA_DIR": str(data), "BINANCE_SYMBOLS": "BTCUSDT", "BINANCE_USDM_SYMBOLS": "BTCUSDT",
            "BYBIT_SYMBOLS": "", "BYBIT_SPOT_SYMBOLS": ""}
-    with wadm("serve", env, port) as proc:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            asyncio.run(_fill(SqliteStore(data / "wadm.db")))
+        else:
+            server: str = request.getfixturevalue("mongodb_uri")
+            env["MONGODB_URI"] = with_database(server, stack.enter_context(scratch_database(server)))
+            asyncio.run(_fill(make_store(env["MONGODB_URI"], data, {})))
+        port = free_port()
+        proc = stack.enter_context(wadm("serve", env, port))
         yield f"http://127.0.0.1:{port}"
-    assert "Traceback" not in proc.output, proc.output
+        assert "Traceback" not in proc.output, proc.output
 
 
 def _get(api: str, path: str, status: int = 200, **params: object) -> Any:

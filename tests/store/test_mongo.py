@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from wadm.errors import StoreError
+from wadm.store import make_store
 from wadm.store.mongo import _DECODE_INLINE_BYTES, MongoStore, _redact
 
 from .conftest import free_port
@@ -185,3 +187,18 @@ async def test_a_large_read_is_decoded_on_a_worker_thread(mongodb_uri: str, mong
 async def test_the_host_is_named_without_credentials(uri: str, host: str, secret: str | None) -> None:
     assert _redact(uri) == (host, secret)
     assert repr(MongoStore(uri)) == f"MongoStore(host={host!r}, database='wadm')"
+
+
+@pytest.mark.parametrize(
+    ("uri", "database"),
+    [
+        ("mongodb://127.0.0.1:27017", "wadm"),
+        ("mongodb://127.0.0.1:27017/", "wadm"),
+        ("mongodb://127.0.0.1:27017/?replicaSet=rs0", "wadm"),
+        ("mongodb://u:p%40ss@h1:1,h2:2/market_data?authSource=admin", "market_data"),
+        ("mongodb+srv://user:pw@cluster0.example.net/my%2Ddb?retryWrites=true", "my-db"),
+    ],
+)
+async def test_the_service_stores_into_the_database_the_uri_names(uri: str, database: str, tmp_path: Path) -> None:
+    store = make_store(uri, tmp_path, {})
+    assert isinstance(store, MongoStore) and store.database == database

@@ -1,8 +1,9 @@
 """The bar scheduler: minute and hour closes, late trades, gaps, restarts, snapshots.
 
-Real parts: a :class:`Writer` draining into a :class:`SqliteStore` in ``tmp_path`` and real
-collectors (never connected) whose writer listeners feed the scheduler. Time is a clock the test
-moves; trades are queued the way a collector's cut queues them.
+Real parts: a :class:`Writer` draining into a store (SQLite in ``tmp_path``, then MongoDB: the
+tests' wire server) and real collectors (never connected) whose writer listeners feed the
+scheduler. Time is a clock the test moves; trades are queued the way a collector's cut queues
+them.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ import pytest
 import pytest_asyncio
 
 from tests.helpers import until
-from wadm.analytics.aggregates import latest
+from wadm.analytics.aggregates import footprint_cells, latest
 from wadm.analytics.bars import footprints, resample, trade_bars
 from wadm.analytics.grid import Grid
 from wadm.config import Settings
-from wadm.live import Series
+from wadm.live import BarsView, Series
 from wadm.pipeline.bars import CLOSE_GRACE, BarScheduler
 from wadm.pipeline.collector import Collector, CollectorSettings
 from wadm.pipeline.service import build_plans
 from wadm.pipeline.writer import Writer
 from wadm.records import BARS_1H, BARS_1M, INDICATORS, TRADE_SCHEMA_INT_ID, TRADES, BatchKey, Market, Venue
-from wadm.store import SqliteStore
+from wadm.store import SqliteStore, Store
+from wadm.store.mongo import MongoStore
 from wadm.transport.rest import RestClient, WeightBudget
 from wadm.venues import rest_limit
 from wadm.venues.base import Gap, Instrument
@@ -58,7 +60,7 @@ class Clock:
 
 @dataclass
 class Rig:
-    store: SqliteStore
+    store: Store
     writer: Writer
     collectors: list[Collector]
     clients: list[RestClient]
@@ -112,9 +114,13 @@ def _settings(tmp_path: Path, **kw: object) -> Settings:
     )
 
 
-@pytest_asyncio.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    store = SqliteStore(tmp_path / "bars.db")
+@pytest_asyncio.fixture(params=["sqlite", "mongodb"])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "bars.db")
+    else:
+        store = MongoStore(request.getfixturevalue("mongodb_uri"), database=request.getfixturevalue("mongodb_database"))
     await store.open()
     writer = Writer(store, max_pending_rows=1_000_000)
     writer.ready.set()
@@ -187,18 +193,41 @@ async def test_the_hour_closes_from_its_minutes(rig: Rig) -> None:
     assert hours["fp_index"][0].to_list() == fp["index"].to_list()
     assert sum(hours["fp_buy"][0].to_list()) + sum(hours["fp_sell"][0].to_list()) == pytest.approx(
         expected["volume"][0])
+    # The hour is the sum of its stored minutes, footprint cell by cell.
+    minutes = latest(await rig.read(BARS_1M)).filter(pl.col("ts_event") >= DAY0 + 10 * HOUR)
+    hour = hours.row(0, named=True)
+    assert (hour["open"], hour["close"]) == (minutes["open"][0], minutes["close"][-1])
+    assert (hour["high"], hour["low"]) == (minutes["high"].max(), minutes["low"].min())
+    assert hour["trades"] == minutes["trades"].sum()
+    for name in ("volume", "buy", "sell", "delta"):
+        assert hour[name] == pytest.approx(minutes[name].sum(), abs=1e-9), name
+    assert hour["cvd"] == pytest.approx(minutes["cvd"][-1])
+    summed = footprint_cells(minutes).group_by("index").agg(pl.col("buy").sum(), pl.col("sell").sum())
+    cells = {k: (b, v) for k, b, v in zip(hour["fp_index"], hour["fp_buy"], hour["fp_sell"], strict=True) if b or v}
+    assert cells == {k: (pytest.approx(b), pytest.approx(v)) for k, b, v in summed.iter_rows() if b or v}
+    assert hour["fp_index"] == list(range(hour["fp_index"][0], hour["fp_index"][-1] + 1)), "rows are dense"
 
 
 async def test_late_trades_close_the_minute_again_and_shift_the_cvd_after_it(rig: Rig) -> None:
     sched = rig.scheduler()
     t0 = DAY0 + 10 * HOUR + MIN
-    rig.put(_minute_trades(t0, 20))
-    rig.put(_minute_trades(t0 + MIN, 20))
+    first = rig.put(_minute_trades(t0, 20))
+    second = rig.put(_minute_trades(t0 + MIN, 20))
     await rig.at(sched, t0 + 2 * MIN + CLOSE_GRACE + 2 * S)
     before = latest(await rig.read(BARS_1M))
     late = rig.put([(t0 + 5 * S, 100.0, 2.0, 1), (t0 + 6 * S, 99.5, 1.0, -1)])  # a backfill of minute t0
     await rig.at(sched, t0 + 2 * MIN + CLOSE_GRACE + 3 * S)
     after = latest(await rig.read(BARS_1M))
+    # The bar closed again equals the bar recomputed from every trade of its minute.
+    every = pl.concat([first, late, second]).sort("ts_event")
+    bars, cells = _expected(every, Grid(0.01, 0.05))
+    for name in ("open", "high", "low", "close", "volume", "buy", "sell", "delta", "delta_min", "delta_max",
+                 "trades", "cvd"):
+        assert after[name].to_list() == pytest.approx(bars[name].to_list()), name
+    mine = cells.filter(pl.col("start") == t0)
+    assert after["fp_index"][0].to_list() == mine["index"].to_list()
+    assert after["fp_buy"][0].to_list() == pytest.approx(mine["buy"].to_list())
+    assert after["fp_sell"][0].to_list() == pytest.approx(mine["sell"].to_list())
     assert after["volume"][0] == pytest.approx(before["volume"][0] + 3.0)
     assert after["low"][0] == 99.5
     assert after["cvd"][1] == pytest.approx(before["cvd"][1] + 1.0), "the next minute's CVD moves by the late delta"
@@ -207,6 +236,22 @@ async def test_late_trades_close_the_minute_again_and_shift_the_cvd_after_it(rig
     revisions = (await rig.read(BARS_1M)).height
     await rig.at(sched, t0 + 2 * MIN + CLOSE_GRACE + 4 * S)
     assert (await rig.read(BARS_1M)).height == revisions, "closing again without news writes nothing"
+
+
+async def test_a_trade_that_arrives_twice_counts_once(rig: Rig) -> None:
+    sched = rig.scheduler()
+    t0 = DAY0 + 10 * HOUR + MIN
+    first = rig.put(_minute_trades(t0, 20))
+    rig.writer.put(TRADE_KEY, first.tail(3), STREAM)  # the same trades again (live, then over REST)
+    rig.clock.now = t0 + 30 * S
+    view = BarsView(t0, pl.DataFrame(), sched.open_frames(BTC), None, None)
+    assert view.open_trades() is not None and view.open_trades().height == 20  # type: ignore[union-attr]
+    await rig.at(sched, t0 + MIN + CLOSE_GRACE + 2 * S)
+    stored = latest(await rig.read(BARS_1M))
+    assert stored["trades"].to_list() == [20]
+    assert stored["volume"][0] == pytest.approx(float(first["qty"].sum()))
+    state = sched.state(BTC)
+    assert state is not None and state.recent is not None and state.recent.height == 20
 
 
 async def test_a_gap_makes_the_bars_it_overlaps_incomplete(rig: Rig) -> None:

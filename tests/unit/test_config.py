@@ -378,6 +378,8 @@ def test_footprint_rows_from_the_environment_and_the_symbols_file(tmp_path: Path
     assert s.footprint_row("XRPUSDT") == Decimal("0.00001") and s.footprint_row("BTCUSDT") == Decimal("25")
     s = load_settings({"FOOTPRINT_ROW": "BTCUSDT:5"}, cwd=tmp_path)
     assert s.footprint_row("BTCUSDT") == Decimal("5") and s.footprint_row("XRPUSDT") is None, "the variable wins"
+    s = load_settings({"FOOTPRINT_ROW": " "}, cwd=tmp_path)
+    assert s.footprint_row("BTCUSDT") == Decimal("25"), "empty (a compose file's unset variable) keeps the file's rows"
 
 
 @pytest.mark.parametrize(("raw", "fragment"), [

@@ -17,6 +17,7 @@ import falcon.asgi
 import falcon.routing
 
 from wadm import __version__
+from wadm.api.flow import FlowCache
 from wadm.api.json import error_body, send_json
 from wadm.api.metrics import Metrics
 from wadm.api.resources.book import BookHistoryResource, BookResource
@@ -53,9 +54,10 @@ class Lifespan(Protocol):
 
 
 class _Lifespan:
-    def __init__(self, lifespan: Lifespan | None, work: Work) -> None:
+    def __init__(self, lifespan: Lifespan | None, work: Work, flow: FlowCache) -> None:
         self.lifespan = lifespan
         self.work = work
+        self.flow = flow
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         if self.lifespan is not None:
@@ -65,6 +67,7 @@ class _Lifespan:
         if self.lifespan is not None:
             await self.lifespan.stop()
         self.work.close()
+        self.flow.close()
 
 
 class _HeadRouter(falcon.routing.CompiledRouter):
@@ -166,7 +169,9 @@ def create_app(
     """
     work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
     ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings))
-    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work)], router=_HeadRouter())
+    flow = FlowCache()
+    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work, flow)],
+                                                     router=_HeadRouter())
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
     app.add_route("/health", HealthResource(ctx))
@@ -179,7 +184,7 @@ def create_app(
     app.add_route("/api/v1/orderbook/{symbol}", BookResource(ctx))
     app.add_route("/api/v1/orderbook/{symbol}/history", BookHistoryResource(ctx))
     app.add_route("/api/v1/volume-profile/{symbol}", VolumeProfileResource(ctx))
-    app.add_route("/api/v1/order-flow/current/{symbol}", CurrentFlowResource(ctx))
+    app.add_route("/api/v1/order-flow/current/{symbol}", CurrentFlowResource(ctx, flow))
     app.add_route("/api/v1/order-flow/{symbol}/footprint", FootprintResource(ctx))
     app.add_route("/api/v1/market-structure/{symbol}", MarketStructureResource(ctx))
     app.add_route("/api/v1/indicators/{symbol}/history", IndicatorHistoryResource(ctx))

@@ -41,7 +41,7 @@ from wadm.api.params import parse_choice, parse_exchange, parse_market, parse_ra
 from wadm.api.query import Query
 from wadm.config import Settings
 from wadm.errors import QueryError
-from wadm.live import LiveView, Series
+from wadm.live import BarsView, LiveView, Series
 from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
@@ -222,11 +222,13 @@ def _merge_in(parts: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
     return merge_bars(*parts).filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
 
 
-def _minutes(stored: pl.DataFrame, memory: pl.DataFrame | None, open_trades: pl.DataFrame | None, lo: int, end: int,
-             grid: Grid | None, lot: float | None) -> pl.DataFrame:
+def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, grid: Grid | None, lot: float | None
+             ) -> pl.DataFrame:
     """Stored minutes, the closed ones in memory, and those built from the trades not closed yet."""
-    closed = stored if memory is None else merge_bars(
-        stored, memory.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
+    if view is None:
+        return stored
+    closed = merge_bars(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
+    open_trades = view.open_trades()
     if open_trades is None or open_trades.height == 0:
         return closed
     bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=2**62, lot=lot)
@@ -246,7 +248,8 @@ def _hours(stored: pl.DataFrame, minutes: pl.DataFrame) -> pl.DataFrame:
 _TRADE_COLUMNS = ("ts_event", "id", "price", "qty", "side")
 
 
-def _trades(frames: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
+def _trades(stored: pl.DataFrame, view: BarsView | None, start: int, end: int) -> pl.DataFrame:
+    frames = [f for f in (stored, None if view is None else view.open_trades()) if f is not None and f.height]
     if not frames:
         return pl.DataFrame(schema={"ts_event": pl.Int64(), "id": pl.Int64(), "price": pl.Float64(),
                                     "qty": pl.Float64(), "side": pl.Int8()})
@@ -282,8 +285,7 @@ class Reader:
             grid = None
             if view is not None and view.row is not None and inst is not None:
                 grid = Grid(inst.tick, float(view.row))
-            minutes: pl.DataFrame = await self.off(_minutes, stored, None if view is None else view.bars,
-                                                   None if view is None else view.open_trades, lo, end, grid,
+            minutes: pl.DataFrame = await self.off(_minutes, stored, view, lo, end, grid,
                                                    None if inst is None else inst.lot)
             return minutes
         mark = view.closed_until if view is not None else now
@@ -297,8 +299,7 @@ class Reader:
         """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""
         stored = await self.store.read(BatchKey(TRADES, series.venue, series.market, series.symbol), start, end)
         view = self.live.bars(series)
-        frames = [f for f in (stored, None if view is None else view.open_trades) if f is not None and f.height]
-        trades: pl.DataFrame = await self.off(_trades, frames, start, end)
+        trades: pl.DataFrame = await self.off(_trades, stored, view, start, end)
         return trades
 
     async def grid_of(self, series: Series, now: int) -> tuple[float | None, Decimal | None]:

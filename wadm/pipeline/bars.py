@@ -46,7 +46,7 @@ from wadm.analytics.bars import NS_PER_DAY
 from wadm.analytics.grid import Grid, default_row
 from wadm.config import Settings
 from wadm.errors import StoreError
-from wadm.live import Series
+from wadm.live import RECENT_TRADES_NS, BarsView, Series
 from wadm.pipeline.collector import Collector
 from wadm.pipeline.writer import Writer
 from wadm.records import BARS_1H, BARS_1M, GAPS, INDICATORS, TRADES, BatchKey
@@ -86,6 +86,9 @@ class SeriesBars:
     row: Decimal | None = None
     row_source: str | None = None  # config or default
     last_price: float | None = None
+    version: int = 0  # moves whenever a closed minute or a gap changes (readers cache by it)
+    recent: pl.DataFrame | None = None  # trades of the closed minutes in [recent_from, closed_until)
+    recent_from: int | None = None  # None until the first close
 
     def key(self, table: str) -> BatchKey:
         s = self.series
@@ -161,6 +164,7 @@ class BarScheduler:
         st = self.series.get(key)
         if st is None or stream not in st.streams:
             return
+        st.version += 1
         for gap in gaps:
             st.gaps.append((gap.start, gap.end))
             first = max(_minute(gap.start), st.closed_until - 2 * NS_PER_DAY)
@@ -259,13 +263,18 @@ class BarScheduler:
         grid = self.grid(st, price)
         revision = self._next_revision()
         try:
-            bars, rest = await self._off_loop(_close_minutes, frames, start, until, grid, revision,
-                                              tuple(st.gaps), st.bars, self._lot(st))
+            bars, rest, recent = await self._off_loop(_close_minutes, frames, start, until, grid, revision,
+                                                      tuple(st.gaps), st.bars, self._lot(st), st.recent)
         except BaseException:
             st.pending = frames + st.pending
             raise
         st.pending = ([rest] if rest.height else []) + st.pending
+        if st.recent_from is None:  # from now on every closed trade passes here
+            st.recent_from = start
+        st.recent = recent
+        st.recent_from = max(st.recent_from, until - RECENT_TRADES_NS)
         st.closed_until = until
+        st.version += 1
         horizon = _keep_from(until, self.settings.retention_raw_trades)
         st.gaps = [g for g in st.gaps if g[1] >= horizon]
         if price is not None:
@@ -322,6 +331,9 @@ class BarScheduler:
         chained, changed = await self._off_loop(_reclose_minutes, trades, ready, grid, revision, windows, st.bars,
                                                 self._lot(st))
         st.bars = _keep(chained, st.closed_until, self.settings.retention_raw_trades)
+        if st.recent_from is not None:
+            st.recent = await self._off_loop(_replace_minutes, st.recent, trades, ready, st.recent_from)
+        st.version += 1
         self.recloses += 1
         if changed.height:
             self.writer.put(st.key(BARS_1M), changed, BARS_1M)
@@ -387,17 +399,22 @@ class BarScheduler:
 
     # -- readers -----------------------------------------------------------------------------
 
+    def open_frames(self, series: Series) -> tuple[pl.DataFrame, ...]:
+        """Trade frames of the minutes not closed yet (queued and still in the stream buffers), as
+        they are: rows before ``closed_until`` (late ones) are left for the reader to drop."""
+        st = self.series.get(BatchKey(TRADES, series.venue, series.market, series.symbol))
+        if st is None:
+            return ()
+        frames = [f for f in st.pending if f.height]
+        frames += [f for f in (s.peek() for s in st.trade_streams) if f is not None]
+        return tuple(frames)
+
     def open_trades(self, series: Series) -> pl.DataFrame | None:
         """Trades of the minutes not closed yet (queued and still in the stream buffer); None if not here."""
         st = self.series.get(BatchKey(TRADES, series.venue, series.market, series.symbol))
         if st is None:
             return None
-        frames = [f for f in st.pending if f.height]
-        frames += [f for f in (s.peek() for s in st.trade_streams) if f is not None]
-        if not frames:
-            return None
-        trades = pl.concat(frames, how="vertical_relaxed").filter(pl.col("ts_event") >= st.closed_until)
-        return trades.sort("ts_event", maintain_order=True)
+        return BarsView(st.closed_until, st.bars, self.open_frames(series), st.row, st.row_source).open_trades()
 
     def state(self, series: Series) -> SeriesBars | None:
         """The bar state of a series (read only)."""
@@ -435,18 +452,49 @@ def _base(bars: pl.DataFrame, first: int) -> float:
 
 
 def _close_minutes(frames: list[pl.DataFrame], start: int, until: int, grid: Grid | None, revision: int,
-                   gaps: tuple[tuple[int, int], ...], closed: pl.DataFrame, lot: float | None
-                   ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Bars of ``[start, until)`` from queued frames, and the trades left for later minutes."""
+                   gaps: tuple[tuple[int, int], ...], closed: pl.DataFrame, lot: float | None,
+                   recent: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """Bars of ``[start, until)`` from queued frames, the trades left for later minutes, and the
+    recent closed trades with those of the closed minutes added (late ones included)."""
     if not frames:
-        return pl.DataFrame(schema=STORED_BAR_SCHEMA), pl.DataFrame()
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA), pl.DataFrame(), _recent(recent, None, until)
     trades = pl.concat(frames, how="vertical_relaxed").sort("ts_event", maintain_order=True)
+    if "id" in trades.columns:  # a trade can reach the store twice (live and over REST): one counts
+        trades = trades.unique(subset="id", keep="first", maintain_order=True)
     ts = pl.col("ts_event")
     now = trades.filter((ts >= start) & (ts < until))
     bars = build_bars(now, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps, lot=lot)
     if bars.height:
         bars = chain_cvd(bars, base=_base(closed, bars["ts_event"][0]))
-    return bars, trades.filter(ts >= until)
+    return bars, trades.filter(ts >= until), _recent(recent, trades.filter(ts < until), until)
+
+
+def _recent(recent: pl.DataFrame | None, closed: pl.DataFrame | None, until: int) -> pl.DataFrame | None:
+    """The closed trades of the last RECENT_TRADES_NS before ``until``, in time order."""
+    frames = [f for f in (recent, closed) if f is not None and f.height]
+    if not frames:
+        return recent if recent is not None else closed
+    merged = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+    kept = merged.filter(pl.col("ts_event") >= until - RECENT_TRADES_NS)
+    if closed is not None and closed.height and recent is not None and recent.height \
+            and int(closed["ts_event"][0]) < int(recent["ts_event"][-1]):
+        kept = kept.sort("ts_event", maintain_order=True)  # late trades among them, maybe some twice
+        if "id" in kept.columns:
+            kept = kept.unique(subset="id", keep="first", maintain_order=True)
+    return kept
+
+
+def _replace_minutes(recent: pl.DataFrame | None, stored: pl.DataFrame, minutes: list[int], since: int
+                     ) -> pl.DataFrame | None:
+    """``recent`` with the trades of ``minutes`` replaced by the stored ones (minutes closed again)."""
+    minute = pl.col("ts_event") - pl.col("ts_event") % NS_PER_MIN
+    fresh = stored.filter(minute.is_in(minutes) & (pl.col("ts_event") >= since))
+    if "id" in fresh.columns:
+        fresh = fresh.unique(subset="id", keep="first", maintain_order=True)
+    if recent is None or recent.height == 0:
+        return fresh.sort("ts_event", maintain_order=True) if fresh.height else recent
+    kept = recent.filter(~minute.is_in(minutes))
+    return pl.concat([kept, fresh.select(kept.columns)], how="vertical_relaxed").sort("ts_event", maintain_order=True)
 
 
 def _reclose_minutes(trades: pl.DataFrame, minutes: list[int], grid: Grid | None, revision: int,

@@ -247,7 +247,9 @@ class ServiceView:
         st = scheduler.state(series)
         if st is None:
             return None
-        return BarsView(st.closed_until, st.bars, scheduler.open_trades(series), st.row, st.row_source)
+        return BarsView(st.closed_until, st.bars, scheduler.open_frames(series), st.row, st.row_source,
+                        version=st.version, recent=st.recent,
+                        recent_from=st.closed_until if st.recent_from is None else st.recent_from)
 
     def unfinished(self, key: BatchKey, start: int, end: int) -> list[Unfinished]:
         """Trades still being backfilled (trade series), and rows a slow store has not taken yet."""

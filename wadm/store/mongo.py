@@ -307,6 +307,13 @@ def _decode_all(blobs: list[bytes]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
+def uri_database(uri: str) -> str | None:
+    """The database a connection string names (``mongodb://host/db?opt=1`` gives ``db``), or None."""
+    rest = uri.split("://", 1)[-1].split("?", 1)[0]
+    _, slash, path = rest.partition("/")
+    return unquote(path) or None if slash else None
+
+
 def _redact(uri: str) -> tuple[str, str | None]:
     """Return the host list of a connection string and its password, without parsing DNS.
 

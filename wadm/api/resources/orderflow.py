@@ -1,14 +1,12 @@
 """``/api/v1/order-flow/current/{symbol}`` (order flow now) and ``/api/v1/order-flow/{symbol}/footprint``.
 
-"Now" is the stored closed 1-minute bars plus the minutes not closed yet, built from the live
-trades, so nothing waits for a flush. Windows (5m ... 24h) are whole minutes ending with the open
-one; each says where it starts. Footprints come from the stored 1m footprints (1h ones past
-1-minute retention), re-binned to ``row_size`` and merged to ``interval``.
+"Now" is the closed 1-minute bars plus the minutes not closed yet, built from the live trades, so
+nothing waits for a flush; :mod:`wadm.api.flow` keeps it cheap. Footprints come from the stored
+1m footprints (1h ones past 1-minute retention), re-binned to ``row_size`` and merged to ``interval``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from decimal import Decimal
 from typing import Any
@@ -18,15 +16,15 @@ import orjson
 import polars as pl
 
 from wadm.analytics.aggregates import round_qty
-from wadm.analytics.bars import NS_PER_DAY, trade_bars
 from wadm.analytics.combine import combine_bars, combine_footprints
 from wadm.analytics.grid import Grid
-from wadm.analytics.orderflow import imbalances, large_trades, stacked
+from wadm.analytics.orderflow import imbalances, stacked
+from wadm.api.flow import FlowCache, FlowRequest
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, parse_window
 from wadm.api.query import Query
-from wadm.api.resources.analytics import load_each, reader, source_gaps
-from wadm.api.resources.series import SeriesResource
+from wadm.api.resources.analytics import load_each, source_gaps
+from wadm.api.resources.series import Context, SeriesResource
 from wadm.api.sources import (
     NS_PER_HOUR,
     Scope,
@@ -43,8 +41,6 @@ from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
 __all__ = ["CurrentFlowResource", "FootprintResource", "INTERVALS"]
 
 INTERVALS = {"1m": NS_PER_MIN, "5m": 5 * NS_PER_MIN, "15m": 15 * NS_PER_MIN, "1h": NS_PER_HOUR, "4h": 4 * NS_PER_HOUR}
-WINDOWS = {"5m": 5 * NS_PER_MIN, "15m": 15 * NS_PER_MIN, "1h": NS_PER_HOUR, "4h": 4 * NS_PER_HOUR,
-           "24h": 24 * NS_PER_HOUR}
 CURRENT_PARAMS = ("exchange", "market", "large_notional", "window", "limit", "imbalance_ratio", "stacked")
 FOOTPRINT_PARAMS = ("exchange", "market", "start", "end", "window", "interval", "row_size", "imbalance_ratio",
                     "stacked", "limit")
@@ -52,7 +48,6 @@ DEFAULT_LOOKBACK = 15 * NS_PER_MIN
 MAX_LARGE = 200
 MAX_BARS = 500
 MAX_CELLS = 100_000  # footprint rows in one answer, summed over its bars
-LARGE_QUANTILE = 0.99
 
 
 def _ratio(q: Query) -> float:
@@ -63,90 +58,12 @@ def _stacked(q: Query) -> int:
     return parse_limit(q.get("stacked"), default=3, maximum=50, minimum=2, name="stacked")
 
 
-def _nice(x: float) -> float:
-    """``x`` rounded to two significant digits (a readable threshold)."""
-    if x <= 0 or not math.isfinite(x):
-        return 0.0
-    digits = 1 - math.floor(math.log10(x))
-    return round(x, digits)
-
-
-def _stacks(cells: pl.DataFrame, grid: Grid, ratio: float, min_rows: int) -> pl.DataFrame:
-    """Stacked imbalances with row prices: ``start``, ``side``, ``from``, ``to``."""
-    found = stacked(imbalances(cells, ratio=ratio), min_rows=min_rows)
-    return found.select(
-        "start", "side", grid.price(pl.col("from_index")).alias("from"), grid.price(pl.col("to_index")).alias("to"),
-        "rows",
-    )
-
-
-# -- current --------------------------------------------------------------------------------------
-
-
-def _current(minutes: list[pl.DataFrame], trades: list[pl.DataFrame], scope: Scope, now: int, lookback: int,
-             min_notional: float | None, limit: int, grid: Grid | None, ratio: float, min_rows: int, places: int
-             ) -> dict[str, Any]:
-    # Trade ids are integers on Binance and text on Bybit: the combined tape does without them.
-    tagged = [t.drop("id", strict=False).with_columns(exchange=pl.lit(str(s.venue)), market=pl.lit(str(s.market)))
-              for s, t in zip(scope.sources, trades, strict=True) if t.height]
-    tape = pl.concat(tagged).sort("ts_event", maintain_order=True) if tagged else None
-    minute = now - now % NS_PER_MIN
-    day = now - now % NS_PER_DAY
-    out: dict[str, Any] = {"ts": now // NS_PER_MS, "price": None if tape is None else float(tape["price"][-1])}
-    out["cvd"] = round(sum(float(m.filter(pl.col("ts_event") >= day)["cvd"][-1]) for m in minutes
-                           if m.filter(pl.col("ts_event") >= day).height), places)
-    bar_trades = None if tape is None else tape.filter(pl.col("ts_event") >= minute)
-    if bar_trades is not None and bar_trades.height:
-        bar = round_qty(trade_bars(bar_trades, NS_PER_MIN), places).row(0, named=True)
-        out["bar"] = {"start": minute // NS_PER_MS, **{k: bar[k] for k in (
-            "open", "high", "low", "close", "volume", "buy", "sell", "delta", "delta_min", "delta_max", "trades")}}
-    else:
-        out["bar"] = {"start": minute // NS_PER_MS, "open": None, "high": None, "low": None, "close": None,
-                      "volume": 0.0, "buy": 0.0, "sell": 0.0, "delta": 0.0, "delta_min": 0.0, "delta_max": 0.0,
-                      "trades": 0}
-    every = pl.concat([m.select("ts_event", "volume", "buy", "sell", "trades") for m in minutes if m.height]) \
-        if any(m.height for m in minutes) else None
-    windows = {}
-    for name, span in WINDOWS.items():
-        first = minute - span + NS_PER_MIN  # whole minutes, the open one last
-        part = every.filter(pl.col("ts_event") >= first) if every is not None else None
-        volume, buy, sell = (round(float(part[c].sum()), places) if part is not None else 0.0
-                             for c in ("volume", "buy", "sell"))
-        windows[name] = {"start": first // NS_PER_MS, "volume": volume, "buy": buy, "sell": sell,
-                         "delta": round(buy - sell, places),
-                         "trades": int(part["trades"].sum()) if part is not None else 0}
-    out["windows"] = windows
-    recent = None if tape is None else tape.filter(pl.col("ts_event") >= now - lookback)
-    if min_notional is None:
-        notional = None if recent is None or recent.height == 0 else \
-            recent.select((pl.col("price") * pl.col("qty")).quantile(LARGE_QUANTILE)).item()
-        min_notional = _nice(float(notional)) if notional else 0.0
-    out["large_notional"] = min_notional
-    out["lookback_start"] = (now - lookback) // NS_PER_MS
-    larges = [
-        large_trades(t.filter(pl.col("ts_event") >= now - lookback), min_notional=min_notional).with_columns(
-            exchange=pl.lit(str(s.venue)), market=pl.lit(str(s.market)))
-        for s, t in zip(scope.sources, trades, strict=True) if t.height and min_notional > 0
-    ]
-    large = pl.concat(larges).sort("ts", descending=True, maintain_order=True).head(limit) if larges else None
-    out["large_trades"] = [] if large is None else [
-        {"ts": r["ts"] // NS_PER_MS, "price": r["price"], "qty": r["qty"], "notional": round(r["notional"], 4),
-         "side": r["side"], "exchange": r["exchange"], "market": r["market"]}
-        for r in large.iter_rows(named=True)
-    ]
-    stacks: list[dict[str, Any]] = []
-    if grid is not None:
-        recent_bars = [m.filter(pl.col("ts_event") >= now - lookback) for m in minutes]
-        runs = _stacks(combine_footprints(recent_bars, grid), grid, ratio, min_rows)
-        stacks = [{"ts": r["start"] // NS_PER_MS, "side": r["side"], "from": r["from"], "to": r["to"],
-                   "rows": r["rows"]} for r in runs.sort("start", descending=True).iter_rows(named=True)]
-    out["imbalances"] = stacks
-    out["imbalance_row_size"] = None if grid is None else grid.row
-    return out
-
-
 class CurrentFlowResource(SeriesResource):
-    """Order flow of one symbol now."""
+    """Order flow of one symbol now (see :mod:`wadm.api.flow`)."""
+
+    def __init__(self, ctx: Context, flow: FlowCache) -> None:
+        super().__init__(ctx)
+        self.flow = flow
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         ctx = self.ctx
@@ -156,27 +73,16 @@ class CurrentFlowResource(SeriesResource):
         if lookback > ctx.settings.retention_raw_trades * NS_PER_S:
             raise QueryError("window", f"window (the lookback of large trades and imbalances) must be at most "
                                        f"{ctx.settings.retention_raw_trades} s, how long raw trades are kept")
+        lookback = max(NS_PER_MIN, -(-lookback // NS_PER_MIN) * NS_PER_MIN)  # whole minutes, the open one last
         min_notional = None
         if q.get("large_notional") is not None:
             min_notional = parse_number(q.get("large_notional"), name="large_notional", default=0, minimum=0.000001,
                                         maximum=1e12)
         limit = parse_limit(q.get("limit"), default=20, maximum=MAX_LARGE)
-        ratio, min_rows = _ratio(q), _stacked(q)
         now = time.time_ns()
         scope = Scope(sym, sources, now - 24 * NS_PER_HOUR, now, now)
-        day_or_24h = min(now - now % NS_PER_DAY, now - 24 * NS_PER_HOUR + NS_PER_MIN)
-        async with ctx.work.turn():
-            read = reader(ctx)
-            minutes = [await read.bars(s, "1m", day_or_24h, now, now) for s in scope.sources]
-            trades = [await read.trades(s, now - max(lookback, NS_PER_MIN), now) for s in scope.sources]
-            try:
-                grid = bar_grid([m.filter(pl.col("ts_event") >= now - lookback) for m in minutes], None, "1m")
-            except QueryError:
-                grid = None
-            body = await ctx.work.run(_current, minutes, trades, scope, now, lookback, min_notional, limit, grid,
-                                      ratio, min_rows, qty_places(ctx.live, scope.sources, minutes))
-            gaps = await source_gaps(ctx, scope, "1m", [m.filter(pl.col("ts_event") >= scope.start) for m in minutes],
-                                     scope.start)
+        body, gaps = await self.flow.answer(ctx, FlowRequest(scope, lookback, _ratio(q), _stacked(q)), now,
+                                            min_notional, limit)
         books = []
         for series in scope.sources:
             view = ctx.live.book(series, 1)
