@@ -315,6 +315,9 @@ def test_indicator_history_lists_the_stored_snapshots(api: str) -> None:
     today = MARKETS[0].tape.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < NOW))
     assert last["trades"] == today.height and last["poc"] is not None
     assert last["complete"] is (not (day <= GAP[0] < NOW))
+    if not last["complete"]:  # the day's trade gap explains it
+        assert body["data_complete"] is False
+        assert [(g["start"], g["end"]) for g in body["gaps"]] == [(GAP[0] // MS, GAP[1] // MS)], body["gaps"]
 
 
 def test_openapi_lists_the_analytics_endpoints_and_their_parameters(api: str) -> None:

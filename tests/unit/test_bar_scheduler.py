@@ -224,6 +224,9 @@ async def test_late_trades_close_the_minute_again_and_shift_the_cvd_after_it(rig
     for name in ("open", "high", "low", "close", "volume", "buy", "sell", "delta", "delta_min", "delta_max",
                  "trades", "cvd"):
         assert after[name].to_list() == pytest.approx(bars[name].to_list()), name
+    state = sched.state(BTC)
+    assert state is not None and state.recent is not None
+    assert sorted(state.recent["id"].to_list()) == sorted(every["id"].to_list()), "closed trades in memory, once each"
     mine = cells.filter(pl.col("start") == t0)
     assert after["fp_index"][0].to_list() == mine["index"].to_list()
     assert after["fp_buy"][0].to_list() == pytest.approx(mine["buy"].to_list())

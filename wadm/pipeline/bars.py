@@ -466,7 +466,8 @@ def _close_minutes(frames: list[pl.DataFrame], start: int, until: int, grid: Gri
     bars = build_bars(now, NS_PER_MIN, grid=grid, revision=revision, gaps=gaps, lot=lot)
     if bars.height:
         bars = chain_cvd(bars, base=_base(closed, bars["ts_event"][0]))
-    return bars, trades.filter(ts >= until), _recent(recent, trades.filter(ts < until), until)
+    closed_trades = trades.filter(ts < until).drop("ts_recv", strict=False)  # readers need no receive time
+    return bars, trades.filter(ts >= until), _recent(recent, closed_trades, until)
 
 
 def _recent(recent: pl.DataFrame | None, closed: pl.DataFrame | None, until: int) -> pl.DataFrame | None:
@@ -492,7 +493,7 @@ def _replace_minutes(recent: pl.DataFrame | None, stored: pl.DataFrame, minutes:
     if "id" in fresh.columns:
         fresh = fresh.unique(subset="id", keep="first", maintain_order=True)
     if recent is None or recent.height == 0:
-        return fresh.sort("ts_event", maintain_order=True) if fresh.height else recent
+        return fresh.drop("ts_recv", strict=False).sort("ts_event", maintain_order=True) if fresh.height else recent
     kept = recent.filter(~minute.is_in(minutes))
     return pl.concat([kept, fresh.select(kept.columns)], how="vertical_relaxed").sort("ts_event", maintain_order=True)
 

@@ -8,10 +8,11 @@ import polars as pl
 
 from wadm.api.resources.gaps import gap_row, gaps_between
 from wadm.api.resources.series import Context
-from wadm.api.sources import BAR_NS, Reader, Scope
+from wadm.api.sources import BAR_NS, NS_PER_HOUR, Reader, Scope
+from wadm.errors import QueryError
 from wadm.live import Series
 from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
-from wadm.units import NS_PER_MIN, NS_PER_MS
+from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
 
 __all__ = ["coverage_gaps", "load_each", "reader", "rows_around", "source_gaps"]
 
@@ -74,3 +75,15 @@ def rows_around(rows: pl.DataFrame, poc_index: int | None, n: int | None) -> pl.
         first = min(max(0, pos - (n - 1) // 2), rows.height - n)
         out = rows.slice(first, n)
     return out.select("price", "volume", "buy", "sell", "delta")
+
+
+def bar_resolution(ctx: Context, scope: Scope, interval: int) -> str:
+    """``1m`` while the window starts inside 1-minute retention, else ``1h`` for an ``interval`` of
+    an hour or more (a 400 naming ``interval`` otherwise)."""
+    if scope.start >= scope.now - ctx.settings.retention_aggregates_1m * NS_PER_S:
+        return "1m"
+    if interval >= NS_PER_HOUR:
+        return "1h"
+    raise QueryError("interval", f"a window that starts before the 1-minute bars kept "
+                                 f"(RETENTION_AGGREGATES_1M={ctx.settings.retention_aggregates_1m} s) "
+                                 "needs interval 1h or 4h")

@@ -23,7 +23,7 @@ from wadm.api.flow import FlowCache, FlowRequest
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, parse_window
 from wadm.api.query import Query
-from wadm.api.resources.analytics import load_each, source_gaps
+from wadm.api.resources.analytics import bar_resolution, load_each, source_gaps
 from wadm.api.resources.series import Context, SeriesResource
 from wadm.api.sources import (
     NS_PER_HOUR,
@@ -134,15 +134,7 @@ class FootprintResource(SeriesResource):
         row_size: Decimal | None = parse_decimal(q.get("row_size"), name="row_size",
                                                  what="the row height in price units")
         ratio, min_rows = _ratio(q), _stacked(q)
-        reach_1m = scope.now - ctx.settings.retention_aggregates_1m * NS_PER_S
-        if scope.start >= reach_1m:
-            resolution = "1m"
-        elif interval >= NS_PER_HOUR:
-            resolution = "1h"
-        else:
-            raise QueryError("interval", f"a window that starts before the 1-minute bars kept "
-                                         f"(RETENTION_AGGREGATES_1M={ctx.settings.retention_aggregates_1m} s) "
-                                         "needs interval 1h or 4h")
+        resolution = bar_resolution(ctx, scope, interval)
         start = scope.start - scope.start % interval
         async with ctx.work.turn():
             data = await load_each(ctx, scope, resolution, start)

@@ -26,12 +26,13 @@ from wadm.analytics.structure import bias, breaks, current_range, key_levels, sw
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_limit
 from wadm.api.query import Query
-from wadm.api.resources.analytics import load_each, source_gaps
+from wadm.api.resources.analytics import bar_resolution, load_each, source_gaps
+from wadm.api.resources.gaps import gap_row, gaps_between
 from wadm.api.resources.orderflow import INTERVALS
 from wadm.api.resources.series import SeriesResource
-from wadm.api.sources import NS_PER_HOUR, bar_grid, describe, parse_scope
+from wadm.api.sources import bar_grid, describe, parse_scope
 from wadm.errors import QueryError
-from wadm.records import INDICATORS, BatchKey
+from wadm.records import BARS_1M, INDICATORS, BatchKey
 from wadm.units import NS_PER_MS, NS_PER_S
 
 __all__ = ["IndicatorHistoryResource", "MarketStructureResource"]
@@ -89,14 +90,7 @@ class MarketStructureResource(SeriesResource):
         swing = parse_limit(q.get("swing"), default=2, maximum=MAX_SWING, name="swing")
         limit = parse_limit(q.get("limit"), default=200, maximum=MAX_BARS)
         scope = parse_scope(ctx.settings, q, symbol, default_span=limit * interval)
-        if scope.start >= scope.now - ctx.settings.retention_aggregates_1m * NS_PER_S:
-            resolution = "1m"
-        elif interval >= NS_PER_HOUR:
-            resolution = "1h"
-        else:
-            raise QueryError("interval", f"a window that starts before the 1-minute bars kept "
-                                         f"(RETENTION_AGGREGATES_1M={ctx.settings.retention_aggregates_1m} s) "
-                                         "needs interval 1h or 4h")
+        resolution = bar_resolution(ctx, scope, interval)
         start = scope.start - scope.start % interval
         async with ctx.work.turn():
             data = await load_each(ctx, scope, resolution, start)
@@ -136,13 +130,25 @@ class IndicatorHistoryResource(SeriesResource):
                 rows = rows.unique(subset=["exchange", "market", "ts_event"], keep="last").sort("ts_event", "exchange",
                                                                                                   "market")
             truncated = rows is not None and rows.height > limit
+            gaps: list[dict[str, object]] = []
             if rows is not None:
                 rows = rows.tail(limit)
+                # A snapshot summarises its UTC day so far: the trade gaps of those days explain an
+                # incomplete one.
+                first_day = int(rows["session"].min()) if rows.height else scope.start  # type: ignore[arg-type]
+                for series in scope.sources:
+                    gaps += await gaps_between(ctx, series, first_day, scope.end, "trades")
+                    # The minute collection started in, and others the scheduler knew were partial.
+                    mine = rows.filter((pl.col("exchange") == str(series.venue))
+                                       & (pl.col("market") == str(series.market)) & ~pl.col("complete"))
+                    if mine.height and not gaps:
+                        gaps.append(gap_row(series, BARS_1M, int(mine["session"][0]), int(mine["ts_event"][-1]) - 1,
+                                            "incomplete_bar", None))
         listed = rows_json(rows.select(
             pl.col("ts_event") // NS_PER_MS, "exchange", "market", pl.col("session") // NS_PER_MS,
             *[c for c in INDICATOR_SCHEMA if c not in ("ts_event", "session")],
         ).rename({"ts_event": "ts"})) if rows is not None else []
         complete = rows is None or bool(rows["complete"].all())
-        head = describe(scope, "1m", [], complete)
+        head = describe(scope, "1m", gaps, complete)
         send_bytes(resp, orjson.dumps(head | {"count": 0 if rows is None else rows.height, "truncated": truncated,
                                               "snapshots": listed}))
