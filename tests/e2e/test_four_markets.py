@@ -511,3 +511,10 @@ def _check_analytics(s: Setup, ticks: dict[tuple[str, str, str], float]) -> None
     large = recent.filter(pl.col("notional") >= bar)
     assert sorted((x["ts"], x["price"], x["qty"]) for x in few["large_trades"]) == sorted(
         (t // MS, p, q) for t, p, q in large.select("ts_event", "price", "qty").iter_rows())
+    # And the orders: prints of one venue, millisecond and side taken together.
+    merged = pl.concat([t.filter(pl.col("ts_event") >= lookback * MS).group_by("ts_event", "side").agg(
+        qty=pl.col("qty").sum(), notional=(pl.col("price") * pl.col("qty")).sum()) for t in tapes.values()])
+    orders = merged.filter(pl.col("notional") >= bar)
+    assert orders.height < MAX_LARGE
+    assert sorted((x["ts"], round(x["qty"], 6)) for x in few["large_orders"]) == sorted(
+        (t // MS, round(q, 6)) for t, q in orders.select("ts_event", "qty").iter_rows())

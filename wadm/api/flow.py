@@ -34,7 +34,7 @@ from wadm.analytics.aggregates import round_qty
 from wadm.analytics.bars import NS_PER_DAY, trade_bars
 from wadm.analytics.combine import combine_footprints
 from wadm.analytics.grid import Grid
-from wadm.analytics.orderflow import imbalances, large_trades, stacked
+from wadm.analytics.orderflow import RELATIVE_SLACK, imbalances, large_trades, stacked
 from wadm.api.resources.analytics import reader, source_gaps
 from wadm.api.resources.series import Context
 from wadm.api.sources import NS_PER_HOUR, Scope, bar_grid, qty_places
@@ -79,6 +79,7 @@ class _Closed:
     last: tuple[int, float] | None  # the newest closed trade (ts, price)
     tapes: tuple[pl.DataFrame | None, ...]  # per source: the lookback's closed trades (_TAPE columns)
     pool: tuple[pl.DataFrame | None, ...]  # per source: those of them at or near ``threshold`` and above
+    merged_pool: tuple[pl.DataFrame | None, ...]  # per source: the same for prints merged by (ts, side)
     threshold: float | None  # the default large-trade notional (None: no closed trade to take it from)
     stacks: list[dict[str, Any]]
     grid_row: float | None
@@ -144,12 +145,14 @@ def _closed_part(stamp: tuple[tuple[int, int], ...], req: FlowRequest, minutes: 
         threshold = _nice(float(notional)) if notional else None
     floor = (threshold or 0.0) * _POOL_MARGIN
     pool = tuple(None if t is None else t.filter(pl.col("price") * pl.col("qty") >= floor) for t in tapes)
+    merged_pool = tuple(None if t is None or t.height == 0 else large_trades(t, min_notional=floor, merge=True)
+                        for t in tapes)
     stacks: list[dict[str, Any]] = []
     if grid is not None:
         recent = [m.filter((pl.col("ts_event") >= lookback_start) & (pl.col("ts_event") < until))
                   for m, until in zip(minutes, splits, strict=True)]
         stacks = _stacks(combine_footprints(recent, grid), grid, req.ratio, req.min_rows)
-    return _Closed(stamp, splits, starts, suffix, tuple(cvd), last, tuple(tapes), pool, threshold, stacks,
+    return _Closed(stamp, splits, starts, suffix, tuple(cvd), last, tuple(tapes), pool, merged_pool, threshold, stacks,
                    None if grid is None else grid.row, gaps, places)
 
 
@@ -206,25 +209,47 @@ def _open_part(closed: _Closed, req: FlowRequest, views: Sequence[BarsView | Non
             min_notional = _nice(float(notional)) if notional else None
     out["large_notional"] = min_notional or 0.0
     out["lookback_start"] = lookback_start // NS_PER_MS
-    large: list[dict[str, Any]] = []
-    if min_notional:
-        use_pool = closed.threshold is not None and min_notional >= closed.threshold * _POOL_MARGIN
-        found = []
-        for series, old, new in zip(req.scope.sources, closed.pool if use_pool else closed.tapes, opened, strict=True):
-            frames = [t.select(*_TAPE).filter(pl.col("ts_event") >= lookback_start) for t in (old, new)
-                      if t is not None and t.height]
-            if frames:
-                hits = large_trades(pl.concat(frames), min_notional=min_notional).head(limit)
-                found.append(hits.with_columns(exchange=pl.lit(str(series.venue)), market=pl.lit(str(series.market))))
-        if found:
-            rows = pl.concat(found).sort("ts", descending=True, maintain_order=True).head(limit)
-            large = [{"ts": r["ts"] // NS_PER_MS, "price": r["price"], "qty": r["qty"],
-                      "notional": round(r["notional"], 4), "side": r["side"], "exchange": r["exchange"],
-                      "market": r["market"]} for r in rows.iter_rows(named=True)]
-    out["large_trades"] = large
+    out["large_trades"] = _large(closed, req, opened, lookback_start, min_notional, limit, merge=False)
+    out["large_orders"] = _large(closed, req, opened, lookback_start, min_notional, limit, merge=True)
     out["imbalances"] = [s for s in closed.stacks if s["ts"] * NS_PER_MS >= lookback_start]
     out["imbalance_row_size"] = closed.grid_row
     return out
+
+
+def _large(closed: _Closed, req: FlowRequest, opened: Sequence[pl.DataFrame | None], lookback_start: int,
+           min_notional: float | None, limit: int, *, merge: bool) -> list[dict[str, Any]]:
+    """The newest trades whose notional reaches ``min_notional`` in the lookback, every source; with
+    ``merge``, prints of one timestamp and side taken together (a taker sweeping several prices)."""
+    if not min_notional:
+        return []
+    use_pool = closed.threshold is not None and min_notional >= closed.threshold * _POOL_MARGIN
+    pools = closed.merged_pool if merge else closed.pool
+    found = []
+    for i, (series, new) in enumerate(zip(req.scope.sources, opened, strict=True)):
+        parts = []
+        if merge and use_pool:  # the pool holds merged prints already, at or above its floor
+            pool = pools[i]
+            if pool is not None and pool.height:
+                parts.append(pool.filter((pl.col("ts") >= lookback_start)
+                                         & (pl.col("notional") >= min_notional * (1.0 - RELATIVE_SLACK))))
+            frames = [new.select(*_TAPE).filter(pl.col("ts_event") >= lookback_start)] \
+                if new is not None and new.height else []
+        else:
+            old = pools[i] if use_pool else closed.tapes[i]
+            frames = [t.select(*_TAPE).filter(pl.col("ts_event") >= lookback_start) for t in (old, new)
+                      if t is not None and t.height]
+        if frames:
+            parts.append(large_trades(pl.concat(frames), min_notional=min_notional, merge=merge))
+        parts = [p.head(limit) for p in parts if p.height]
+        if parts:
+            hits = pl.concat(parts).sort("ts", descending=True, maintain_order=True)
+            found.append(hits.with_columns(exchange=pl.lit(str(series.venue)), market=pl.lit(str(series.market))))
+    if not found:
+        return []
+    rows = pl.concat(found).sort("ts", descending=True, maintain_order=True).head(limit)
+    return [{"ts": r["ts"] // NS_PER_MS, "price": round(r["price"], 8), "qty": r["qty"],
+             "notional": round(r["notional"], 4), "side": r["side"], **({"prints": r["prints"]} if merge else {}),
+             "exchange": r["exchange"], "market": r["market"]} for r in rows.iter_rows(named=True)]
 
 
 class FlowCache:

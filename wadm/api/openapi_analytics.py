@@ -84,11 +84,12 @@ ANALYTICS_PATHS: dict[str, Any] = {
         "parameters": [
             *_SOURCES,
             _p("large_notional", "query", "Least notional (quote units) of a large trade; default the 99th "
-               "percentile of the lookback's trade notionals, rounded to 2 significant digits.",
+               "percentile of the notionals of the lookback's closed minutes, rounded down to 1, 2 or 5 times "
+               "a power of ten. `large_orders` applies it to prints merged by timestamp and side.",
                {"type": "number", "exclusiveMinimum": 0}),
             _p("window", "query", "Lookback of large trades and imbalances (default 15m, at most raw retention).",
                {"type": "string", "pattern": "^[0-9]{1,6}[smhd]$"}),
-            _p("limit", "query", "Large trades listed, 1 to 200 (default 20).",
+            _p("limit", "query", "Large trades (and large orders) listed, 1 to 200 (default 20).",
                {"type": "integer", "minimum": 1, "maximum": 200}),
             _RATIO, _STACKED,
         ],
@@ -165,8 +166,13 @@ ANALYTICS_SCHEMAS: dict[str, Any] = {
                            "start": _INT, "volume": _NUM, "buy": _NUM, "sell": _NUM, "delta": _NUM,
                            "trades": _INT}}},
                        "large_notional": _NUM,
+                       "lookback_start": _INT,
                        "large_trades": {"type": "array", "items": {"type": "object", "properties": {
-                           "ts": _INT, "price": _NUM, "qty": _NUM, "notional": _NUM, "side": _STR}}},
+                           "ts": _INT, "price": _NUM, "qty": _NUM, "notional": _NUM, "side": _STR,
+                           "exchange": _STR, "market": _STR}}},
+                       "large_orders": {"type": "array", "items": {"type": "object", "properties": {
+                           "ts": _INT, "price": _NUM, "qty": _NUM, "notional": _NUM, "side": _STR, "prints": _INT,
+                           "exchange": _STR, "market": _STR}}},
                        "imbalances": {"type": "array", "items": {"type": "object", "properties": {
                            "ts": _INT, "side": _STR, "from": _NUM, "to": _NUM}}},
                        "book": {"type": "array", "items": {"type": "object", "properties": {
