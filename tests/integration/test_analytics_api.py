@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ from wadm.records import (
     Market,
     Venue,
 )
-from wadm.store import SqliteStore, Store, encode_batch, make_store
+from wadm.store import Store, encode_batch, make_store
 
 MS = 1_000_000
 S = 1000 * MS
@@ -85,6 +85,7 @@ class Market_:
     tape: pl.DataFrame
 
 
+STORES: dict[str, Callable[[], Store]] = {}  # how a test writes more into the store a server reads
 MARKETS = [Market_(v, m, tick, row, _tape(v, m, tick, every)) for (v, m, tick, row), every in ((SPOT, 12), (USDM, 15))]
 
 
@@ -123,15 +124,15 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     env = {"WADM_DATA_DIR": str(data), "BINANCE_SYMBOLS": "BTCUSDT", "BINANCE_USDM_SYMBOLS": "BTCUSDT",
            "BYBIT_SYMBOLS": "", "BYBIT_SPOT_SYMBOLS": ""}
     with ExitStack() as stack:
-        if request.param == "sqlite":
-            asyncio.run(_fill(SqliteStore(data / "wadm.db")))
-        else:
+        if request.param != "sqlite":
             server: str = request.getfixturevalue("mongodb_uri")
             env["MONGODB_URI"] = with_database(server, stack.enter_context(scratch_database(server)))
-            asyncio.run(_fill(make_store(env["MONGODB_URI"], data, {})))
+        asyncio.run(_fill(make_store(env.get("MONGODB_URI", ""), data, {})))
         port = free_port()
         proc = stack.enter_context(wadm("serve", env, port))
-        yield f"http://127.0.0.1:{port}"
+        api = f"http://127.0.0.1:{port}"
+        STORES[api] = lambda: make_store(env.get("MONGODB_URI", ""), data, {})
+        yield api
         assert "Traceback" not in proc.output, proc.output
 
 
@@ -331,3 +332,32 @@ def test_openapi_lists_the_analytics_endpoints_and_their_parameters(api: str) ->
     ):
         params = {p["name"] for p in doc["paths"][path]["get"]["parameters"]}
         assert names <= params, path
+
+
+async def _write(store: Store, key: BatchKey, frame: pl.DataFrame) -> None:
+    await store.open()
+    try:
+        await store.write(key, encode_batch(frame))
+    finally:
+        await store.close()
+
+
+def test_current_order_flow_of_wadm_serve_includes_the_open_minute_from_the_store(api: str) -> None:
+    """Last in the module: it stores trades after the tape's end. Without collectors (``wadm serve``),
+    the open minute is what the store holds (another process collects)."""
+    now = time.time_ns()
+    if now % MIN > 50 * S:  # not across a minute boundary
+        time.sleep((MIN - now % MIN) / S + 0.2)
+        now = time.time_ns()
+    minute = now - now % MIN
+    ts = [max(minute, now - S) + k * MS for k in range(5)]
+    frame = pl.DataFrame({"ts_event": ts, "ts_recv": ts, "id": range(10**9, 10**9 + 5),
+                          "price": [61_234.5, 61_234.6, 61_234.4, 61_234.5, 61_234.7], "qty": [0.5] * 5,
+                          "side": [1, 1, -1, 1, 1]}, schema=TRADE_SCHEMA_INT_ID)
+    asyncio.run(_write(STORES[api](), BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT"), frame))
+    body = _get(api, "/api/v1/order-flow/current/BTCUSDT", exchange="binance", market="spot")
+    bar = body["bar"]
+    assert bar["start"] == minute // MS and bar["trades"] == 5, bar
+    assert (bar["open"], bar["high"], bar["low"], bar["close"]) == (61_234.5, 61_234.7, 61_234.4, 61_234.7)
+    assert bar["volume"] == pytest.approx(2.5) and bar["delta"] == pytest.approx(1.5)
+    assert body["price"] == 61_234.7 and body["windows"]["5m"]["trades"] >= 5

@@ -156,14 +156,16 @@ def _closed_part(stamp: tuple[tuple[int, int], ...], req: FlowRequest, minutes: 
                    None if grid is None else grid.row, gaps, places)
 
 
-def _open_part(closed: _Closed, req: FlowRequest, views: Sequence[BarsView | None], now: int,
-               min_notional: float | None, limit: int) -> dict[str, Any]:
-    """The answer: the closed part with the open minutes' trades added."""
+def _open_part(closed: _Closed, req: FlowRequest, views: Sequence[BarsView | None],
+               stored: Sequence[pl.DataFrame | None], now: int, min_notional: float | None, limit: int
+               ) -> dict[str, Any]:
+    """The answer: the closed part with the open minutes' trades added (from the live view, else
+    from ``stored``)."""
     places = closed.places
     minute = now - now % NS_PER_MIN
     day = now - now % NS_PER_DAY
     lookback_start = minute - req.lookback + NS_PER_MIN
-    opened = [None if v is None else v.open_trades() for v in views]
+    opened = [t if v is None else v.open_trades() for v, t in zip(views, stored, strict=True)]
     parts = [t.select(*_TAPE) for t in opened if t is not None and t.height]
     tape = pl.concat(parts).sort("ts_event", maintain_order=True) if parts else None
     out: dict[str, Any] = {"ts": now // NS_PER_MS}
@@ -303,8 +305,12 @@ class FlowCache:
             if len(self._closed) > MAX_SHAPES:  # request shapes come and go: keep the cache small
                 self._closed.clear()
             self._closed[shape] = closed
+        # Without a live view (``wadm serve``) the open minute's trades are those the store has.
+        read = reader(ctx)
+        stored = [await read.trades(s, until, now) if v is None else None
+                  for s, v, (_, until) in zip(req.scope.sources, views, stamp, strict=True)]
         body = await asyncio.get_running_loop().run_in_executor(
-            self._pool, _open_part, closed, req, views, now, min_notional, limit)
+            self._pool, _open_part, closed, req, views, stored, now, min_notional, limit)
         if len(self._answers) > MAX_SHAPES:
             self._answers.clear()
         self._answers[key] = (now, body, closed.gaps)
