@@ -334,6 +334,19 @@ def test_openapi_lists_the_analytics_endpoints_and_their_parameters(api: str) ->
         assert names <= params, path
 
 
+def test_many_shapes_of_current_order_flow_at_once_are_answered_or_refused_with_retry_after(api: str) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+            return await asyncio.gather(*(client.get("/api/v1/order-flow/current/BTCUSDT", params={"limit": n})
+                                          for n in range(1, 121)))
+
+    answers = asyncio.run(burst())
+    assert {r.status_code for r in answers} <= {200, 429}
+    assert all(r.headers.get("retry-after") == "1" for r in answers if r.status_code == 429)
+    ok = [(r.json(), int(r.url.params["limit"])) for r in answers if r.status_code == 200]
+    assert ok and all(len(body["large_trades"]) <= limit for body, limit in ok)
+
+
 async def _write(store: Store, key: BatchKey, frame: pl.DataFrame) -> None:
     await store.open()
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from wadm.analytics.orderflow import RELATIVE_SLACK, imbalances, large_trades, s
 from wadm.api.resources.analytics import reader, source_gaps
 from wadm.api.resources.series import Context
 from wadm.api.sources import NS_PER_HOUR, Scope, bar_grid, qty_places
+from wadm.api.work import RETRY_AFTER
 from wadm.errors import QueryError
 from wadm.live import BarsView
 from wadm.units import NS_PER_MIN, NS_PER_MS
@@ -52,6 +54,7 @@ LARGE_QUANTILE = 0.99
 FRESH_NS = 250_000_000  # an answer is served as is for this long...
 STALE_NS = 2_000_000_000  # ...and up to this old while a newer one is computed
 MAX_SHAPES = 64  # request shapes whose closed parts and answers are kept
+MAX_COMPUTING = 16  # answers of different shapes computed at once; more are refused with 429
 _POOL_MARGIN = 0.999  # closed trades kept as large-trade candidates: notional >= default threshold x this
 _SUMS = ("volume", "buy", "sell", "trades")
 _TAPE = ("ts_event", "price", "qty", "side")
@@ -273,7 +276,8 @@ class FlowCache:
         done = self._answers.get(key)
         if done is not None and now - done[0] < STALE_NS:
             if now - done[0] >= FRESH_NS:
-                self._refresh(ctx, req, key, now, min_notional, limit)
+                with contextlib.suppress(QueryError):  # busy: this one stays served a little longer
+                    self._refresh(ctx, req, key, now, min_notional, limit)
             return done[1], done[2]
         task = self._refresh(ctx, req, key, now, min_notional, limit)
         _, body, gaps = await asyncio.shield(task)
@@ -284,6 +288,10 @@ class FlowCache:
         """The running computation of ``key``'s answer, started if none runs (one at a time per key)."""
         task = self._computing.get(key)
         if task is None or task.done():
+            if len(self._computing) >= MAX_COMPUTING:  # many shapes at once (a careless or hostile client)
+                raise QueryError(None, f"the server is computing {MAX_COMPUTING} order-flow answers; retry in "
+                                       f"{RETRY_AFTER} s", status=429, code="busy",
+                                 headers={"Retry-After": str(RETRY_AFTER)})
             task = asyncio.get_running_loop().create_task(self._compute(ctx, req, key, now, min_notional, limit))
             self._computing[key] = task
             task.add_done_callback(self._forget(self._computing, key))
