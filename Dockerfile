@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    WADM_DATA_DIR=/data
+    WADM_DATA_DIR=/data \
+    WADM_HOST=0.0.0.0
 
 WORKDIR /app
 
@@ -23,6 +24,8 @@ RUN pip install --no-deps . \
 
 USER wadm
 VOLUME ["/data"]
+# Inside the container the API listens on every interface; publish it on 127.0.0.1 only (as the
+# compose file does) or set WADM_API_KEYS and put HTTPS in front.
 EXPOSE 8920
 
 # 200 when every configured stream is live and fresh; 503 (unhealthy) otherwise.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import sys
 from typing import Any
@@ -82,6 +83,16 @@ HEADER_READ_TIMEOUT_MS = 10_000  # a client that sends no complete request head 
 MAX_REQUEST_HEAD = 65_536
 
 
+def _warn_if_open(settings: Settings) -> None:
+    """Say loudly when the API listens beyond this machine without API keys."""
+    if settings.api_keys or ipaddress.ip_address(settings.host).is_loopback:
+        return
+    logging.getLogger(__name__).warning(
+        "WADM_HOST=%s and no WADM_API_KEYS: anyone who can reach this address can read the API. Set "
+        "WADM_API_KEYS (and serve it over HTTPS), or listen on 127.0.0.1 (in Docker: publish the port on "
+        "127.0.0.1 only, as the compose file does)", settings.host)
+
+
 def _serve(settings: Settings, workers: int, target: str) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -115,6 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "Starting WADM on %s:%d (store: %s)", settings.host, settings.port,
         "mongodb" if settings.mongodb_uri else f"sqlite in {settings.data_dir}",
     )
+    _warn_if_open(settings)
     # NOTE: one worker: the lifespan starts the collectors once per worker.
     return _serve(settings, 1, "wadm.__main__:make_asgi_app")
 
@@ -122,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     configure_logging(settings.log_level)
+    _warn_if_open(settings)
     return _serve(settings, args.workers, "wadm.__main__:make_api_app")
 
 

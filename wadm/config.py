@@ -93,7 +93,7 @@ class Settings:
     book_snapshot_interval: float = 1.0
     book_snapshot_depth: int = 100
     backfill_deadline: float = 600.0
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # safe by default: another address is a choice (and wants API keys)
     port: int = 8920
     data_dir: Path = DEFAULT_DATA_DIR
     mongodb_uri: str = ""
@@ -115,6 +115,10 @@ class Settings:
     log_level: str = "INFO"
     api_concurrency: int = 2  # heavy API requests (store reads, large answers) working at once
     api_queue: int = 32  # heavy API requests waiting for a turn; more are answered 429
+    # Keys that /api/v1/* and /metrics require when any is set; never printed or logged.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    rate_limit: float = 20.0  # requests per second per API key (0: none); a burst of rate_burst first
+    rate_burst: int = 40
     # Footprint row height per symbol (price units), as configured; other symbols get a row
     # derived from their tick and price (wadm.analytics.grid.default_row).
     footprint_rows: tuple[tuple[str, Decimal], ...] = ()
@@ -152,7 +156,35 @@ class Settings:
         ]
         out["mongodb_uri"] = _mask_password(self.mongodb_uri)
         out["footprint_rows"] = {symbol: format(row, "f") for symbol, row in self.footprint_rows}
+        out["api_keys"] = f"{len(self.api_keys)} set (hidden)" if self.api_keys else "none"
         return out
+
+
+API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+API_KEY_RULE = "16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = - (e.g. from: openssl rand -hex 32)"
+
+
+def _api_keys(raw: str | None, path: str | None, cwd: Path) -> tuple[str, ...]:
+    """API keys from ``WADM_API_KEYS`` (comma-separated) or ``WADM_API_KEYS_FILE`` (one a line, ``#``
+    comments). Errors never show a key."""
+    if raw is not None and path is not None and raw.strip() and path.strip():
+        raise ConfigError("WADM_API_KEYS", "(hidden)", "set WADM_API_KEYS or WADM_API_KEYS_FILE, not both")
+    name, items = "WADM_API_KEYS", [] if raw is None else raw.split(",")
+    if path is not None and path.strip():
+        name, file = "WADM_API_KEYS_FILE", Path(path) if Path(path).is_absolute() else cwd / path
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(name, path, f"a readable UTF-8 file with one key a line ({exc.__class__.__name__})") \
+                from None
+        items = [line for line in text.splitlines() if not line.strip().startswith("#")]
+    keys: list[str] = []
+    for position, item in enumerate((i.strip() for i in items if i.strip()), start=1):
+        if not API_KEY_RE.fullmatch(item):
+            raise ConfigError(name, f"key {position} (hidden, {len(item)} characters)", API_KEY_RULE)
+        if item not in keys:
+            keys.append(item)
+    return tuple(keys)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -430,6 +462,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("WADM_RECONNECT_MAX_DELAY", "reconnect_max_delay", 0.01, 3600, False),
         ("WADM_API_CONCURRENCY", "api_concurrency", 1, 64, True),
         ("WADM_API_QUEUE", "api_queue", 0, 10_000, True),
+        ("WADM_RATE_LIMIT", "rate_limit", 0, 1_000_000, False),
+        ("WADM_RATE_BURST", "rate_burst", 1, 1_000_000, True),
     )
     for name, attr, lo, hi, integer in numbers:
         if (raw := get(name)) is not None:
@@ -452,6 +486,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         except ValueError:
             raise ConfigError("WADM_HOST", raw, "an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0 or ::") from None
         kw["host"] = raw
+    kw["api_keys"] = _api_keys(get("WADM_API_KEYS"), get("WADM_API_KEYS_FILE"), cwd)
     if (raw := get("WADM_DATA_DIR")) is not None:
         kw["data_dir"] = Path(raw)
     if (raw := get("MONGODB_URI")) is not None:

@@ -22,7 +22,7 @@ def test_defaults_are_the_deployment_spec(tmp_path: Path) -> None:
     assert s.symbols(Venue.BINANCE, Market.USDM) == ("BTCUSDT",)
     assert s.symbols(Venue.BYBIT, Market.SPOT) == ("BTCUSDT",)
     assert (s.retention_raw_trades, s.retention_aggregates_1m, s.retention_aggregates_1h) == (3600, 86400, 604800)
-    assert (s.host, s.port, s.stale_after, s.mongodb_uri) == ("0.0.0.0", 8920, 60, "")
+    assert (s.host, s.port, s.stale_after, s.mongodb_uri) == ("127.0.0.1", 8920, 60, ""), "safe by default"
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_book_and_channel_settings_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "192.168.1.20", "fe80::1%eth0"])
 def test_host_is_an_ip_address(tmp_path: Path, host: str) -> None:
     assert load_settings({"WADM_HOST": host}, cwd=tmp_path).host == host
-    assert load_settings({"WADM_HOST": ""}, cwd=tmp_path).host == "0.0.0.0"  # unset: the default
+    assert load_settings({"WADM_HOST": ""}, cwd=tmp_path).host == "127.0.0.1"  # unset: the default
 
 
 def test_symbols_are_separated_by_commas_only(tmp_path: Path) -> None:
@@ -405,3 +405,32 @@ def test_a_bad_footprint_row_in_the_symbols_file_names_the_key(tmp_path: Path) -
     with pytest.raises(ConfigError) as err:
         load_settings({}, cwd=tmp_path)
     assert "footprint_row: BTCUSDT" in str(err.value) and "row height" in str(err.value)
+
+
+KEY_A, KEY_B = "a" * 16 + "-key-one", "0123456789abcdef0123"
+
+
+def test_api_keys_from_the_variable_or_a_file_never_printed(tmp_path: Path) -> None:
+    assert load_settings({}, cwd=tmp_path).api_keys == ()
+    s = load_settings({"WADM_API_KEYS": f" {KEY_A}, {KEY_B},{KEY_A}"}, cwd=tmp_path)
+    assert s.api_keys == (KEY_A, KEY_B)
+    assert KEY_A not in repr(s) and KEY_A not in str(s.as_dict()) and s.as_dict()["api_keys"] == "2 set (hidden)"
+    (tmp_path / "keys").write_text(f"# the laptop\n{KEY_B}\n\n  # old: {KEY_A}\n")
+    assert load_settings({"WADM_API_KEYS_FILE": "keys"}, cwd=tmp_path).api_keys == (KEY_B,)
+
+
+@pytest.mark.parametrize(("env", "name", "fragment"), [
+    ({"WADM_API_KEYS": "short"}, "WADM_API_KEYS", "16 to 256 characters"),
+    ({"WADM_API_KEYS": KEY_A + ",has space in it 1234"}, "WADM_API_KEYS", "key 2 (hidden"),
+    ({"WADM_API_KEYS": KEY_A, "WADM_API_KEYS_FILE": "keys"}, "WADM_API_KEYS", "not both"),
+    ({"WADM_API_KEYS_FILE": "missing"}, "WADM_API_KEYS_FILE", "a readable UTF-8 file"),
+    ({"WADM_RATE_LIMIT": "-1"}, "WADM_RATE_LIMIT", "0"),
+    ({"WADM_RATE_BURST": "0"}, "WADM_RATE_BURST", "1"),
+])
+def test_bad_api_keys_and_rate_limits_are_refused_without_showing_a_key(
+        tmp_path: Path, env: dict[str, str], name: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env, cwd=tmp_path)
+    message = str(err.value)
+    assert name in message and fragment in message, message
+    assert "has space" not in message and KEY_A not in message

@@ -17,6 +17,7 @@ import falcon.asgi
 import falcon.routing
 
 from wadm import __version__
+from wadm.api.auth import Auth
 from wadm.api.flow import FlowCache
 from wadm.api.json import error_body, send_json
 from wadm.api.metrics import Metrics
@@ -170,7 +171,8 @@ def create_app(
     work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
     ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings))
     flow = FlowCache()
-    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work, flow)],
+    auth = Auth(settings.api_keys, settings.rate_limit, settings.rate_burst)
+    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work, flow), auth],
                                                      router=_HeadRouter())
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True

@@ -87,3 +87,12 @@ def bar_resolution(ctx: Context, scope: Scope, interval: int) -> str:
     raise QueryError("interval", f"a window that starts before the 1-minute bars kept "
                                  f"(RETENTION_AGGREGATES_1M={ctx.settings.retention_aggregates_1m} s) "
                                  "needs interval 1h or 4h")
+
+
+def bar_span(ctx: Context, limit: int, interval: int) -> int:
+    """The default window of a bar request: ``limit`` bars, but for bars under an hour no further
+    back than the 1-minute bars are kept (so that a request without a window always answers)."""
+    span = limit * interval
+    if interval < NS_PER_HOUR:
+        span = min(span, ctx.settings.retention_aggregates_1m * NS_PER_S - NS_PER_MIN)
+    return span

@@ -105,6 +105,10 @@ def _render_history(stored: pl.DataFrame, pending: pl.DataFrame | None, start: i
         # Snapshots not handed to the store yet (they are batched for a few seconds).
         frame = _in_range(pl.concat([frame, pending], how="vertical_relaxed") if frame.height else pending,
                           start, end)
+    gaps = head.pop("gaps")
+    if frame.height == 0:  # nothing stored (an empty read may have no columns at all)
+        return orjson.dumps(head | {"count": 0, "snapshots": [], "next": None, "data_complete": not gaps,
+                                    "gaps": gaps})
     more = frame.height > limit
     frame = frame.head(limit)
     bands = band_columns()
@@ -114,12 +118,11 @@ def _render_history(stored: pl.DataFrame, pending: pl.DataFrame | None, start: i
         update_id="update_id",
         mid="mid",
         spread="spread",
-        bids=_levels(frame, "bid", depth) if frame.height else pl.lit([]),
-        asks=_levels(frame, "ask", depth) if frame.height else pl.lit([]),
+        bids=_levels(frame, "bid", depth),
+        asks=_levels(frame, "ask", depth),
         bands=pl.struct(bands),
     )
     nxt = encode_cursor(scope, [int(frame["ts_event"][-1]) + 1]) if more else None
-    gaps = head.pop("gaps")
     return orjson.dumps(head | {"count": snapshots.height, "snapshots": rows_json(snapshots), "next": nxt,
                                 "data_complete": not gaps, "gaps": gaps})
 

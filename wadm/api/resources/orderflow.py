@@ -23,7 +23,7 @@ from wadm.api.flow import FlowCache, FlowRequest
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, parse_window
 from wadm.api.query import Query
-from wadm.api.resources.analytics import bar_resolution, load_each, source_gaps
+from wadm.api.resources.analytics import bar_resolution, bar_span, load_each, source_gaps
 from wadm.api.resources.series import Context, SeriesResource
 from wadm.api.sources import (
     NS_PER_HOUR,
@@ -130,7 +130,7 @@ class FootprintResource(SeriesResource):
         interval_name = parse_choice("interval", q.get("interval"), INTERVALS, "1m")
         interval = INTERVALS[interval_name]
         limit = parse_limit(q.get("limit"), default=30, maximum=MAX_BARS)
-        scope = parse_scope(ctx.settings, q, symbol, default_span=limit * interval)
+        scope = parse_scope(ctx.settings, q, symbol, default_span=bar_span(ctx, limit, interval))
         row_size: Decimal | None = parse_decimal(q.get("row_size"), name="row_size",
                                                  what="the row height in price units")
         ratio, min_rows = _ratio(q), _stacked(q)

@@ -26,7 +26,7 @@ from wadm.analytics.structure import bias, breaks, current_range, key_levels, sw
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_limit
 from wadm.api.query import Query
-from wadm.api.resources.analytics import bar_resolution, load_each, source_gaps
+from wadm.api.resources.analytics import bar_resolution, bar_span, load_each, source_gaps
 from wadm.api.resources.gaps import gap_row, gaps_between
 from wadm.api.resources.orderflow import INTERVALS
 from wadm.api.resources.series import SeriesResource
@@ -89,7 +89,7 @@ class MarketStructureResource(SeriesResource):
         interval = INTERVALS[interval_name]
         swing = parse_limit(q.get("swing"), default=2, maximum=MAX_SWING, name="swing")
         limit = parse_limit(q.get("limit"), default=200, maximum=MAX_BARS)
-        scope = parse_scope(ctx.settings, q, symbol, default_span=limit * interval)
+        scope = parse_scope(ctx.settings, q, symbol, default_span=bar_span(ctx, limit, interval))
         resolution = bar_resolution(ctx, scope, interval)
         start = scope.start - scope.start % interval
         async with ctx.work.turn():

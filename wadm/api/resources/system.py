@@ -11,6 +11,7 @@ from typing import Any
 import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wadm.api.auth import authorized
 from wadm.api.json import send_json
 from wadm.api.metrics import Metrics
 from wadm.api.openapi import openapi_document
@@ -103,7 +104,12 @@ class HealthResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         report = self.ctx.live.health()
-        send_json(resp, health_body(report), 200 if report.healthy else 503)
+        status = 200 if report.healthy else 503
+        auth = "api_keys" if self.ctx.settings.api_keys else "none"
+        if not authorized(req):  # keys are set and this request has none: the status only
+            send_json(resp, {"status": report.status, "auth": auth}, status)
+            return
+        send_json(resp, health_body(report) | {"auth": auth}, status)
 
 
 class MetricsResource:
