@@ -129,15 +129,9 @@ def build_bars(
             tick=pl.lit(None if grid is None else grid.tick, pl.Float64),
             lot=pl.lit(lot, pl.Float64),
             row=pl.lit(None if grid is None else grid.row, pl.Float64),
-            fp_index=pl.col("fp_index").fill_null([]),
-            fp_buy=pl.col("fp_buy").fill_null([]),
-            fp_sell=pl.col("fp_sell").fill_null([]),
         )
-        .rename({"start": "ts_event"})
-        .select(list(STORED_BAR_SCHEMA))
-        .sort("ts_event")
     )
-    return round_qty(stored, qty_decimals(lot))
+    return _stored(stored, qty_decimals(lot))
 
 
 def latest(bars: pl.DataFrame) -> pl.DataFrame:
@@ -275,17 +269,21 @@ def hour_bars(minutes: pl.DataFrame, interval_ns: int, *, revision: int) -> pl.D
     hourly = (
         bars.join(meta, on="start", how="left")
         .join(nested, on="start", how="left")
-        .with_columns(
-            revision=pl.lit(revision, pl.Int64),
-            fp_index=pl.col("fp_index").fill_null([]),
-            fp_buy=pl.col("fp_buy").fill_null([]),
-            fp_sell=pl.col("fp_sell").fill_null([]),
-        )
+        .with_columns(revision=pl.lit(revision, pl.Int64))
+    )
+    return _stored(hourly, qty_decimals(float(lots[-1]) if lots.len() else None))
+
+
+def _stored(bars: pl.DataFrame, decimals: int) -> pl.DataFrame:
+    """Bars keyed by ``start`` in the stored layout: empty footprints for bars without one, the
+    columns of STORED_BAR_SCHEMA, oldest first, quantities rounded to ``decimals``."""
+    stored = (
+        bars.with_columns(pl.col(c).fill_null([]) for c in ("fp_index", "fp_buy", "fp_sell"))
         .rename({"start": "ts_event"})
         .select(list(STORED_BAR_SCHEMA))
         .sort("ts_event")
     )
-    return round_qty(hourly, qty_decimals(float(lots[-1]) if lots.len() else None))
+    return round_qty(stored, decimals)
 
 
 def _dense(rows: pl.DataFrame) -> pl.DataFrame:

@@ -79,7 +79,7 @@ class _Closed:
     starts: list[int]  # minute starts with trades, ascending (every source)
     suffix: list[tuple[float, float, float, int]]  # sums of volume, buy, sell, trades from starts[i] on
     cvd: tuple[tuple[int, float], ...]  # per source: (UTC day, CVD at its split)
-    last: tuple[int, float] | None  # the newest closed trade (ts, price)
+    last: tuple[int, float] | None  # (ts, price) of the newest closed trade, else of the newest bar's close
     tapes: tuple[pl.DataFrame | None, ...]  # per source: the lookback's closed trades (_TAPE columns)
     pool: tuple[pl.DataFrame | None, ...]  # per source: those of them at or near ``threshold`` and above
     merged_pool: tuple[pl.DataFrame | None, ...]  # per source: the same for prints merged by (ts, side)
@@ -96,6 +96,14 @@ def _nice(x: float) -> float:
         return 0.0
     power = 10 ** math.floor(math.log10(x))
     return float(max(m for m in (1, 2, 5) if m * power <= x * (1 + 1e-12)) * power)
+
+
+def _default_threshold(tapes: Sequence[pl.DataFrame]) -> float | None:
+    """The default large-trade notional: the LARGE_QUANTILE of the tapes' notionals, made nice."""
+    if not tapes:
+        return None
+    notional = pl.concat(t.select(n=pl.col("price") * pl.col("qty")) for t in tapes)["n"].quantile(LARGE_QUANTILE)
+    return _nice(float(notional)) if notional else None
 
 
 def _stacks(cells: pl.DataFrame, grid: Grid, ratio: float, min_rows: int) -> list[dict[str, Any]]:
@@ -127,25 +135,21 @@ def _closed_part(stamp: tuple[tuple[int, int], ...], req: FlowRequest, minutes: 
             suffix.append(acc)
         suffix.reverse()
     cvd = []
-    last: tuple[int, float] | None = None
+    last: tuple[int, float] | None = None  # the newest closed bar's (start, close)
     for m, until in zip(minutes, splits, strict=True):
         closed = m.filter(pl.col("ts_event") < until)
         if closed.height:
             ts = int(closed["ts_event"][-1])
             cvd.append((ts - ts % NS_PER_DAY, float(closed["cvd"][-1])))
-            end = ts + NS_PER_MIN - 1
-            if last is None or end > last[0]:
-                last = (end, float(closed["close"][-1]))
+            if last is None or ts > last[0]:
+                last = (ts, float(closed["close"][-1]))
         else:
             cvd.append((0, 0.0))
     every = [t for t in tapes if t is not None and t.height]
-    threshold = None
-    if every:
+    if every:  # the lookback's newest closed trade: as new as any bar's close, and exact across sources
         newest = max(every, key=lambda t: int(t["ts_event"][-1]))
-        last_trade = (int(newest["ts_event"][-1]), float(newest["price"][-1]))
-        last = last_trade if last is None or last_trade[0] >= last[0] - NS_PER_MIN else last
-        notional = pl.concat(t.select(n=pl.col("price") * pl.col("qty")) for t in every)["n"].quantile(LARGE_QUANTILE)
-        threshold = _nice(float(notional)) if notional else None
+        last = (int(newest["ts_event"][-1]), float(newest["price"][-1]))
+    threshold = _default_threshold(every)
     floor = (threshold or 0.0) * _POOL_MARGIN
     pool = tuple(None if t is None else t.filter(pl.col("price") * pl.col("qty") >= floor) for t in tapes)
     merged_pool = tuple(None if t is None or t.height == 0 else large_trades(t, min_notional=floor, merge=True)
@@ -210,8 +214,7 @@ def _open_part(closed: _Closed, req: FlowRequest, views: Sequence[BarsView | Non
     if min_notional is None:
         min_notional = closed.threshold
         if min_notional is None and tape is not None:
-            notional = tape.select((pl.col("price") * pl.col("qty")).quantile(LARGE_QUANTILE)).item()
-            min_notional = _nice(float(notional)) if notional else None
+            min_notional = _default_threshold([tape])
     out["large_notional"] = min_notional or 0.0
     out["lookback_start"] = lookback_start // NS_PER_MS
     out["large_trades"] = _large(closed, req, opened, lookback_start, min_notional, limit, merge=False)
