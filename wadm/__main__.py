@@ -157,6 +157,17 @@ def _emulate(argv: list[str]) -> int:
 
 
 EMULATE_HELP = "run the local exchange emulator (tests, demos, benchmarks)"
+MCP_HELP = "serve WADM's REST API as MCP tools for an LLM (needs the `mcp` extra)"
+
+
+def _mcp(argv: list[str]) -> int:
+    try:
+        from wadm.mcp.server import main as mcp_main
+    except ImportError as exc:
+        print(f"wadm mcp needs the `mcp` extra ({exc.name} is missing): install with `uv sync --extra mcp`, "
+              "or use the standalone wadm-mcp package (see README, Use it from Claude)", file=sys.stderr)
+        return 2
+    return mcp_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_config)
     # Listed for --help; `wadm emulate ...` is parsed by the emulator itself (see main).
     sub.add_parser("emulate", help=EMULATE_HELP + "; see wadm emulate --help", add_help=False)
+    sub.add_parser("mcp", help=MCP_HELP + "; see wadm mcp --help", add_help=False)
     return parser
 
 
@@ -180,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulate"]:
         return _emulate(argv[1:])
+    if argv[:1] == ["mcp"]:
+        return _mcp(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

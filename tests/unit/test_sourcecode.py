@@ -163,3 +163,24 @@ def test_a_collecting_process_never_loads_the_emulator() -> None:
             "print(sorted(n for n in sys.modules if n.startswith('wadm.emulator')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# ---- the MCP server travels alone ---------------------------------------------------------------
+
+MCP_ALLOWED = {"mcp", "httpx", "pydantic", "wadm"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "mcp").glob("*.py")), ids=lambda p: p.name)
+def test_the_mcp_server_needs_only_the_sdk_and_httpx(path: Path) -> None:
+    """``wadm-mcp`` ships wadm/mcp alone (deploy/mcp): it may import the standard library, the SDK,
+    httpx, pydantic and itself, nothing of the collector."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        for module in modules:
+            top = module.split(".")[0]
+            if top == "wadm":
+                assert module.startswith("wadm.mcp"), f"{path.name} imports {module}"
+            else:
+                assert top in MCP_ALLOWED or top in sys.stdlib_module_names, f"{path.name} imports {module}"

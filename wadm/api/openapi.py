@@ -269,6 +269,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "update_id": {"type": ["integer", "null"]},
                         "bands": {"type": "object", "description": "bid_depth_/ask_depth_/imbalance_ within "
                                   "0.1pct, 0.5pct and 1pct of mid."},
+                        "walls": {"type": ["object", "null"], "description": "The largest levels (at most 5 per "
+                                  "side) within 1 % of mid holding at least 3x their side's median level there, "
+                                  "over the whole book: {band, factor, bids: [{price, qty, multiple}], asks}."},
                         "stale": {"type": "boolean", "description": "The stream has been silent past the "
                                   "watchdog's limit: exact as of ts, but possibly old."},
                         "age_ms": {"type": "integer", "description": "Time since the last update was received."},

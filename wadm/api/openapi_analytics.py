@@ -201,6 +201,14 @@ ANALYTICS_SCHEMAS: dict[str, Any] = {
             "price": _NUM, "kind": _STR, "distance_pct": _NUM_OR_NULL}}},
         "wyckoff": {"type": "array", "items": {"type": "object", "properties": {
             "ts": _INT, "type": _STR, "level": _NUM, "volume_ratio": _NUM_OR_NULL, "atr_multiple": _NUM_OR_NULL}}},
+        "divergences": {"type": "array", "description": "CVD divergences at consecutive swings of one kind: "
+                        "bearish = a higher high on a lower delta accumulated over the window, bullish = a lower "
+                        "low on a higher one.", "items": {"type": "object", "properties": {
+                            "ts": _INT, "kind": _STR, "direction": _STR, "price": _NUM, "cum_delta": _NUM,
+                            "prev_ts": _INT, "prev_price": _NUM, "prev_cum_delta": _NUM}}},
+        "delta_divergences": {"type": "array", "description": "The newest bars (at most 10) that closed against "
+                              "their own delta: up_bar_negative_delta or down_bar_positive_delta.",
+                              "items": {"type": "object", "properties": {"ts": _INT, "type": _STR}}},
     }},
     "IndicatorHistory": {"type": "object", "required": ["snapshots"], "properties": {
         **_HEAD, "count": _INT, "truncated": {"type": "boolean"},

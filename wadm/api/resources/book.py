@@ -11,17 +11,20 @@ stored yet. Answers are bounded: ``limit`` × ``depth`` levels per side at most
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import falcon.asgi
 import orjson
 import polars as pl
 
+from wadm.analytics.orderflow import walls
 from wadm.api.json import rows_json, send_bytes, send_json
 from wadm.api.params import decode_cursor, encode_cursor, parse_limit, parse_range
 from wadm.api.query import Query
 from wadm.api.resources.gaps import gaps_between
 from wadm.api.resources.series import SeriesResource
 from wadm.errors import QueryError
+from wadm.live import BookView, Series
 from wadm.records import BOOK_SNAPSHOTS, BatchKey, band_columns
 from wadm.units import NS_PER_MS, NS_PER_S
 
@@ -29,6 +32,9 @@ __all__ = ["BookHistoryResource", "BookResource"]
 
 DEFAULT_DEPTH = 20
 MAX_DEPTH = 1000
+WALL_BAND = 0.01  # walls are looked for within 1 % of mid,
+WALL_FACTOR = 3.0  # among levels at least this many times their side's median level there,
+MAX_WALLS = 5  # and the largest few per side are listed
 DEFAULT_HISTORY_LIMIT = 60
 MAX_HISTORY_LIMIT = 3600
 MAX_HISTORY_LEVELS = 72_000  # limit × depth: 3600 snapshots of 20 levels, or 720 of 100
@@ -72,8 +78,24 @@ class BookResource(SeriesResource):
             "update_id": view.update_id,
             "depth": depth,
             "bands": view.bands,
+            "walls": self._walls(series, view),
             "received": view.ts_recv // NS_PER_MS,
         })
+
+    def _walls(self, series: Series, view: BookView) -> dict[str, object] | None:
+        """The largest levels within 1 % of mid, over the whole book rather than the ``depth`` shown."""
+        instrument = self.ctx.live.instrument(series)
+        deep = self.ctx.live.book(series, MAX_DEPTH)
+        if instrument is None or deep is None or deep.mid is None:
+            return None
+        out: dict[str, object] = {"band": WALL_BAND, "factor": WALL_FACTOR}
+        sides: tuple[tuple[Literal["bid", "ask"], list[tuple[float, float]]], ...] = (("bid", deep.bids),
+                                                                                    ("ask", deep.asks))
+        for side, levels in sides:
+            found = walls(levels, side, mid=deep.mid, band=WALL_BAND, tick=instrument.tick, factor=WALL_FACTOR)
+            top = sorted(found, key=lambda w: w.qty, reverse=True)[:MAX_WALLS]
+            out[side + "s"] = [{"price": w.price, "qty": w.qty, "multiple": round(w.multiple, 2)} for w in top]
+        return out
 
 
 def _in_range(frame: pl.DataFrame, start: int, end: int) -> pl.DataFrame:

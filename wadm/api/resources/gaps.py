@@ -96,17 +96,16 @@ class GapsResource:
         channel = q.get("channel")
         if channel is not None:
             channel = parse_choice("channel", channel, CHANNELS, "")
-        if symbol is not None:
-            venue, mkt = resolve_series(ctx.settings.targets, symbol, exchange, market)
-            series = [Series(venue, mkt, symbol.upper())]
-        else:
-            want_venue, want_market = parse_exchange(exchange), parse_market(market)
-            series = [
-                Series(t.venue, t.market, s)
-                for t in ctx.settings.targets
-                for s in t.symbols
-                if want_venue in (None, t.venue) and want_market in (None, t.market)
-            ]
+        want_venue, want_market = parse_exchange(exchange), parse_market(market)
+        wanted = None if symbol is None else symbol.upper()
+        series = [
+            Series(t.venue, t.market, s)
+            for t in ctx.settings.targets
+            for s in t.symbols
+            if want_venue in (None, t.venue) and want_market in (None, t.market) and wanted in (None, s)
+        ]
+        if symbol is not None and not series:
+            resolve_series(ctx.settings.targets, symbol, exchange, market)  # raises: not collected (there)
         rows: list[dict[str, Any]] = []
         async with ctx.work.turn():
             for one in series:

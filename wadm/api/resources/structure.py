@@ -21,8 +21,18 @@ import polars as pl
 from wadm.analytics.aggregates import INDICATOR_SCHEMA, profile_rows
 from wadm.analytics.combine import combine_bars, price_source
 from wadm.analytics.grid import Grid
+from wadm.analytics.orderflow import delta_divergence
 from wadm.analytics.profile import combine, volume_profile
-from wadm.analytics.structure import bias, breaks, current_range, key_levels, swings, trend, wyckoff_candidates
+from wadm.analytics.structure import (
+    bias,
+    breaks,
+    current_range,
+    key_levels,
+    swing_divergence,
+    swings,
+    trend,
+    wyckoff_candidates,
+)
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_limit
 from wadm.api.query import Query
@@ -42,6 +52,7 @@ HISTORY_PARAMS = ("exchange", "market", "start", "end", "window", "limit")
 MAX_BARS = 1500
 MAX_SWING = 20
 MAX_SNAPSHOTS = 1440
+RECENT_DIVERGENCES = 10  # bar-level delta divergences listed: the newest ones
 
 
 def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, start: int, grid: Grid | None
@@ -53,7 +64,7 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
                            "close": float(bars["close"][-1]) if bars.height else None}
     if bars.height == 0:
         return out | {"trend": "range", "bias": "neutral", "swings": [], "events": [], "range": None,
-                      "key_levels": [], "wyckoff": []}
+                      "key_levels": [], "wyckoff": [], "divergences": [], "delta_divergences": []}
     first = int(bars["start"][0])
     sw = swings(bars, left=swing, right=swing)
     events = breaks(bars, sw)
@@ -67,6 +78,12 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
     levels = key_levels(bars, sw, extra=extra)
     candidates = wyckoff_candidates(bars, sw)
     ms = pl.col("start") // NS_PER_MS
+    # Swing-level divergences compare the delta accumulated over the window (the session CVD would
+    # reset at 00:00 UTC between two swings); bar-level ones flag the newest bars that closed
+    # against their own delta.
+    diverging = swing_divergence(sw, bars["delta"].cum_sum())
+    starts = bars["start"]
+    flagged = delta_divergence(bars).filter(pl.col("up_bar_negative_delta") | pl.col("down_bar_positive_delta"))
     return out | {
         "trend": trend(sw),
         "bias": bias(events),
@@ -76,6 +93,14 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
                                             "bars": held.bars},
         "key_levels": rows_json(levels.select("price", "kind", "distance_pct")),
         "wyckoff": rows_json(candidates.select(ms.alias("ts"), "type", "level", "volume_ratio", "atr_multiple")),
+        "divergences": rows_json(diverging.select(
+            ms.alias("ts"), "kind", "direction", "price", pl.col("cvd").alias("cum_delta"),
+            (starts.gather(diverging["prev_index"]) // NS_PER_MS).alias("prev_ts"), "prev_price",
+            pl.col("prev_cvd").alias("prev_cum_delta"))),
+        "delta_divergences": rows_json(flagged.tail(RECENT_DIVERGENCES).select(
+            ms.alias("ts"),
+            type=pl.when(pl.col("up_bar_negative_delta")).then(pl.lit("up_bar_negative_delta"))
+            .otherwise(pl.lit("down_bar_positive_delta")))),
     }
 
 
