@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ from wadm.mcp.client import WadmClient
 from wadm.mcp.server import build_server
 
 pytestmark = pytest.mark.e2e
+
+with warnings.catch_warnings():
+    # bpe-openai reads its bundled vocabulary with a deprecated importlib call
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import bpe_openai
+
+    TOKENS = bpe_openai.get_encoding("o200k_base")
 
 KEY = "mcp-test-key-0123456789abcdef"
 TOOLS = {
@@ -143,8 +151,11 @@ def test_every_tool_in_memory_equals_the_rest_api(setup: Setup) -> None:
             finally:
                 await wadm_client.aclose()
 
-        got = {k: v.structured_content or {} for k, v in asyncio.run(run()).items()}
+        answers = asyncio.run(run())
+        got = {k: v.structured_content or {} for k, v in answers.items()}
         _check_against_rest(s, got)
+        for name, result in answers.items():
+            assert len(TOKENS.encode(_text(result))) <= 1500, f"{name}'s answer is over the model's token budget"
     finally:
         s.control("resume")
 

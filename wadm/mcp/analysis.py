@@ -16,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from wadm.mcp import models as m
 from wadm.mcp.client import Listing, WadmClient
-from wadm.mcp.fmt import Precision, iso
+from wadm.mcp.fmt import Precision, iso, rnd
 from wadm.mcp.tools import gap_note, names, scope_of
 
 __all__ = ["footprint", "market_structure", "order_flow", "volume_profile", "wyckoff_context"]
@@ -115,7 +115,7 @@ def _flow(body: dict[str, Any], p: Precision, scope: dict[str, Any]) -> m.Flow:
               for s in (body.get("imbalances") or [])[:6]]
     books = [{"market": f"{b['exchange']} {b['market']}", "state": b.get("state"), "mid": b.get("mid"),
               "spread": b.get("spread"),
-              "imbalance": {k.replace("pct", "%"): round(v, 3) for k, v in (b.get("imbalance") or {}).items()}}
+              "imbalance": {k.replace("pct", "%"): rnd(v, 3) for k, v in (b.get("imbalance") or {}).items()}}
              for b in body.get("book") or []]
     return m.Flow(
         **scope, price=p.px(body.get("price")), cvd=p.qty(body.get("cvd")),
@@ -145,7 +145,7 @@ def _flow_text(r: m.Flow) -> str:
             f"{s['side']} {s['from']}–{s['to']} ({s['rows']} rows) {s['time'][11:16]}" for s in r.stacked_imbalances))
     for b in r.book:
         lines.append(f"book {b['market']} {b['state']}: mid {b['mid']} spread {b['spread']} imbalance "
-                     + " ".join(f"{k} {v:+.3f}" for k, v in b["imbalance"].items()))
+                     + " ".join(f"{k} {_signed(v, 3)}" for k, v in b["imbalance"].items()))
     return "\n".join(lines)
 
 
@@ -217,10 +217,10 @@ def _structure(body: dict[str, Any], p: Precision, scope: dict[str, Any], interv
                 for s in (body.get("swings") or [])[-6:]],
         events=[{"time": iso(e["ts"]), "type": e["type"], "direction": e["direction"], "level": p.px(e["level"])}
                 for e in (body.get("events") or [])[-4:]],
-        key_levels=sorted(({"price": k["price"], "kind": k["kind"], "distance_pct": round(k["distance_pct"], 2)}
-                           for k in body.get("key_levels") or []), key=lambda k: abs(k["distance_pct"]))[:8],
+        key_levels=sorted(({"price": k["price"], "kind": k["kind"], "distance_pct": rnd(k["distance_pct"], 2)}
+                           for k in body.get("key_levels") or []), key=lambda k: abs(k["distance_pct"] or 0))[:8],
         wyckoff=[{"time": iso(w["ts"]), "type": w["type"], "level": p.px(w["level"]),
-                  "volume_ratio": round(w["volume_ratio"], 2), "atr_multiple": round(w["atr_multiple"], 2)}
+                  "volume_ratio": rnd(w["volume_ratio"], 2), "atr_multiple": rnd(w["atr_multiple"], 2)}
                  for w in (body.get("wyckoff") or [])[-5:]],
         divergences=[{"time": iso(d["ts"]), "kind": d["kind"], "direction": d["direction"], "price": p.px(d["price"]),
                       "prev_time": iso(d["prev_ts"]), "prev_price": p.px(d["prev_price"]),
@@ -241,7 +241,7 @@ def _structure_text(r: m.Structure) -> str:
         lines.append("breaks: " + ", ".join(f"{e['direction']} {e['type']} {e['level']} {_short(e['time'])}"
                                             for e in r.events))
     if r.key_levels:
-        lines.append("key levels: " + ", ".join(f"{k['kind']} {k['price']} ({k['distance_pct']:+.2f}%)"
+        lines.append("key levels: " + ", ".join(f"{k['kind']} {k['price']} ({_signed(k['distance_pct'], 2)}%)"
                                                 for k in r.key_levels))
     if r.wyckoff:
         lines.append("Wyckoff candidates (inputs, not verdicts): " + ", ".join(
@@ -255,6 +255,10 @@ def _structure_text(r: m.Structure) -> str:
         lines.append("bars closing against their delta: " + ", ".join(
             f"{_short(d['time'])} {d['type'].replace('_', ' ')}" for d in r.delta_divergences))
     return "\n".join(lines)
+
+
+def _signed(value: float | None, places: int) -> str:
+    return "n/a" if value is None else f"{value:+.{places}f}"
 
 
 def _short(t: str | None) -> str:
@@ -307,19 +311,23 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
             if name == "composite":
                 value["naked_pocs"] = prof.naked_pocs
     bars = [_fp_bar(b, p, False) for b in (parts.get("footprint", {}).get("bars") or [])]
-    clusters = [{"time": b["start"], **s} for b in bars for s in b["stacked"]][-6:]
+    clusters = [{"time": b["start"], **s} for b in bars for s in b["stacked"]][-4:]
     result = m.Context(
         **scope, price=flow.price if flow else None,
         price_source=_source(parts.get("structure_1h")), cvd_today=flow.cvd if flow else None,
         deltas={k: w["delta"] for k, w in flow.windows.items()} if flow else {},
-        timeframes={iv: {"trend": f.trend, "bias": f.bias, "range": f.range, "swings": f.swings[-4:],
-                         "events": f.events[-3:]} for iv, f in frames.items()},
+        timeframes={iv: {"trend": f.trend, "bias": f.bias, "range": f.range,
+                         "swings": [[s["label"] or s["kind"], s["price"], s["time"]] for s in f.swings[-4:]],
+                         "events": [[e["direction"], e["type"], e["level"], e["time"]] for e in f.events[-2:]]}
+                    for iv, f in frames.items()},
         value=value,
-        divergences=[{"interval": iv, **d} for iv, f in frames.items() for d in f.divergences[-2:]],
+        divergences=[{"interval": iv, **d} for iv, f in frames.items() for d in f.divergences[-1:]],
         absorption=[{"interval": iv, **d} for iv, f in frames.items() if iv != "4h" for d in f.delta_divergences[-3:]],
         imbalance_clusters=clusters,
-        wyckoff=[{"interval": iv, **w} for iv, f in frames.items() for w in f.wyckoff[-3:]],
-        large_trades=_large_summary(flow), book=flow.book if flow else [],
+        wyckoff=[{"interval": iv, **w} for iv, f in frames.items() for w in f.wyckoff[-2:]],
+        large_trades=_large_summary(flow),
+        book=[{"market": b["market"], "state": b["state"], "imbalance": b["imbalance"]} for b in flow.book] if flow
+        else [],
         completeness=_completeness(parts, found), unavailable=failed)
     return result, _context_text(result, found, parts)
 
@@ -336,7 +344,7 @@ def _large_summary(flow: m.Flow | None) -> dict[str, Any]:
     buy = sum(t["notional"] for t in trades if t["side"] == "buy")
     sell = sum(t["notional"] for t in trades if t["side"] == "sell")
     return {"threshold": flow.large_notional, "count": len(trades), "buy_notional": buy, "sell_notional": sell,
-            "newest": trades[:3]}
+            "newest": trades[:2]}
 
 
 def _completeness(parts: dict[str, Any], found: list[Listing]) -> dict[str, Any]:
@@ -361,10 +369,10 @@ def _context_text(r: m.Context, found: list[Listing], parts: dict[str, Any]) -> 
         if f["range"]:
             line += f", range {f['range']['low']}–{f['range']['high']} since {_short(f['range']['since'])}"
         if f["swings"]:
-            line += "; swings " + ", ".join(f"{s['label'] or s['kind']} {s['price']}" for s in f["swings"])
+            line += "; swings " + ", ".join(f"{label} {price}" for label, price, _ in f["swings"])
         if f["events"]:
-            line += "; breaks " + ", ".join(f"{e['direction']} {e['type']} {e['level']} {_short(e['time'])}"
-                                            for e in f["events"])
+            line += "; breaks " + ", ".join(f"{direction} {kind} {level} {_short(at)}"
+                                            for direction, kind, level, at in f["events"])
         lines.append(line)
     for name, v in r.value.items():
         if name != "naked_pocs":
@@ -392,7 +400,7 @@ def _context_text(r: m.Context, found: list[Listing], parts: dict[str, Any]) -> 
                      f"{lt['buy_notional']:,} vs sell {lt['sell_notional']:,}")
     for b in r.book:
         lines.append(f"book {b['market']} {b['state']}: imbalance " + " ".join(
-            f"{k} {v:+.3f}" for k, v in b["imbalance"].items()))
+            f"{k} {_signed(v, 3)}" for k, v in b["imbalance"].items()))
     c = r.completeness
     why = ", ".join(f"{k.replace('_', ' ')} ×{v}" for k, v in c["window_gaps_by_reason"].items())
     lines.append(f"data: {'complete' if r.data_complete else 'INCOMPLETE (' + why + ')'}; collected since "

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from wadm.mcp.client import Listing
 
-__all__ = ["Precision", "iso", "pct", "span"]
+__all__ = ["Precision", "iso", "pct", "rnd", "span"]
 
 
 def _decimals(step: float | None, default: int) -> int:
@@ -55,6 +55,11 @@ def iso(ms: int | float | None, *, millis: bool = False) -> str | None:
     if millis:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rnd(value: float | None, places: int) -> float | None:
+    """``round`` that lets a missing number through."""
+    return None if value is None else round(value, places)
 
 
 def pct(new: float | None, old: float | None) -> float | None:

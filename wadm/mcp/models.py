@@ -73,7 +73,7 @@ class Book(Scope):
     mid: float | None
     spread: float | None
     spread_bps: float | None
-    imbalance: dict[str, float] | None  # band -> (bid - ask) / (bid + ask)
+    imbalance: dict[str, float | None] | None  # band -> (bid - ask) / (bid + ask)
     depth_in_band: dict[str, list[float | None]] | None  # band -> [bid qty, ask qty]
     walls: dict[str, Rows] | None
     bids: list[list[float | None]]
@@ -157,6 +157,9 @@ class Gaps(BaseModel):
 
 
 class Context(Scope):
+    """``timeframes``: per interval its trend, bias and range, ``swings`` as [label, price, time] and
+    ``events`` (breaks) as [direction, type, level, time]."""
+
     price: float | None
     price_source: str | None
     cvd_today: float | None

@@ -15,7 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from wadm.mcp import models as m
 from wadm.mcp.client import Listing, WadmClient
-from wadm.mcp.fmt import Precision, iso, pct, span
+from wadm.mcp.fmt import Precision, iso, pct, rnd, span
 
 __all__ = ["book", "data_gaps", "markets", "ohlcv", "price", "recent_trades", "status"]
 
@@ -148,7 +148,7 @@ async def price(client: WadmClient, symbol: str, exchange: str | None, market: s
 
 
 def signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
+    return "n/a" if value is None else f"{value:+g}"
 
 
 async def ohlcv(client: WadmClient, symbol: str, exchange: str | None, market: str | None, interval: str,
@@ -177,7 +177,7 @@ async def book(client: WadmClient, symbol: str, exchange: str | None, market: st
                                                            "depth": depth})
     bands = body.get("bands") or {}
     names = {"0.1pct": "0.1%", "0.5pct": "0.5%", "1pct": "1%"}
-    imbalance = {v: round(bands[f"imbalance_{k}"], 3) for k, v in names.items() if f"imbalance_{k}" in bands} or None
+    imbalance = {v: rnd(bands[f"imbalance_{k}"], 3) for k, v in names.items() if f"imbalance_{k}" in bands} or None
     in_band = {v: [p.qty(bands.get(f"bid_depth_{k}")), p.qty(bands.get(f"ask_depth_{k}"))]
                for k, v in names.items() if f"bid_depth_{k}" in bands} or None
     raw_walls = body.get("walls")
@@ -199,7 +199,7 @@ async def book(client: WadmClient, symbol: str, exchange: str | None, market: st
         lines.append(f"mid {mid} spread {result.spread} ({bps} bps)")
         if imbalance and in_band:
             lines.append("imbalance (bid-ask)/(bid+ask) by band: " + ", ".join(
-                f"{k} {v:+.3f} [{in_band[k][0]} vs {in_band[k][1]}]" for k, v in imbalance.items()))
+                f"{k} {signed(v)} [{in_band[k][0]} vs {in_band[k][1]}]" for k, v in imbalance.items()))
         if walls:
             for side in ("bids", "asks"):
                 if walls[side]:
