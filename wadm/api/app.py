@@ -18,6 +18,7 @@ import falcon.routing
 
 from wadm import __version__
 from wadm.api.auth import Auth
+from wadm.api.days import DayRows
 from wadm.api.flow import FlowCache
 from wadm.api.json import error_body, send_json
 from wadm.api.metrics import Metrics
@@ -169,7 +170,8 @@ def create_app(
         lifespan: started and stopped with the server (the collecting service), if any.
     """
     work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
-    ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings))
+    ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings),
+                  days=DayRows())
     flow = FlowCache()
     auth = Auth(settings.api_keys, settings.rate_limit, settings.rate_burst)
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=[_Lifespan(lifespan, work, flow), auth],

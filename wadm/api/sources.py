@@ -171,6 +171,7 @@ class BarCache:
         self.hits = 0
         self.misses = 0
         self._frames: OrderedDict[tuple[str, Series, int], pl.DataFrame] = OrderedDict()
+        self.hours: dict[Series, HourMemo] = {}  # the recent hours merged from minutes, per series
 
     def settled_before(self, now: int) -> int:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
@@ -240,9 +241,25 @@ def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, gri
     return merge_bars(closed, opened.filter(pl.col("ts_event") >= lo))
 
 
-def _hours(stored: pl.DataFrame, minutes: pl.DataFrame) -> pl.DataFrame:
-    hours = hour_bars(minutes, NS_PER_HOUR, revision=2**62) if minutes.height else minutes
-    return merge_bars(stored, hours)
+HourMemo = dict[int, tuple[tuple[int, int, int, float, int], pl.DataFrame]]  # hour -> (its minutes' mark, its bar)
+
+
+def _hours(stored: pl.DataFrame, minutes: pl.DataFrame, memo: HourMemo) -> tuple[pl.DataFrame, HourMemo]:
+    """Stored hours and the hours since then merged from their minutes; an hour whose minutes are
+    the ones it was merged from before (same count, revisions, volume and trades) is reused."""
+    if minutes.height == 0:
+        return merge_bars(stored, minutes), {}
+    parts, fresh = [], {}
+    for (hour,), group in minutes.group_by(pl.col("ts_event") // NS_PER_HOUR * NS_PER_HOUR, maintain_order=True):
+        h = int(hour)
+        mark = (group.height, int(group["revision"].max()), int(group["revision"].min()),  # type: ignore[arg-type]
+                float(group["volume"].sum()), int(group["trades"].sum()))
+        found = memo.get(h)
+        if found is None or found[0] != mark:
+            found = (mark, hour_bars(group, NS_PER_HOUR, revision=2**62))
+        fresh[h] = found
+        parts.append(found[1])
+    return merge_bars(stored, pl.concat(parts)), fresh
 
 
 _TRADE_COLUMNS = ("ts_event", "id", "price", "qty", "side")
@@ -292,8 +309,10 @@ class Reader:
         recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
         stored = await self.cache.read(self.store, self.off, BARS_1H, series, lo, recent - 1, now) \
             if recent > lo else pl.DataFrame(schema=STORED_BAR_SCHEMA)
-        hours: pl.DataFrame = await self.off(_hours, stored, await self.bars(series, "1m", recent, end, now))
-        return hours
+        minutes = await self.bars(series, "1m", recent, end, now)
+        hours, memo = await self.off(_hours, stored, minutes, self.cache.hours.get(series, {}))
+        self.cache.hours[series] = memo
+        return hours  # type: ignore[no-any-return]
 
     async def trades(self, series: Series, start: int, end: int) -> pl.DataFrame:
         """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""

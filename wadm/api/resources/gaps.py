@@ -13,7 +13,15 @@ import falcon.asgi
 import polars as pl
 
 from wadm.api.json import send_json
-from wadm.api.params import parse_choice, parse_exchange, parse_limit, parse_market, parse_range, resolve_series
+from wadm.api.params import (
+    parse_choice,
+    parse_exchange,
+    parse_limit,
+    parse_market,
+    parse_range,
+    parse_symbol,
+    resolve_series,
+)
 from wadm.api.query import Query
 from wadm.api.resources.series import Context
 from wadm.live import Series
@@ -97,7 +105,7 @@ class GapsResource:
         if channel is not None:
             channel = parse_choice("channel", channel, CHANNELS, "")
         want_venue, want_market = parse_exchange(exchange), parse_market(market)
-        wanted = None if symbol is None else symbol.upper()
+        wanted = None if symbol is None else parse_symbol(symbol)
         series = [
             Series(t.venue, t.market, s)
             for t in ctx.settings.targets

@@ -14,10 +14,11 @@ import falcon.asgi
 import orjson
 import polars as pl
 
-from wadm.analytics.aggregates import common_row, profile_rows, row_sizes
+from wadm.analytics.aggregates import common_row, row_sizes
 from wadm.analytics.bars import NS_PER_DAY
 from wadm.analytics.grid import Grid
 from wadm.analytics.profile import Profile, combine, naked_pocs, rows_from_trades, volume_profile
+from wadm.api.days import Chunk, rows_per_day
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, show
 from wadm.api.query import Query
@@ -25,6 +26,7 @@ from wadm.api.resources.analytics import load_each, reader, rows_around, source_
 from wadm.api.resources.series import SeriesResource
 from wadm.api.sources import (
     BAR_NS,
+    NS_PER_HOUR,
     bar_grid,
     check_rows,
     choose_resolution,
@@ -56,33 +58,60 @@ def parse_rows(raw: str | None) -> tuple[bool, int | None]:
     raise QueryError("rows", f"rows must be {_ROWS_RULE}, got {show(raw)}")
 
 
+Days = list[dict[Chunk, pl.DataFrame]]  # per source: profile rows of chunks (days or hours)
+
+
 def _profile(data: list[pl.DataFrame], ticks: list[float | None], grid: Grid, resolution: str,
-             value_area: float, va_method: str, nodes: int) -> Profile:
+             value_area: float, va_method: str, nodes: int, span: tuple[int, int, int], known: Days
+             ) -> tuple[Profile, Days]:
+    """The window's profile, and the rows of whole settled days computed on the way (to keep)."""
+    fresh: Days = [{} for _ in data]
     if resolution == "trades":
         parts = [rows_from_trades(t, Grid(tick or grid.tick, grid.row)) for t, tick in zip(data, ticks, strict=True)]
     else:
-        parts = [profile_rows(b, grid) for b in data]
+        parts = []
+        for i, bars in enumerate(data):
+            per_day, fresh[i] = rows_per_day(bars, grid, *span, known[i])
+            parts += per_day.values()
     rows = combine(parts)
     if rows.height:
         check_rows(float(rows["index"][0]) * grid.row, float(rows["index"][-1]) * grid.row, grid)
-    return volume_profile(rows, grid, value_area=value_area, va_method=va_method, nodes=nodes)  # type: ignore[arg-type]
+    profile = volume_profile(rows, grid, value_area=value_area, va_method=va_method, nodes=nodes)  # type: ignore[arg-type]
+    return profile, fresh
 
 
-def _naked(hours: list[pl.DataFrame], row: Decimal, tick: float) -> tuple[list[dict[str, Any]], float | None]:
-    """Naked POCs of earlier UTC days from hourly footprints, on ``row`` or the nearest row they allow."""
+def naked_grid(hours: list[pl.DataFrame], row: Decimal, tick: float) -> Grid | None:
+    """The grid naked POCs are found on: ``row``, or the nearest row the hourly footprints allow."""
     base = common_row(sorted({r for h in hours for r in row_sizes(h)}))
     if base is None:
-        return [], None
+        return None
     naked_row = common_row([row, base])
     assert naked_row is not None
-    grid = Grid(tick, float(naked_row))
+    return Grid(tick, float(naked_row))
+
+
+def _naked(hours: list[pl.DataFrame], grid: Grid, span: tuple[int, int, int], known: Days,
+           profiles: dict[int, Profile]) -> tuple[list[dict[str, Any]], Days, dict[int, Profile]]:
+    """Naked POCs of earlier UTC days from hourly footprints on ``grid``; with the rows and the
+    session profiles of whole settled days computed on the way (to keep)."""
+    start, end, settled = span
     days: dict[int, list[pl.DataFrame]] = {}
-    for frame in hours:
-        for (day,), group in frame.group_by(pl.col("ts_event") // NS_PER_DAY * NS_PER_DAY):
-            days.setdefault(int(day), []).append(profile_rows(group, grid))
-    sessions = [(day, volume_profile(combine(parts), grid)) for day, parts in sorted(days.items())]
+    fresh: Days = []
+    for frame, cached in zip(hours, known, strict=True):
+        per_day, new = rows_per_day(frame, grid, *span, cached)
+        fresh.append(new)
+        for day, rows in per_day.items():
+            days.setdefault(day, []).append(rows)
+    sessions, kept = [], {}
+    for day, parts in sorted(days.items()):
+        profile = profiles.get(day)
+        if profile is None:
+            profile = volume_profile(combine(parts), grid)
+            if start <= day and day + NS_PER_DAY - 1 <= end and day + NS_PER_DAY <= settled:
+                kept[day] = profile
+        sessions.append((day, profile))
     found = naked_pocs(sessions)
-    return [{"session": n.session // NS_PER_MS, "poc": n.poc} for n in found], float(naked_row)
+    return [{"session": n.session // NS_PER_MS, "poc": n.poc} for n in found], fresh, kept
 
 
 class VolumeProfileResource(SeriesResource):
@@ -117,14 +146,31 @@ class VolumeProfileResource(SeriesResource):
                                        "been read); retry in a minute", status=503, code="not_ready",
                                  headers={"Retry-After": "30"})
             gaps = await source_gaps(ctx, scope, resolution, data, start)
-            profile = None if grid is None else await ctx.work.run(
-                _profile, data, ticks, grid, resolution, value_area, va_method, nodes)
+            settled = ctx.bars.settled_before(scope.now)
+            profile = None
+            if grid is not None:
+                span = (start, scope.end, settled)
+                cached = [ctx.days.known(s, resolution, grid, start, scope.end) for s in scope.sources]
+                profile, fresh = await ctx.work.run(
+                    _profile, data, ticks, grid, resolution, value_area, va_method, nodes, span, cached)
+                for s, new in zip(scope.sources, fresh, strict=True):
+                    ctx.days.keep(s, resolution, grid, new)
             naked: list[dict[str, Any]] = []
             naked_row = None
             if profile is not None and grid is not None:
-                hours = [await reader(ctx).bars(s, "1h", scope.end - ctx.settings.retention_aggregates_1h * NS_PER_S,
-                                                scope.end, scope.now) for s in scope.sources]
-                naked, naked_row = await ctx.work.run(_naked, hours, Decimal(repr(grid.row)), grid.tick)
+                first = scope.end - ctx.settings.retention_aggregates_1h * NS_PER_S
+                hours = [await reader(ctx).bars(s, "1h", first, scope.end, scope.now) for s in scope.sources]
+                on = naked_grid(hours, Decimal(repr(grid.row)), grid.tick)
+                if on is not None:
+                    first -= first % NS_PER_HOUR
+                    cached = [ctx.days.known(s, "1h", on, first, scope.end) for s in scope.sources]
+                    sessions = ctx.days.sessions(scope.sources, on)
+                    naked, fresh, kept = await ctx.work.run(_naked, hours, on, (first, scope.end, settled), cached,
+                                                            sessions)
+                    for s, new in zip(scope.sources, fresh, strict=True):
+                        ctx.days.keep(s, "1h", on, new)
+                    sessions.update(kept)
+                    naked_row = on.row
         empty = profile is None or profile.poc is None
         body: dict[str, Any] = describe(scope, resolution, gaps, True) | {
             "start": start // NS_PER_MS,

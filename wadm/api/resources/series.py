@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wadm.api.days import DayRows
 from wadm.api.params import resolve_series
 from wadm.api.query import Query
 from wadm.api.sources import BarCache
@@ -17,14 +18,15 @@ __all__ = ["Context", "SeriesResource"]
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Everything a resource may use: settings, the store, the live view, the heavy-work gate and
-    the cache of settled bars."""
+    """Everything a resource may use: settings, the store, the live view, the heavy-work gate, the
+    cache of settled bars and the profile rows of settled days."""
 
     settings: Settings
     store: Store
     live: LiveView
     work: Work
     bars: BarCache
+    days: DayRows
 
 
 class SeriesResource:
