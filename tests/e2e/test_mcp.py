@@ -24,6 +24,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.types import CallToolResult
 
+from tests.caddy import caddy_proxy
 from tests.conftest import free_port
 from tests.procs import Proc, emulator, start, stop, wadm, wait_for
 from wadm.mcp.client import WadmClient
@@ -102,9 +103,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             yield s
 
 
-def _stdio(api: str, key: str = KEY) -> StdioServerParameters:
+def _stdio(api: str, key: str = KEY, **env: str) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "wadm", "mcp"],
-                                 env={"WADM_URL": api, "WADM_API_KEY": key, "PATH": "/usr/bin:/bin"})
+                                 env={"WADM_URL": api, "WADM_API_KEY": key, "PATH": "/usr/bin:/bin", **env})
 
 
 async def _call(client: Client, name: str, args: dict[str, Any]) -> CallToolResult:
@@ -272,3 +273,25 @@ def test_a_wadm_that_stops_mid_session_gives_a_tool_error_and_the_session_goes_o
                     assert empty.is_error and "503" in _text(empty), "serve has no live book: said, not crashed"
 
     asyncio.run(run())
+
+
+def test_wadm_mcp_reaches_wadm_through_caddy_over_https_with_a_key(setup: Setup) -> None:
+    """The remote set-up: Caddy (deploy/Caddyfile, its local CA here) in front of WADM."""
+    port = int(setup.api.rsplit(":", 1)[1])
+    with caddy_proxy(port) as (url, ca_file):
+        assert url.startswith("https://")
+
+        async def run() -> None:
+            async with Client(_stdio(url, WADM_CA_FILE=str(ca_file))) as client:
+                markets = await client.call_tool("list_markets", {})
+                assert not markets.is_error, _text(markets)
+                flow = await client.call_tool("get_order_flow", {"symbol": "BTCUSDT"})
+                assert not flow.is_error and (flow.structured_content or {})["price"] is not None, _text(flow)
+            async with Client(_stdio(url, key="not-the-key-0123456789", WADM_CA_FILE=str(ca_file))) as client:
+                refused = await client.call_tool("list_markets", {})
+                assert refused.is_error and "WADM_API_KEY" in _text(refused)
+            async with Client(_stdio(url)) as client:  # Caddy's local CA is not trusted without WADM_CA_FILE
+                untrusted = await client.call_tool("list_markets", {})
+                assert untrusted.is_error and "CERTIFICATE_VERIFY_FAILED" in _text(untrusted), _text(untrusted)
+
+        asyncio.run(run())

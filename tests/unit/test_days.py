@@ -46,16 +46,21 @@ def test_chunks_kept_and_reused_sum_to_the_whole_window(resolution: str, start_h
     window = bars.filter(pl.col("ts_event") >= start)
     expected = profile_rows(window, GRID)
     cache = DayRows()
-    for attempt in range(3):  # first from nothing, then from what was kept, then with an hour later
+    for attempt in range(3):  # first from nothing, then from what was kept, twice
         known = cache.known(SERIES, resolution, GRID, start, end)
         per_day, fresh = rows_per_day(window, GRID, start, end, settled, known)
         cache.keep(SERIES, resolution, GRID, fresh)
         assert combine(per_day.values()).equals(expected), f"attempt {attempt}"
         assert sorted(per_day) == sorted({t - t % NS_PER_DAY for t in window["ts_event"].to_list()})
         if attempt == 0:
-            assert not known and fresh, "settled chunks are kept"
+            assert not known.days and not known.moving and fresh.days and fresh.moving
         else:
-            assert known, "kept chunks are reused"
-        assert all(first + length <= settled for first, length in fresh), "only settled chunks are kept"
-    whole_days = {first for first, length in fresh | known if length == NS_PER_DAY}
-    assert all(start <= d and d + NS_PER_DAY - 1 <= end for d in whole_days), "a partial day is never one chunk"
+            assert known.days and known.moving and not fresh.days and not fresh.moving, "everything is reused"
+        assert all(start <= d and d + 2 * NS_PER_DAY - 1 <= settled + NS_PER_DAY for d in fresh.days)
+    # A new bar today (or a revised one) and the day is summed again; the settled days are not.
+    later = pl.concat([window, window.tail(1).with_columns(pl.col("ts_event") + MIN,
+                                                            pl.col("revision") + 1)])
+    known = cache.known(SERIES, resolution, GRID, start, end + MIN)
+    per_day, fresh = rows_per_day(later, GRID, start, end + MIN, settled, known)
+    assert list(fresh.moving) == [max(per_day)] and not fresh.days
+    assert combine(per_day.values()).equals(profile_rows(later, GRID))

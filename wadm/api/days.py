@@ -12,7 +12,8 @@ The cache is read and written on the event loop; :func:`rows_per_day` runs on a 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -22,45 +23,66 @@ from wadm.analytics.bars import NS_PER_DAY
 from wadm.analytics.grid import Grid
 from wadm.live import Series
 
-__all__ = ["Chunk", "DayRows", "rows_per_day"]
+__all__ = ["DayRows", "Known", "rows_per_day"]
 
 DAY_ROWS = 4096  # days kept: 8 series x 7 days x a few grids and resolutions, with room
 
-Key = tuple[Series, str, float, float, int, int]  # series, resolution, row, tick, chunk start, chunk length
-Chunk = tuple[int, int]  # start, length (ns): a whole UTC day
+Key = tuple[Series, str, float, float, int]  # series, resolution, grid row, tick, day
+Mark = tuple[int, int, int, int, int, float, int]  # bars, first and last start, revisions, volume, trades
+
+
+def _mark(bars: pl.DataFrame) -> Mark:
+    """What tells a day's bars from the ones its rows were summed from before."""
+    ts, rev = pl.col("ts_event"), pl.col("revision")
+    row = bars.select(pl.len(), ts.min().alias("first"), ts.max().alias("last"), rev.min().alias("oldest"),
+                      rev.max().alias("newest"), pl.col("volume").sum(), pl.col("trades").sum()).row(0)
+    return (int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), float(row[5]), int(row[6]))
+
+
+@dataclass
+class Known:
+    """Rows summed before: of whole settled days, and of the other days (today, a window's partial
+    first day) with the mark of the bars they came from, reused while those bars do not change."""
+
+    days: dict[int, pl.DataFrame] = field(default_factory=dict)
+    moving: dict[int, tuple[Mark, pl.DataFrame]] = field(default_factory=dict)
 
 
 class DayRows:
-    """Profile rows of whole settled days by series, resolution, grid and day; least recently used out."""
+    """Profile rows of days by series, resolution, grid and day; least recently used out."""
 
     def __init__(self, limit: int = DAY_ROWS) -> None:
         self.limit = limit
         self.hits = 0
         self._rows: OrderedDict[Key, pl.DataFrame] = OrderedDict()
+        self._moving: OrderedDict[Key, tuple[Mark, pl.DataFrame]] = OrderedDict()
         # Session profiles of whole settled days per (sources, grid row, tick): naked POCs need them all.
         self._sessions: OrderedDict[tuple[tuple[Series, ...], float, float], dict[int, Any]] = OrderedDict()
 
-    def known(self, series: Series, resolution: str, grid: Grid, start: int, end: int) -> dict[Chunk, pl.DataFrame]:
-        """The kept days of ``[start, end]``."""
-        found: dict[Chunk, pl.DataFrame] = {}
+    def known(self, series: Series, resolution: str, grid: Grid, start: int, end: int) -> Known:
+        """What is kept of the days of ``[start, end]``."""
+        found = Known()
         for day in range(start - start % NS_PER_DAY, end + 1, NS_PER_DAY):
-            rows = self._get((series, resolution, grid.row, grid.tick, day, NS_PER_DAY))
+            key = (series, resolution, grid.row, grid.tick, day)
+            rows = self._rows.get(key)
             if rows is not None:
-                found[(day, NS_PER_DAY)] = rows
-        self.hits += len(found)
+                self._rows.move_to_end(key)
+                found.days[day] = rows
+            elif (moving := self._moving.get(key)) is not None:
+                found.moving[day] = moving
+        self.hits += len(found.days)
         return found
 
-    def _get(self, key: Key) -> pl.DataFrame | None:
-        rows = self._rows.get(key)
-        if rows is not None:
-            self._rows.move_to_end(key)
-        return rows
-
-    def keep(self, series: Series, resolution: str, grid: Grid, fresh: Mapping[Chunk, pl.DataFrame]) -> None:
-        for (first, length), rows in fresh.items():
-            self._rows[(series, resolution, grid.row, grid.tick, first, length)] = rows
-        while len(self._rows) > self.limit:
-            self._rows.popitem(last=False)
+    def keep(self, series: Series, resolution: str, grid: Grid, fresh: Known) -> None:
+        for day, rows in fresh.days.items():
+            self._rows[(series, resolution, grid.row, grid.tick, day)] = rows
+            self._moving.pop((series, resolution, grid.row, grid.tick, day), None)
+        for day, moving in fresh.moving.items():
+            self._moving[(series, resolution, grid.row, grid.tick, day)] = moving
+            self._moving.move_to_end((series, resolution, grid.row, grid.tick, day))
+        for kept in (self._rows, self._moving):
+            while len(kept) > self.limit:
+                kept.popitem(last=False)
 
     def sessions(self, sources: Sequence[Series], grid: Grid) -> dict[int, Any]:
         """The kept session profiles of these sources on this grid, by day (the caller adds to it)."""
@@ -75,35 +97,39 @@ class DayRows:
 
 
 def rows_per_day(bars: pl.DataFrame, grid: Grid, start: int, end: int, settled: int,
-                 known: Mapping[Chunk, pl.DataFrame]) -> tuple[dict[int, pl.DataFrame], dict[Chunk, pl.DataFrame]]:
-    """One market's profile rows per UTC day, and the days among them worth keeping.
+                 known: Known) -> tuple[dict[int, pl.DataFrame], Known]:
+    """One market's profile rows per UTC day, and what to keep of them.
 
-    NOTE: only whole settled days are kept. Keeping the settled hours of today and of a window's
-    partial first day too was measured slower: summing a day's bars at once costs less than
-    combining its hours' rows.
+    A whole settled day is summed once. Any other day (today, a window's partial first day) is
+    summed again only when its bars changed (the open minutes' bars move at most every
+    ``OPEN_REUSE_NS``, so the several requests of one client's analysis share it).
 
     Args:
         bars: stored bars (with footprints) starting in ``[start, end]``.
         grid: the rows' grid.
         start, end: the window (ns); a day that starts before ``start`` or ends after ``end`` is partial.
         settled: bars starting before this are final.
-        known: whole days computed before.
+        known: what was kept.
 
     Returns:
-        The rows of every day that has bars (or is known), and the whole settled days among them
-        that were not known (to keep).
+        The rows of every day that has bars (or is kept whole), and what to keep.
     """
-    per_day = {first: rows for (first, length), rows in known.items()
-               if length == NS_PER_DAY and start <= first and first + NS_PER_DAY - 1 <= end}
-    fresh: dict[Chunk, pl.DataFrame] = {}
+    per_day = {d: rows for d, rows in known.days.items() if start <= d and d + NS_PER_DAY - 1 <= end}
+    fresh = Known()
     day_of = (pl.col("ts_event") // NS_PER_DAY * NS_PER_DAY).alias("day")
     todo = bars.filter(~day_of.is_in(list(per_day))) if per_day else bars
     if todo.height == 0:
         return per_day, fresh
     for (day,), group in todo.group_by(day_of, maintain_order=True):
         d = int(day)
-        rows = profile_rows(group, grid)
-        per_day[d] = rows
         if start <= d and d + NS_PER_DAY - 1 <= end and d + NS_PER_DAY <= settled:
-            fresh[(d, NS_PER_DAY)] = rows
+            per_day[d] = fresh.days[d] = profile_rows(group, grid)
+            continue
+        mark = _mark(group)
+        before = known.moving.get(d)
+        if before is not None and before[0] == mark:
+            per_day[d] = before[1]
+            continue
+        per_day[d] = profile_rows(group, grid)
+        fresh.moving[d] = (mark, per_day[d])
     return per_day, fresh

@@ -70,6 +70,7 @@ RESOLUTIONS = ("auto", "trades", "1m", "1h")
 BAR_NS = {"1m": NS_PER_MIN, "1h": NS_PER_HOUR}
 MAX_PROFILE_ROWS = 20_000  # rows from a window's low to its high at the asked row size
 CACHE_CHUNKS = 4096
+OPEN_REUSE_NS = 250_000_000  # the open minutes' bars are shared this long (ns)
 _CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
 
 
@@ -172,6 +173,8 @@ class BarCache:
         self.misses = 0
         self._frames: OrderedDict[tuple[str, Series, int], pl.DataFrame] = OrderedDict()
         self.hours: dict[Series, HourMemo] = {}  # the recent hours merged from minutes, per series
+        # the bars of the open minutes' trades: (closed_until, made at, bars), per series
+        self.open: dict[Series, tuple[int, int, pl.DataFrame]] = {}
 
     def settled_before(self, now: int) -> int:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
@@ -223,22 +226,26 @@ def _merge_in(parts: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
     return merge_bars(*parts).filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
 
 
-def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, grid: Grid | None, lot: float | None
-             ) -> pl.DataFrame:
-    """Stored minutes, the closed ones in memory, and those built from the trades not closed yet."""
+def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, grid: Grid | None, lot: float | None,
+             built: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Stored minutes, the closed ones in memory, and those built from the trades not closed yet
+    (or ``built``, the bars of those trades made by a request a moment ago); with the open bars."""
     if view is None:
-        return stored
+        return stored, None
     closed = merge_bars(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
-    open_trades = view.open_trades()
-    if open_trades is None or open_trades.height == 0:
-        return closed
-    bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=2**62, lot=lot)
+    bars = built
+    if bars is None:
+        open_trades = view.open_trades()
+        if open_trades is None or open_trades.height == 0:
+            return closed, None
+        bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=2**62,
+                          lot=lot)
     if bars.height == 0:
-        return closed
+        return closed, bars
     first = int(bars["ts_event"][0])
     before = closed.filter((pl.col("ts_event") < first) & (pl.col("ts_event") >= first - first % NS_PER_DAY))
     opened = chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0)
-    return merge_bars(closed, opened.filter(pl.col("ts_event") >= lo))
+    return merge_bars(closed, opened.filter(pl.col("ts_event") >= lo)), bars
 
 
 HourMemo = dict[int, tuple[tuple[int, int, int, float, int], pl.DataFrame]]  # hour -> (its minutes' mark, its bar)
@@ -302,9 +309,17 @@ class Reader:
             grid = None
             if view is not None and view.row is not None and inst is not None:
                 grid = Grid(inst.tick, float(view.row))
-            minutes: pl.DataFrame = await self.off(_minutes, stored, view, lo, end, grid,
-                                                   None if inst is None else inst.lot)
-            return minutes
+            # The open minutes' bars are built from their trades once per OPEN_REUSE_NS at most and
+            # shared meanwhile (as order-flow/current shares its answers): a multi-call client such
+            # as the MCP server's Wyckoff context reads them a dozen times in a few hundred ms.
+            memo = self.cache.open.get(series)
+            reuse = (memo is not None and view is not None and memo[0] == view.closed_until
+                     and 0 <= now - memo[1] < OPEN_REUSE_NS and end >= memo[1])
+            minutes, built = await self.off(_minutes, stored, view, lo, end, grid,
+                                            None if inst is None else inst.lot, memo[2] if reuse and memo else None)
+            if not reuse and view is not None and built is not None and end >= now:
+                self.cache.open[series] = (view.closed_until, now, built)
+            return minutes  # type: ignore[no-any-return]
         mark = view.closed_until if view is not None else now
         recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
         stored = await self.cache.read(self.store, self.off, BARS_1H, series, lo, recent - 1, now) \

@@ -18,7 +18,7 @@ from wadm.analytics.aggregates import common_row, row_sizes
 from wadm.analytics.bars import NS_PER_DAY
 from wadm.analytics.grid import Grid
 from wadm.analytics.profile import Profile, combine, naked_pocs, rows_from_trades, volume_profile
-from wadm.api.days import Chunk, rows_per_day
+from wadm.api.days import Known, rows_per_day
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_decimal, parse_limit, parse_number, show
 from wadm.api.query import Query
@@ -58,14 +58,14 @@ def parse_rows(raw: str | None) -> tuple[bool, int | None]:
     raise QueryError("rows", f"rows must be {_ROWS_RULE}, got {show(raw)}")
 
 
-Days = list[dict[Chunk, pl.DataFrame]]  # per source: profile rows of chunks (days or hours)
+Days = list[Known]  # per source
 
 
 def _profile(data: list[pl.DataFrame], ticks: list[float | None], grid: Grid, resolution: str,
              value_area: float, va_method: str, nodes: int, span: tuple[int, int, int], known: Days
              ) -> tuple[Profile, Days]:
     """The window's profile, and the rows of whole settled days computed on the way (to keep)."""
-    fresh: Days = [{} for _ in data]
+    fresh: Days = [Known() for _ in data]
     if resolution == "trades":
         parts = [rows_from_trades(t, Grid(tick or grid.tick, grid.row)) for t, tick in zip(data, ticks, strict=True)]
     else:

@@ -18,7 +18,7 @@ import falcon.asgi
 import orjson
 import polars as pl
 
-from wadm.analytics.aggregates import INDICATOR_SCHEMA, profile_rows
+from wadm.analytics.aggregates import INDICATOR_SCHEMA
 from wadm.analytics.combine import combine_bars, price_source
 from wadm.analytics.grid import Grid
 from wadm.analytics.orderflow import delta_divergence
@@ -33,6 +33,7 @@ from wadm.analytics.structure import (
     trend,
     wyckoff_candidates,
 )
+from wadm.api.days import Known, rows_per_day
 from wadm.api.json import rows_json, send_bytes
 from wadm.api.params import parse_choice, parse_limit
 from wadm.api.query import Query
@@ -55,8 +56,10 @@ MAX_SNAPSHOTS = 1440
 RECENT_DIVERGENCES = 10  # bar-level delta divergences listed: the newest ones
 
 
-def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, start: int, grid: Grid | None
-               ) -> dict[str, Any]:
+def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, start: int, grid: Grid | None,
+               span: tuple[int, int], known: list[Known]) -> tuple[dict[str, Any], list[Known]]:
+    """The structure of the window's bars, and the settled days' profile rows computed on the way."""
+    fresh = [Known() for _ in data]
     bars = combine_bars(data, interval).filter(pl.col("start") >= start)
     truncated = bars.height > limit
     bars = bars.tail(limit)
@@ -64,14 +67,18 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
                            "close": float(bars["close"][-1]) if bars.height else None}
     if bars.height == 0:
         return out | {"trend": "range", "bias": "neutral", "swings": [], "events": [], "range": None,
-                      "key_levels": [], "wyckoff": [], "divergences": [], "delta_divergences": []}
+                      "key_levels": [], "wyckoff": [], "divergences": [], "delta_divergences": []}, fresh
     first = int(bars["start"][0])
     sw = swings(bars, left=swing, right=swing)
     events = breaks(bars, sw)
     held = current_range(bars, sw, min_bars=2 * swing + 1)
     extra: list[tuple[str, float]] = []
     if grid is not None:
-        rows = combine(profile_rows(d.filter(pl.col("ts_event") >= first), grid) for d in data)
+        parts: list[pl.DataFrame] = []
+        for i, d in enumerate(data):
+            per_day, fresh[i] = rows_per_day(d.filter(pl.col("ts_event") >= first), grid, first, *span, known[i])
+            parts += per_day.values()
+        rows = combine(parts)
         profile = volume_profile(rows, grid)
         if profile.poc is not None:
             extra = [("poc", profile.poc), ("vah", profile.vah), ("val", profile.val)]  # type: ignore[list-item]
@@ -101,7 +108,7 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
             ms.alias("ts"),
             type=pl.when(pl.col("up_bar_negative_delta")).then(pl.lit("up_bar_negative_delta"))
             .otherwise(pl.lit("down_bar_positive_delta")))),
-    }
+    }, fresh
 
 
 class MarketStructureResource(SeriesResource):
@@ -123,7 +130,13 @@ class MarketStructureResource(SeriesResource):
                 grid = bar_grid(data, None, resolution)
             except QueryError:
                 grid = None
-            body = await ctx.work.run(_structure, data, interval, swing, limit, start, grid)
+            settled = ctx.bars.settled_before(scope.now)
+            known = [ctx.days.known(s, resolution, grid, start, scope.end) if grid else Known() for s in scope.sources]
+            body, fresh = await ctx.work.run(_structure, data, interval, swing, limit, start, grid,
+                                             (scope.end, settled), known)
+            if grid is not None:
+                for s, new in zip(scope.sources, fresh, strict=True):
+                    ctx.days.keep(s, resolution, grid, new)
             gaps = await source_gaps(ctx, scope, resolution, data, start)
         source = scope.sources[price_source(data)]
         head = describe(scope, resolution, gaps, True) | {
