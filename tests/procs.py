@@ -1,4 +1,4 @@
-"""Real processes for integration and end-to-end tests: ``wadm`` and its emulator."""
+"""Real processes for integration and end-to-end tests: ``wadm`` and its emulator (Caddy: tests/caddy.py)."""
 
 from __future__ import annotations
 
@@ -37,15 +37,14 @@ def _pump(proc: Proc) -> None:
         proc.lines.append(line.rstrip("\n"))
 
 
-def start(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
-    """Start ``python -m wadm ARGS`` with stdout and stderr captured."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Proc:
+    """Start ``argv`` with exactly ``env``, stdout and stderr captured, in a session of its own."""
     popen = subprocess.Popen(
-        [sys.executable, "-m", "wadm", *args],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=full_env,
+        env=env,
         cwd=cwd,
         start_new_session=True,
     )
@@ -53,6 +52,11 @@ def start(args: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     proc.pump = threading.Thread(target=_pump, args=(proc,), daemon=True)
     proc.pump.start()
     return proc
+
+
+def start(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    """Start ``python -m wadm ARGS`` with stdout and stderr captured."""
+    return spawn([sys.executable, "-m", "wadm", *args], {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd)
 
 
 def stop(proc: Proc, timeout: float = 40) -> int:

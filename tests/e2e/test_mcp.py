@@ -10,6 +10,7 @@ tool errors the model can act on, and the session goes on.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import warnings
@@ -156,7 +157,9 @@ def test_every_tool_in_memory_equals_the_rest_api(setup: Setup) -> None:
         got = {k: v.structured_content or {} for k, v in answers.items()}
         _check_against_rest(s, got)
         for name, result in answers.items():
-            assert len(TOKENS.encode(_text(result))) <= 1500, f"{name}'s answer is over the model's token budget"
+            structured = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
+            for form, text in (("text", _text(result)), ("structured content", structured)):
+                assert len(TOKENS.encode(text)) <= 1500, f"{name}'s {form} is over the model's token budget"
     finally:
         s.control("resume")
 

@@ -71,6 +71,7 @@ BAR_NS = {"1m": NS_PER_MIN, "1h": NS_PER_HOUR}
 MAX_PROFILE_ROWS = 20_000  # rows from a window's low to its high at the asked row size
 CACHE_CHUNKS = 4096
 OPEN_REUSE_NS = 250_000_000  # the open minutes' bars are shared this long (ns)
+LOADED_REUSE_NS = 1_000_000_000  # bars loaded for a window ending now serve later requests this long (ns)
 _CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
 
 
@@ -175,6 +176,8 @@ class BarCache:
         self.hours: dict[Series, HourMemo] = {}  # the recent hours merged from minutes, per series
         # the bars of the open minutes' trades: (closed_until, made at, bars), per series
         self.open: dict[Series, tuple[int, int, pl.DataFrame]] = {}
+        # bars loaded for a window ending now: (from, made at, bars), per series and resolution
+        self.loaded: dict[tuple[Series, str], tuple[int, int, pl.DataFrame]] = {}
 
     def settled_before(self, now: int) -> int:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
@@ -223,7 +226,28 @@ def _split(stored: pl.DataFrame, first: int, keep: int, step: int
 
 
 def _merge_in(parts: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
-    return merge_bars(*parts).filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+    # PERF: the parts are whole chunks and the rest after them, each one revision a bar and sorted:
+    # appending them is their merge (sorting bars with footprints again cost most of a cached read).
+    present = [p for p in parts if p.height]
+    if not present:
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA)
+    merged = present[0] if len(present) == 1 else pl.concat(present)
+    return merged.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
+
+
+def _merge_tail(base: pl.DataFrame, newer: pl.DataFrame) -> pl.DataFrame:
+    """``merge_bars(base, newer)`` for a ``base`` already merged (sorted, one revision a bar): only
+    the part that ``newer`` reaches is merged again."""
+    if newer.height and base.height:
+        # Bars the base holds at the same revision already (the store has most of what memory has).
+        newer = newer.join(base.select("ts_event", "revision"), on=["ts_event", "revision"], how="anti")
+    if newer.height == 0:
+        return base
+    if base.height == 0:
+        return merge_bars(newer)
+    cut = int(newer["ts_event"].min())  # type: ignore[arg-type]
+    return pl.concat([base.filter(pl.col("ts_event") < cut),
+                      merge_bars(base.filter(pl.col("ts_event") >= cut), newer)])
 
 
 def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, grid: Grid | None, lot: float | None,
@@ -232,7 +256,7 @@ def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, gri
     (or ``built``, the bars of those trades made by a request a moment ago); with the open bars."""
     if view is None:
         return stored, None
-    closed = merge_bars(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
+    closed = _merge_tail(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
     bars = built
     if bars is None:
         open_trades = view.open_trades()
@@ -245,7 +269,7 @@ def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, gri
     first = int(bars["ts_event"][0])
     before = closed.filter((pl.col("ts_event") < first) & (pl.col("ts_event") >= first - first % NS_PER_DAY))
     opened = chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0)
-    return merge_bars(closed, opened.filter(pl.col("ts_event") >= lo)), bars
+    return _merge_tail(closed, opened.filter(pl.col("ts_event") >= lo)), bars
 
 
 HourMemo = dict[int, tuple[tuple[int, int, int, float, int], pl.DataFrame]]  # hour -> (its minutes' mark, its bar)
@@ -255,7 +279,7 @@ def _hours(stored: pl.DataFrame, minutes: pl.DataFrame, memo: HourMemo) -> tuple
     """Stored hours and the hours since then merged from their minutes; an hour whose minutes are
     the ones it was merged from before (same count, revisions, volume and trades) is reused."""
     if minutes.height == 0:
-        return merge_bars(stored, minutes), {}
+        return stored, {}
     parts, fresh = [], {}
     for (hour,), group in minutes.group_by(pl.col("ts_event") // NS_PER_HOUR * NS_PER_HOUR, maintain_order=True):
         h = int(hour)
@@ -266,7 +290,7 @@ def _hours(stored: pl.DataFrame, minutes: pl.DataFrame, memo: HourMemo) -> tuple
             found = (mark, hour_bars(group, NS_PER_HOUR, revision=2**62))
         fresh[h] = found
         parts.append(found[1])
-    return merge_bars(stored, pl.concat(parts)), fresh
+    return _merge_tail(stored, pl.concat(parts)), fresh
 
 
 _TRADE_COLUMNS = ("ts_event", "id", "price", "qty", "side")
@@ -302,6 +326,18 @@ class Reader:
         """
         step = BAR_NS[resolution]
         lo = start - start % step
+        # The requests of one analysis (the MCP server's Wyckoff context makes eight at once) read
+        # the same bars: what one loaded for a window ending now serves the others for a moment.
+        loaded = self.cache.loaded.get((series, resolution))
+        if loaded is not None and loaded[0] <= lo and end >= loaded[1] and 0 <= now - loaded[1] < LOADED_REUSE_NS:
+            shared: pl.DataFrame = await self.off(loaded[2].filter, pl.col("ts_event") >= lo)
+            return shared
+        bars = await self._load(series, resolution, lo, end, now)
+        if end >= now and (loaded is None or lo <= loaded[0] or now - loaded[1] >= LOADED_REUSE_NS):
+            self.cache.loaded[(series, resolution)] = (lo, now, bars)
+        return bars
+
+    async def _load(self, series: Series, resolution: str, lo: int, end: int, now: int) -> pl.DataFrame:
         view = self.live.bars(series)  # read on the loop: the scheduler's state is only copied here
         if resolution == "1m":
             stored = await self.cache.read(self.store, self.off, BARS_1M, series, lo, end, now)

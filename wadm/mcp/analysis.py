@@ -293,6 +293,11 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
         "footprint": client.get(f"/api/v1/order-flow/{symbol}/footprint", where | {"interval": "15m", "limit": 16}),
         "gaps": client.get("/api/v1/gaps", where | {"symbol": symbol, "window": "24h", "limit": 1000}),
     }
+    # First the two calls that read the widest windows (7 days of hourly bars from a 4h boundary,
+    # 24 hours of minutes): WADM keeps what they loaded for a moment, and the six others, sent
+    # together once those are in, read it instead of loading it again.
+    first = ("structure_4h", "structure_15m")
+    await asyncio.gather(*(_part(parts, failed, k, calls.pop(k)) for k in first))
     await asyncio.gather(*(_part(parts, failed, k, c) for k, c in calls.items()))
     if len(failed) == len(calls):
         raise ToolError(next(iter(failed.values())))
@@ -312,12 +317,12 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
                 value["naked_pocs"] = prof.naked_pocs
     bars = [_fp_bar(b, p, False) for b in (parts.get("footprint", {}).get("bars") or [])]
     clusters = [{"time": b["start"], **s} for b in bars for s in b["stacked"]][-4:]
-    result = m.Context(
+    detail = m.ContextDetail(
         **scope, price=flow.price if flow else None,
         price_source=_source(parts.get("structure_1h")), cvd_today=flow.cvd if flow else None,
         deltas={k: w["delta"] for k, w in flow.windows.items()} if flow else {},
         timeframes={iv: {"trend": f.trend, "bias": f.bias, "range": f.range,
-                         "swings": [[s["label"] or s["kind"], s["price"], s["time"]] for s in f.swings[-4:]],
+                         "swings": [[s["label"] or s["kind"], s["price"]] for s in f.swings[-4:]],
                          "events": [[e["direction"], e["type"], e["level"], e["time"]] for e in f.events[-2:]]}
                     for iv, f in frames.items()},
         value=value,
@@ -329,7 +334,29 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
         book=[{"market": b["market"], "state": b["state"], "imbalance": b["imbalance"]} for b in flow.book] if flow
         else [],
         completeness=_completeness(parts, found), unavailable=failed)
-    return result, _context_text(result, found, parts)
+    return _compact(detail), _context_text(detail, found, parts)
+
+
+def _compact(r: m.ContextDetail) -> m.Context:
+    """The structured copy of the context: rows as lists under ``columns``, a third of the tokens."""
+    def rows(items: Rows, keys: list[str]) -> list[list[Any]]:
+        return [[item.get(k) for k in keys] for item in items]
+
+    frames = {iv: f | {"range": None if not f["range"] else [f["range"]["low"], f["range"]["high"],
+                                                              f["range"]["since"]]}
+              for iv, f in r.timeframes.items()}
+    return m.Context(
+        symbol=r.symbol, markets=r.markets, time=r.time, data_complete=r.data_complete, gaps=r.gaps,
+        columns=m.CONTEXT_COLUMNS, price=r.price, price_source=r.price_source, cvd_today=r.cvd_today,
+        deltas=r.deltas, timeframes=frames, value=r.value,
+        divergences=rows(r.divergences, ["interval", "direction", "kind", "price", "prev_price", "cum_delta",
+                                         "prev_cum_delta", "time"]),
+        absorption=rows(r.absorption, ["interval", "time", "type"]),
+        imbalance_clusters=rows(r.imbalance_clusters, ["time", "side", "from", "to"]),
+        wyckoff=rows(r.wyckoff, ["interval", "type", "level", "time", "volume_ratio", "atr_multiple"]),
+        large_trades={k: v for k, v in r.large_trades.items() if k != "newest"},
+        book={b["market"]: [b["imbalance"].get(k) for k in ("0.1%", "0.5%", "1%")] for b in r.book},
+        completeness=r.completeness, unavailable=r.unavailable)
 
 
 def _source(body: dict[str, Any] | None) -> str | None:
@@ -360,7 +387,7 @@ def _completeness(parts: dict[str, Any], found: list[Listing]) -> dict[str, Any]
             "window_gaps_by_reason": reasons}
 
 
-def _context_text(r: m.Context, found: list[Listing], parts: dict[str, Any]) -> str:
+def _context_text(r: m.ContextDetail, found: list[Listing], parts: dict[str, Any]) -> str:
     over = _over(found, next(iter(parts.values()), {}))
     lines = [f"{r.symbol} Wyckoff context at {r.time} ({over}; prices from {r.price_source})",
              f"price {r.price} | CVD today {r.cvd_today} | delta " + ", ".join(f"{k} {v}" for k, v in r.deltas.items())]
@@ -369,7 +396,7 @@ def _context_text(r: m.Context, found: list[Listing], parts: dict[str, Any]) -> 
         if f["range"]:
             line += f", range {f['range']['low']}–{f['range']['high']} since {_short(f['range']['since'])}"
         if f["swings"]:
-            line += "; swings " + ", ".join(f"{label} {price}" for label, price, _ in f["swings"])
+            line += "; swings " + ", ".join(f"{label} {price}" for label, price in f["swings"])
         if f["events"]:
             line += "; breaks " + ", ".join(f"{direction} {kind} {level} {_short(at)}"
                                             for direction, kind, level, at in f["events"])

@@ -156,9 +156,8 @@ class Gaps(BaseModel):
     gaps: Rows
 
 
-class Context(Scope):
-    """``timeframes``: per interval its trend, bias and range, ``swings`` as [label, price, time] and
-    ``events`` (breaks) as [direction, type, level, time]."""
+class ContextDetail(Scope):
+    """Everything the Wyckoff context found, as the text rendering reads it (not sent as is)."""
 
     price: float | None
     price_source: str | None
@@ -172,5 +171,40 @@ class Context(Scope):
     wyckoff: Rows
     large_trades: dict[str, Any]
     book: Rows
+    completeness: dict[str, Any]
+    unavailable: dict[str, str]
+
+
+CONTEXT_COLUMNS = {
+    "swings": ["label", "price"],
+    "events": ["direction", "type", "level", "time"],
+    "range": ["low", "high", "since"],
+    "divergences": ["interval", "direction", "swing", "price", "prev_price", "cum_delta", "prev_cum_delta", "time"],
+    "absorption": ["interval", "time", "bar"],
+    "imbalance_clusters": ["time", "side", "from", "to"],
+    "wyckoff": ["interval", "type", "level", "time", "volume_ratio", "atr_multiple"],
+    "book": ["imbalance_0.1%", "imbalance_0.5%", "imbalance_1%"],
+}
+
+
+class Context(Scope):
+    """The Wyckoff context in rows without repeated keys: ``columns`` names each list's fields.
+
+    ``timeframes``: per interval (4h, 1h, 15m) its trend, bias, range, newest swings and breaks;
+    ``value``: session (UTC day) and 7-day POC/VAH/VAL, naked POCs; ``book``: per market."""
+
+    columns: dict[str, list[str]]
+    price: float | None
+    price_source: str | None
+    cvd_today: float | None
+    deltas: dict[str, float | None]
+    timeframes: dict[str, dict[str, Any]]
+    value: dict[str, Any]
+    divergences: list[list[Any]]
+    absorption: list[list[Any]]
+    imbalance_clusters: list[list[Any]]
+    wyckoff: list[list[Any]]
+    large_trades: dict[str, Any]
+    book: dict[str, list[float | None]]
     completeness: dict[str, Any]
     unavailable: dict[str, str]
