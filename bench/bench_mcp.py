@@ -169,7 +169,7 @@ async def measure(api: str) -> tuple[list[tuple[str, str, int, int, bool]], dict
             await client.call_tool("get_wyckoff_context", {"symbol": "BTCUSDT"})
             times.setdefault("get_wyckoff_context BTCUSDT, back to back", []).append(time.perf_counter() - t)
         example = _text(await client.call_tool("get_wyckoff_context", {"symbol": "BTCUSDT"}))
-    # Where the context's time goes: each of its REST calls alone, one after another.
+    # Where the context's time goes: each of its REST calls alone, 1.5 s apart.
     day = time.time_ns() // DAY * DAY // 1_000_000
     parts = {"market-structure 4h 7d": "/api/v1/market-structure/BTCUSDT?interval=4h&window=7d",
              "market-structure 1h 7d": "/api/v1/market-structure/BTCUSDT?interval=1h&window=7d",
@@ -182,6 +182,7 @@ async def measure(api: str) -> tuple[list[tuple[str, str, int, int, bool]], dict
     async with httpx.AsyncClient(base_url=api, headers={"X-API-Key": KEY}, timeout=60) as http:
         for label, path in parts.items():
             for _ in range(10):
+                await asyncio.sleep(GAP_S)  # nothing shared from the call before
                 t = time.perf_counter()
                 (await http.get(path)).raise_for_status()
                 times.setdefault(f"REST {label} (BTCUSDT, alone)", []).append(time.perf_counter() - t)

@@ -108,7 +108,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "get": {
                     "summary": "Known windows of missing or unverified data, oldest first.",
                     "parameters": [
-                        _param("symbol", "query", "Only this symbol.", _SYMBOL_SCHEMA),
+                        _param("symbol", "query", "Only this symbol, on every market it is collected on "
+                               "unless exchange or market narrow it.", _SYMBOL_SCHEMA),
                         *_SERIES[1:],
                         *_RANGE,
                         _param("limit", "query", "Rows, 1 to 10000 (default 1000).",

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -178,6 +179,8 @@ class BarCache:
         self.open: dict[Series, tuple[int, int, pl.DataFrame]] = {}
         # bars loaded for a window ending now: (from, made at, bars), per series and resolution
         self.loaded: dict[tuple[Series, str], tuple[int, int, pl.DataFrame]] = {}
+        # loads under way: (from, started at, their bars to come)
+        self.pending: dict[tuple[Series, str], tuple[int, int, asyncio.Future[pl.DataFrame | None]]] = {}
 
     def settled_before(self, now: int) -> int:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
@@ -328,13 +331,32 @@ class Reader:
         lo = start - start % step
         # The requests of one analysis (the MCP server's Wyckoff context makes eight at once) read
         # the same bars: what one loaded for a window ending now serves the others for a moment.
-        loaded = self.cache.loaded.get((series, resolution))
+        # A load of the same bars already under way (requests sent at once) is waited for, not repeated.
+        key = (series, resolution)
+        loaded = self.cache.loaded.get(key)
         if loaded is not None and loaded[0] <= lo and end >= loaded[1] and 0 <= now - loaded[1] < LOADED_REUSE_NS:
             shared: pl.DataFrame = await self.off(loaded[2].filter, pl.col("ts_event") >= lo)
             return shared
-        bars = await self._load(series, resolution, lo, end, now)
+        pending = self.cache.pending.get(key)
+        if pending is not None and pending[0] <= lo and end >= pending[1]:
+            awaited = await asyncio.shield(pending[2])
+            if awaited is not None:
+                waited: pl.DataFrame = await self.off(awaited.filter, pl.col("ts_event") >= lo)
+                return waited
+        mine: tuple[int, int, asyncio.Future[pl.DataFrame | None]] | None = None
+        if end >= now and (pending is None or lo < pending[0]):
+            mine = (lo, now, asyncio.get_running_loop().create_future())
+            self.cache.pending[key] = mine
+        bars: pl.DataFrame | None = None
+        try:
+            bars = await self._load(series, resolution, lo, end, now)
+        finally:
+            if mine is not None:
+                mine[2].set_result(bars)  # None when the load failed: the waiters load for themselves
+                if self.cache.pending.get(key) is mine:
+                    del self.cache.pending[key]
         if end >= now and (loaded is None or lo <= loaded[0] or now - loaded[1] >= LOADED_REUSE_NS):
-            self.cache.loaded[(series, resolution)] = (lo, now, bars)
+            self.cache.loaded[key] = (lo, now, bars)
         return bars
 
     async def _load(self, series: Series, resolution: str, lo: int, end: int, now: int) -> pl.DataFrame:
