@@ -72,6 +72,7 @@ BAR_NS = {"1m": NS_PER_MIN, "1h": NS_PER_HOUR}
 MAX_PROFILE_ROWS = 20_000  # rows from a window's low to its high at the asked row size
 CACHE_CHUNKS = 4096
 OPEN_REUSE_NS = 250_000_000  # the open minutes' bars are shared this long (ns)
+OPEN_REVISION = 2**62  # the revision of bars built from the trades of minutes not closed yet
 LOADED_REUSE_NS = 1_000_000_000  # bars loaded for a window ending now serve later requests this long (ns)
 _CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
 
@@ -265,7 +266,7 @@ def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, gri
         open_trades = view.open_trades()
         if open_trades is None or open_trades.height == 0:
             return closed, None
-        bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=2**62,
+        bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=OPEN_REVISION,
                           lot=lot)
     if bars.height == 0:
         return closed, bars
@@ -290,7 +291,7 @@ def _hours(stored: pl.DataFrame, minutes: pl.DataFrame, memo: HourMemo) -> tuple
                 float(group["volume"].sum()), int(group["trades"].sum()))
         found = memo.get(h)
         if found is None or found[0] != mark:
-            found = (mark, hour_bars(group, NS_PER_HOUR, revision=2**62))
+            found = (mark, hour_bars(group, NS_PER_HOUR, revision=OPEN_REVISION))
         fresh[h] = found
         parts.append(found[1])
     return _merge_tail(stored, pl.concat(parts)), fresh
