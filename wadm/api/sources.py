@@ -74,6 +74,7 @@ CACHE_CHUNKS = 4096
 OPEN_REUSE_NS = 250_000_000  # the open minutes' bars are shared this long (ns)
 OPEN_REVISION = 2**62  # the revision of bars built from the trades of minutes not closed yet
 LOADED_REUSE_NS = 1_000_000_000  # bars loaded for a window ending now serve later requests this long (ns)
+STABLE_REUSE_NS = 600 * NS_PER_S  # and their settled part this long: only the rest is loaded again
 _CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
 
 
@@ -239,6 +240,12 @@ def _merge_in(parts: list[pl.DataFrame], start: int, end: int) -> pl.DataFrame:
     return merged.filter((pl.col("ts_event") >= start) & (pl.col("ts_event") <= end))
 
 
+def _join_at(head: pl.DataFrame, tail: pl.DataFrame, lo: int, cut: int) -> pl.DataFrame:
+    """Settled bars of ``head`` from ``lo`` up to ``cut``, then ``tail`` (which starts at ``cut``)."""
+    kept = head.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") < cut))
+    return pl.concat([kept, tail.filter(pl.col("ts_event") >= cut)]) if tail.height else kept
+
+
 def _merge_tail(base: pl.DataFrame, newer: pl.DataFrame) -> pl.DataFrame:
     """``merge_bars(base, newer)`` for a ``base`` already merged (sorted, one revision a bar): only
     the part that ``newer`` reaches is merged again."""
@@ -350,7 +357,7 @@ class Reader:
             self.cache.pending[key] = mine
         bars: pl.DataFrame | None = None
         try:
-            bars = await self._load(series, resolution, lo, end, now)
+            bars = await self._refresh(series, resolution, lo, end, now, loaded)
         finally:
             if mine is not None:
                 mine[2].set_result(bars)  # None when the load failed: the waiters load for themselves
@@ -359,6 +366,20 @@ class Reader:
         if end >= now and (loaded is None or lo <= loaded[0] or now - loaded[1] >= LOADED_REUSE_NS):
             self.cache.loaded[key] = (lo, now, bars)
         return bars
+
+    async def _refresh(self, series: Series, resolution: str, lo: int, end: int, now: int,
+                       loaded: tuple[int, int, pl.DataFrame] | None) -> pl.DataFrame:
+        """Load the bars; when an earlier load (of a window ending then) covers ``lo``, keep the part
+        of it that had settled by then and load only what could still change."""
+        if loaded is not None and end >= now and loaded[0] <= lo and 0 <= now - loaded[1] < STABLE_REUSE_NS:
+            step = BAR_NS[resolution]
+            cut = self.cache.settled_before(loaded[1])
+            cut -= cut % step
+            if cut > lo:
+                tail = await self._load(series, resolution, cut, end, now)
+                joined: pl.DataFrame = await self.off(_join_at, loaded[2], tail, lo, cut)
+                return joined
+        return await self._load(series, resolution, lo, end, now)
 
     async def _load(self, series: Series, resolution: str, lo: int, end: int, now: int) -> pl.DataFrame:
         view = self.live.bars(series)  # read on the loop: the scheduler's state is only copied here
