@@ -142,7 +142,11 @@ def test_every_tool_in_memory_equals_the_rest_api(setup: Setup) -> None:
     s = setup
     s.control("pause")
     try:
-        time.sleep(1.5)  # what was on the wire when the market paused arrives
+        # What was on the wire when the market paused arrives (the emulator's Binance klines update
+        # the open bar every 2 s), and no minute turns during the comparison (a new kline would).
+        time.sleep(3)
+        if time.time() % 60 > 40:
+            time.sleep(63 - time.time() % 60)
         wait_for(lambda: s.rest("/health")["store"]["pending_rows"] == 0, 10, "the writer to catch up", s.app)
 
         async def run() -> dict[str, CallToolResult]:
