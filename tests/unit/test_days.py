@@ -22,9 +22,8 @@ T0 = 1_795_000_000 * 10**9 // NS_PER_DAY * NS_PER_DAY  # a UTC midnight
 SERIES = Series(Venue.BINANCE, Market.SPOT, "BTCUSDT")
 
 
-def _bars(days: float, every_s: int = 20) -> pl.DataFrame:
-    rng = random.Random(7)
-    ts = list(range(T0, T0 + int(days * NS_PER_DAY), every_s * 10**9))
+def minute_bars(ts: list[int], rng: random.Random) -> pl.DataFrame:
+    """1m bars (footprints on GRID, CVD chained) of a random walk from 60,000 traded at ``ts``."""
     price, prices = 60_000.0, []
     for _ in ts:
         price += rng.gauss(0, 8)
@@ -33,6 +32,10 @@ def _bars(days: float, every_s: int = 20) -> pl.DataFrame:
                            "qty": [rng.randrange(1, 5000) / 1e5 for _ in ts],
                            "side": [rng.choice((1, -1)) for _ in ts]}, schema=TRADE_SCHEMA_INT_ID)
     return chain_cvd(build_bars(trades, MIN, grid=GRID, revision=1, lot=1e-5))
+
+
+def _bars(days: float, every_s: int = 20) -> pl.DataFrame:
+    return minute_bars(list(range(T0, T0 + int(days * NS_PER_DAY), every_s * 10**9)), random.Random(7))
 
 
 @pytest.mark.parametrize("resolution", ["1m", "1h"])

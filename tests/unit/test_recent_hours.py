@@ -8,25 +8,16 @@ import random
 import polars as pl
 import pytest
 
-from tests.unit.test_days import GRID, MIN, T0
-from wadm.analytics.aggregates import STORED_BAR_SCHEMA, build_bars, chain_cvd, footprint_cells, hour_bars
+from tests.unit.test_days import MIN, T0, minute_bars
+from wadm.analytics.aggregates import STORED_BAR_SCHEMA, footprint_cells, hour_bars
 from wadm.api.sources import OPEN_REVISION, HourMemo, _hours
-from wadm.records import TRADE_SCHEMA_INT_ID
 
 HOUR = 60 * MIN
 
 
 def _minutes(n: int, open_from: int) -> pl.DataFrame:
     rng = random.Random(3)
-    ts = sorted(T0 + rng.randrange(n * MIN) for _ in range(n * 40))
-    price, prices = 60_000.0, []
-    for _ in ts:
-        price += rng.gauss(0, 6)
-        prices.append(round(price, 2))
-    trades = pl.DataFrame({"ts_event": ts, "ts_recv": ts, "id": range(1, len(ts) + 1), "price": prices,
-                           "qty": [rng.randrange(1, 3000) / 1e5 for _ in ts],
-                           "side": [rng.choice((1, -1)) for _ in ts]}, schema=TRADE_SCHEMA_INT_ID)
-    bars = chain_cvd(build_bars(trades, MIN, grid=GRID, revision=1, lot=1e-5))
+    bars = minute_bars(sorted(T0 + rng.randrange(n * MIN) for _ in range(n * 40)), rng)
     return bars.with_columns(revision=pl.when(pl.col("ts_event") >= T0 + open_from * MIN)
                              .then(pl.lit(OPEN_REVISION)).otherwise(pl.col("revision")))
 

@@ -16,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from wadm.mcp import models as m
 from wadm.mcp.client import Listing, WadmClient
-from wadm.mcp.fmt import Precision, iso, rnd
+from wadm.mcp.fmt import Precision, iso, rnd, signed
 from wadm.mcp.tools import gap_note, names, scope_of
 
 __all__ = ["footprint", "market_structure", "order_flow", "volume_profile", "wyckoff_context"]
@@ -145,7 +145,7 @@ def _flow_text(r: m.Flow) -> str:
             f"{s['side']} {s['from']}–{s['to']} ({s['rows']} rows) {s['time'][11:16]}" for s in r.stacked_imbalances))
     for b in r.book:
         lines.append(f"book {b['market']} {b['state']}: mid {b['mid']} spread {b['spread']} imbalance "
-                     + " ".join(f"{k} {_signed(v, 3)}" for k, v in b["imbalance"].items()))
+                     + " ".join(f"{k} {signed(v, 3)}" for k, v in b["imbalance"].items()))
     return "\n".join(lines)
 
 
@@ -241,24 +241,29 @@ def _structure_text(r: m.Structure) -> str:
         lines.append("breaks: " + ", ".join(f"{e['direction']} {e['type']} {e['level']} {_short(e['time'])}"
                                             for e in r.events))
     if r.key_levels:
-        lines.append("key levels: " + ", ".join(f"{k['kind']} {k['price']} ({_signed(k['distance_pct'], 2)}%)"
+        lines.append("key levels: " + ", ".join(f"{k['kind']} {k['price']} ({signed(k['distance_pct'], 2)}%)"
                                                 for k in r.key_levels))
     if r.wyckoff:
-        lines.append("Wyckoff candidates (inputs, not verdicts): " + ", ".join(
-            f"{w['type']} {w['level']} {_short(w['time'])} vol×{w['volume_ratio']} {w['atr_multiple']} ATR"
-            for w in r.wyckoff))
+        lines.append("Wyckoff candidates (inputs, not verdicts): " + ", ".join(_candidate(w) for w in r.wyckoff))
     if r.divergences:
         lines.append("CVD divergences: " + ", ".join(
-            f"{d['direction']} at {d['kind']} {d['price']} vs {d['prev_price']} (cum delta {d['cum_delta']} vs "
-            f"{d['prev_cum_delta']}) {_short(d['time'])}" for d in r.divergences))
+            f"{d['direction']} at {d['kind']} {d['price']} vs {d['prev_price']} {_cum(d)} {_short(d['time'])}"
+            for d in r.divergences))
     if r.delta_divergences:
-        lines.append("bars closing against their delta: " + ", ".join(
-            f"{_short(d['time'])} {d['type'].replace('_', ' ')}" for d in r.delta_divergences))
+        lines.append("bars closing against their delta: " + ", ".join(_against(d) for d in r.delta_divergences))
     return "\n".join(lines)
 
 
-def _signed(value: float | None, places: int) -> str:
-    return "n/a" if value is None else f"{value:+.{places}f}"
+def _candidate(w: dict[str, Any]) -> str:
+    return f"{w['type']} {w['level']} {_short(w['time'])} vol×{w['volume_ratio']} {w['atr_multiple']} ATR"
+
+
+def _cum(d: dict[str, Any]) -> str:
+    return f"(cum delta {d['cum_delta']} vs {d['prev_cum_delta']})"
+
+
+def _against(d: dict[str, Any]) -> str:
+    return f"{_short(d['time'])} {d['type'].replace('_', ' ')}"
 
 
 def _short(t: str | None) -> str:
@@ -409,25 +414,24 @@ def _context_text(r: m.ContextDetail, found: list[Listing], parts: dict[str, Any
         lines.append("naked POCs: " + ", ".join(f"{n['poc']} ({n['session']})" for n in r.value["naked_pocs"]))
     if r.divergences:
         lines.append("CVD divergences at swings: " + "; ".join(
-            f"{d['interval']} {d['direction']} {d['kind']} {d['price']} vs {d['prev_price']} "
-            f"(cum delta {d['cum_delta']} vs {d['prev_cum_delta']})" for d in r.divergences))
+            f"{d['interval']} {d['direction']} {d['kind']} {d['price']} vs {d['prev_price']} {_cum(d)}"
+            for d in r.divergences))
     if r.absorption:
         lines.append("absorption (bars closing against their delta): " + ", ".join(
-            f"{d['interval']} {_short(d['time'])} {d['type'].replace('_', ' ')}" for d in r.absorption))
+            f"{d['interval']} {_against(d)}" for d in r.absorption))
     if r.imbalance_clusters:
         lines.append("stacked imbalances (15m): " + ", ".join(
             f"{c['side']} {c['from']}–{c['to']} {_short(c['time'])}" for c in r.imbalance_clusters))
     if r.wyckoff:
         lines.append("Wyckoff candidates (inputs, not verdicts): " + "; ".join(
-            f"{w['interval']} {w['type']} {w['level']} {_short(w['time'])} vol×{w['volume_ratio']} "
-            f"{w['atr_multiple']} ATR" for w in r.wyckoff))
+            f"{w['interval']} {_candidate(w)}" for w in r.wyckoff))
     lt = r.large_trades
     if lt.get("count"):
         lines.append(f"large trades (≥ {lt['threshold']:,.0f}, last 15m): {lt['count']} listed, buy "
                      f"{lt['buy_notional']:,} vs sell {lt['sell_notional']:,}")
     for b in r.book:
         lines.append(f"book {b['market']} {b['state']}: imbalance " + " ".join(
-            f"{k} {_signed(v, 3)}" for k, v in b["imbalance"].items()))
+            f"{k} {signed(v, 3)}" for k, v in b["imbalance"].items()))
     c = r.completeness
     why = ", ".join(f"{k.replace('_', ' ')} ×{v}" for k, v in c["window_gaps_by_reason"].items())
     lines.append(f"data: {'complete' if r.data_complete else 'INCOMPLETE (' + why + ')'}; collected since "

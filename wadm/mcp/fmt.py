@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from wadm.mcp.client import Listing
 
-__all__ = ["Precision", "iso", "pct", "rnd", "span"]
+__all__ = ["Precision", "iso", "pct", "rnd", "signed", "span"]
 
 
 def _decimals(step: float | None, default: int) -> int:
@@ -60,6 +60,13 @@ def iso(ms: int | float | None, *, millis: bool = False) -> str | None:
 def rnd(value: float | None, places: int) -> float | None:
     """``round`` that lets a missing number through."""
     return None if value is None else round(value, places)
+
+
+def signed(value: float | None, places: int | None = None) -> str:
+    """``+0.12`` / ``-3.4``: a change or an imbalance with its sign (``places`` fixed, else as short as it goes)."""
+    if value is None:
+        return "n/a"
+    return f"{value:+g}" if places is None else f"{value:+.{places}f}"
 
 
 def pct(new: float | None, old: float | None) -> float | None:

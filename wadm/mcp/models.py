@@ -156,23 +156,26 @@ class Gaps(BaseModel):
     gaps: Rows
 
 
-class ContextDetail(Scope):
-    """Everything the Wyckoff context found, as the text rendering reads it (not sent as is)."""
-
+class _ContextHead(Scope):
     price: float | None
     price_source: str | None
     cvd_today: float | None
     deltas: dict[str, float | None]
     timeframes: dict[str, dict[str, Any]]
     value: dict[str, Any]
+    large_trades: dict[str, Any]
+    completeness: dict[str, Any]
+    unavailable: dict[str, str]
+
+
+class ContextDetail(_ContextHead):
+    """Everything the Wyckoff context found, as the text rendering reads it (not sent as is)."""
+
     divergences: Rows
     absorption: Rows
     imbalance_clusters: Rows
     wyckoff: Rows
-    large_trades: dict[str, Any]
     book: Rows
-    completeness: dict[str, Any]
-    unavailable: dict[str, str]
 
 
 CONTEXT_COLUMNS = {
@@ -187,24 +190,15 @@ CONTEXT_COLUMNS = {
 }
 
 
-class Context(Scope):
+class Context(_ContextHead):
     """The Wyckoff context in rows without repeated keys: ``columns`` names each list's fields.
 
     ``timeframes``: per interval (4h, 1h, 15m) its trend, bias, range, newest swings and breaks;
     ``value``: session (UTC day) and 7-day POC/VAH/VAL, naked POCs; ``book``: per market."""
 
     columns: dict[str, list[str]]
-    price: float | None
-    price_source: str | None
-    cvd_today: float | None
-    deltas: dict[str, float | None]
-    timeframes: dict[str, dict[str, Any]]
-    value: dict[str, Any]
     divergences: list[list[Any]]
     absorption: list[list[Any]]
     imbalance_clusters: list[list[Any]]
     wyckoff: list[list[Any]]
-    large_trades: dict[str, Any]
     book: dict[str, list[float | None]]
-    completeness: dict[str, Any]
-    unavailable: dict[str, str]

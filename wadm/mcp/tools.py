@@ -15,7 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from wadm.mcp import models as m
 from wadm.mcp.client import Listing, WadmClient
-from wadm.mcp.fmt import Precision, iso, pct, rnd, span
+from wadm.mcp.fmt import Precision, iso, pct, rnd, signed, span
 
 __all__ = ["book", "data_gaps", "markets", "ohlcv", "price", "recent_trades", "status"]
 
@@ -145,10 +145,6 @@ async def price(client: WadmClient, symbol: str, exchange: str | None, market: s
                  f" | 24h {signed(row['change_24h_pct'])}% vol {row['volume_24h']}")
         lines.append(line)
     return m.Price(symbol=symbol, time=iso(time.time() * 1000), markets=rows), "\n".join(lines)
-
-
-def signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+g}"
 
 
 async def ohlcv(client: WadmClient, symbol: str, exchange: str | None, market: str | None, interval: str,
