@@ -42,6 +42,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -352,6 +353,7 @@ def _settings(emu: EmulatorProc) -> Settings:
         targets=(StreamTarget(venue=Venue.BINANCE, market=Market.SPOT, symbols=SYMBOLS),),
         binance_spot_ws_url=emu.spot_url,
         channels=("trades",),
+        data_dir=Path(tempfile.mkdtemp(prefix="wadm-bench-pipeline-")),  # its spool, if the store falls behind
     )
 
 

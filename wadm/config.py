@@ -53,6 +53,9 @@ DEFAULT_URLS: dict[str, str] = {
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 SYMBOL_RULE = "a symbol is 2-20 ASCII letters or digits as the venue writes it, e.g. BTCUSDT"
 DEFAULT_DATA_DIR = Path("data")
+DEFAULT_SPOOL_BYTES = 4 * 1024**3  # a day of the default symbols at their usual rates (bench/README.md, disk use)
+ALERT_FORMATS = ("json", "slack", "discord", "telegram")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 BINANCE_TRADE_STREAMS = ("aggTrade", "trade")
 BYBIT_BOOK_DEPTHS = (1, 50, 200, 1000)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -110,6 +113,13 @@ class Settings:
     flush_interval: float = 1.0
     buffer_max_rows: int = 500_000
     writer_max_pending_rows: int = 5_000_000
+    spool_max_bytes: int = DEFAULT_SPOOL_BYTES  # the on-disk spool under data_dir/spool (0: no spool)
+    # Alerts (wadm.pipeline.alerts): the webhook may carry a token, so it is never printed.
+    alert_webhook_url: str = field(default="", repr=False)
+    alert_after: float = 120.0  # seconds a condition lasts before it is alerted
+    alert_repeat: float = 3600.0  # seconds between reminders of a condition that lasts (0: never)
+    alert_format: str = "json"
+    alert_telegram_chat_id: str = ""
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 60.0
     log_level: str = "INFO"
@@ -157,6 +167,7 @@ class Settings:
         out["mongodb_uri"] = _mask_password(self.mongodb_uri)
         out["footprint_rows"] = {symbol: format(row, "f") for symbol, row in self.footprint_rows}
         out["api_keys"] = f"{len(self.api_keys)} set (hidden)" if self.api_keys else "none"
+        out["alert_webhook_url"] = "set (hidden)" if self.alert_webhook_url else "none"
         return out
 
 
@@ -210,6 +221,14 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, i
     return value
 
 
+def _size(name: str, raw: str) -> int:
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024, an ``i``/``iB``/``B`` after it allowed)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", raw.strip().lower()) if raw.isascii() else None
+    if match is None:
+        raise ConfigError(name, raw, "a size in bytes such as 4294967296, 512M or 4G (0 turns the spool off)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     value = raw.strip().rstrip("/")
     allowed = f"expected a base URL starting with {' or '.join(s + '://' for s in schemes)}"
@@ -223,6 +242,19 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     if not host:
         raise ConfigError(name, raw, f"{allowed} and a host")
     return value
+
+
+def _webhook(raw: str) -> str:
+    """An http(s) URL kept as given (its path may matter to the receiver); errors do not echo it (a token)."""
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() for c in raw):
+        raise ConfigError("WADM_ALERT_WEBHOOK_URL", "(hidden: it may hold a token)",
+                          "an http:// or https:// URL with a host, such as a Slack, Discord or Telegram webhook")
+    return raw
 
 
 def _symbols(name: str, raw: object) -> tuple[str, ...]:
@@ -379,10 +411,12 @@ def _check_data_dir(data_dir: Path, cwd: Path) -> None:
         for p in (full, *full.parents):
             if p.exists():
                 if not p.is_dir():
-                    raise ConfigError("WADM_DATA_DIR", str(data_dir), f"a folder for the embedded store; {p} is a file")
+                    raise ConfigError("WADM_DATA_DIR", str(data_dir),
+                                      f"a folder for the embedded store and the spool; {p} is a file")
                 return
     except OSError as exc:  # e.g. a folder on the way that we may not read
-        raise ConfigError("WADM_DATA_DIR", str(data_dir), f"a folder the embedded store can use ({exc})") from exc
+        raise ConfigError("WADM_DATA_DIR", str(data_dir),
+                          f"a folder the embedded store and the spool can use ({exc})") from exc
 
 
 def _mask_password(uri: str) -> str:
@@ -464,6 +498,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         ("WADM_API_QUEUE", "api_queue", 0, 10_000, True),
         ("WADM_RATE_LIMIT", "rate_limit", 0, 1_000_000, False),
         ("WADM_RATE_BURST", "rate_burst", 1, 1_000_000, True),
+        ("WADM_ALERT_AFTER", "alert_after", 1, 86400, False),
+        ("WADM_ALERT_REPEAT", "alert_repeat", 0, 30 * 86400, False),
     )
     for name, attr, lo, hi, integer in numbers:
         if (raw := get(name)) is not None:
@@ -489,9 +525,22 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     kw["api_keys"] = _api_keys(get("WADM_API_KEYS"), get("WADM_API_KEYS_FILE"), cwd)
     if (raw := get("WADM_DATA_DIR")) is not None:
         kw["data_dir"] = Path(raw)
+    if (raw := get("WADM_ALERT_WEBHOOK_URL")) is not None:
+        kw["alert_webhook_url"] = _webhook(raw)
+    if (raw := get("WADM_ALERT_FORMAT")) is not None:
+        if raw.lower() not in ALERT_FORMATS:
+            raise ConfigError("WADM_ALERT_FORMAT", raw, f"one of {', '.join(ALERT_FORMATS)}")
+        kw["alert_format"] = raw.lower()
+    if (raw := get("WADM_ALERT_TELEGRAM_CHAT_ID")) is not None:
+        kw["alert_telegram_chat_id"] = raw
+    if kw.get("alert_format") == "telegram" and not kw.get("alert_telegram_chat_id"):
+        raise ConfigError("WADM_ALERT_TELEGRAM_CHAT_ID", "", "the chat id Telegram alerts go to (with "
+                          "WADM_ALERT_FORMAT=telegram and the Bot API's sendMessage URL as the webhook)")
+    if (raw := get("WADM_SPOOL_MAX_BYTES")) is not None:
+        kw["spool_max_bytes"] = _size("WADM_SPOOL_MAX_BYTES", raw)
     if (raw := get("MONGODB_URI")) is not None:
         kw["mongodb_uri"] = _mongodb_uri(raw)
-    else:
+    if not kw.get("mongodb_uri") or kw.get("spool_max_bytes", DEFAULT_SPOOL_BYTES):
         _check_data_dir(kw.get("data_dir", DEFAULT_DATA_DIR), cwd)
     if (raw := get("WADM_BINANCE_TRADE_STREAM")) is not None:
         if raw not in BINANCE_TRADE_STREAMS:

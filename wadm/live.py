@@ -156,6 +156,21 @@ class StoreHealth:
     latency: Mapping[BatchKey, tuple[float, float, float]] = field(default_factory=dict)
     flush_rows: Mapping[str, HistogramView] = field(default_factory=dict)
     flush_durations: Mapping[str, HistogramView] = field(default_factory=dict)
+    spool: SpoolHealth | None = None  # None: no spool (WADM_SPOOL_MAX_BYTES=0)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolHealth:
+    """The on-disk spool in front of the store."""
+
+    bytes: int
+    max_bytes: int
+    batches: int
+    oldest_age_s: float | None
+    dropped_batches: int
+    dropped_rows: int
+    torn_bytes: int  # cut off at start: a write an earlier process did not finish
+    errors: int  # appends that failed (disk full or gone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,12 @@ def test_a_long_window_is_answered_from_hourly_footprints_with_naked_pocs(api: s
             naked.append({"session": day // MS, "poc": profile.poc})
     assert body["naked_pocs"] == naked
     assert body["naked_poc_row_size"] == 20.0
+    # naked=false: the same profile without them (the cheaper answer the MCP context asks for).
+    bare = _get(api, "/api/v1/volume-profile/BTCUSDT", window="5d", exchange="binance", market="spot", rows="7",
+                naked="false")
+    assert bare["naked_pocs"] == [] and bare["naked_poc_row_size"] is None
+    assert {k: v for k, v in bare.items() if not k.startswith("naked") and k != "end"} == {
+        k: v for k, v in body.items() if not k.startswith("naked") and k != "end"}
 
 
 def test_resolution_and_row_size_that_cannot_answer_say_what_can(api: str) -> None:
@@ -225,7 +231,7 @@ def test_resolution_and_row_size_that_cannot_answer_say_what_can(api: str) -> No
     ({"va_method": "greedy"}, "va_method"), ({"nodes": "0"}, "nodes"), ({"rows": "-1"}, "rows"),
     ({"rows": "some"}, "rows"), ({"row_size": "0"}, "row_size"),
     ({"row_size": "1e3"}, "row_size"), ({"resolution": "5m"}, "resolution"), ({"window": "9y"}, "window"),
-    ({"exchange": "kraken"}, "exchange"), ({"bogus": "1"}, "bogus"),
+    ({"exchange": "kraken"}, "exchange"), ({"bogus": "1"}, "bogus"), ({"naked": "no"}, "naked"),
 ])
 def test_bad_profile_parameters_are_400_naming_them(api: str, params: dict[str, str], name: str) -> None:
     err = _get(api, "/api/v1/volume-profile/BTCUSDT", 400, **params)["error"]
@@ -301,7 +307,15 @@ def test_market_structure_of_a_rising_market(api: str) -> None:
     assert body["trend"] == "up"
     assert any(e["type"] == "BOS" and e["direction"] == "bullish" for e in body["events"])
     kinds = {k["kind"] for k in body["key_levels"]}
-    assert {"poc", "vah", "val"} <= kinds
+    assert {"poc", "vah", "val"} <= kinds and body["levels"] == "all"
+    # levels=swings: the same structure, key levels from the swings alone.
+    swings = _get(api, "/api/v1/market-structure/BTCUSDT", interval="1h", window="6d", swing="3",
+                  exchange="binance", market="spot", levels="swings")
+    assert swings["key_levels"] == [k for k in body["key_levels"] if k["kind"] not in ("poc", "vah", "val")]
+    assert (swings["swings"], swings["events"], swings["range"], swings["wyckoff"]) == (
+        body["swings"], body["events"], body["range"], body["wyckoff"])
+    err = _get(api, "/api/v1/market-structure/BTCUSDT", 400, levels="some")["error"]
+    assert err["parameter"] == "levels" and "all, swings" in err["message"]
     for candidate in body["wyckoff"]:
         assert candidate["type"] in ("spring", "upthrust", "selling_climax", "buying_climax")
 

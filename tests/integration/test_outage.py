@@ -74,17 +74,23 @@ async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
             key = BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT")
             await until(lambda: svc.writer.stats.rows > 100, 10, "trades to be written")
             await nx.kill()
-            await until(lambda: svc.writer.stats.store_errors > 0 and svc.writer.pending_rows > 300, 15,
-                        "writes to fail and trades to wait")
+            assert svc.spool is not None
+            spool = svc.spool
+            await until(lambda: svc.writer.stats.store_errors > 0 and spool.batches > 3, 15,
+                        "writes to fail and trades to wait in the spool")
             healthy, body = health(svc)
             assert not healthy and body["store"]["ok"] is False
+            assert body["store"]["spool"]["batches"] > 3 and body["store"]["spool"]["bytes"] > 0
+            assert svc.writer.pending_rows < 1000  # waiting on disk, not in memory
             assert body["streams"][0]["state"] == "live"  # the receive path never waits on the store
             # Trades waiting for the store are not readable yet: data endpoints must say so.
             await until(lambda: bool(svc.live.unfinished(key, 0, 2**62)), 15, "the wait to show")
             (waiting,) = svc.live.unfinished(key, 0, 2**62)
             assert waiting.reason == "not_yet_written" and waiting.missing is not None and waiting.missing > 0
             await nx.start()
-            await until(lambda: svc.writer.pending_rows == 0 and svc.writer.stats.store_ok, 30, "the backlog to drain")
+            await until(lambda: svc.writer.pending_rows == 0 and spool.empty and svc.writer.stats.store_ok, 30,
+                        "the backlog to drain")
+            assert health(svc)[1]["store"]["spool"]["batches"] == 0
             assert svc.live.unfinished(key, 0, 2**62) == []
             emu.pause()
             last = streams(svc)[0]
@@ -106,7 +112,9 @@ async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, capl
                                                             pymongo_mid_handshake: None) -> None:
     dead = f"mongodb://127.0.0.1:{free_port()}/"
     async with Emulator(synthetic=[SyntheticSpec(market="spot", symbol="BTCUSDT", rate=1000)], seed=2) as emu:
-        svc = Service(_settings(emu, writer_max_pending_rows=1000), MongoStore(dead, server_selection_timeout=0.2))
+        # Without a spool (WADM_SPOOL_MAX_BYTES=0) the queue in memory is all there is.
+        svc = Service(_settings(emu, writer_max_pending_rows=1000, spool_max_bytes=0),
+                      MongoStore(dead, server_selection_timeout=0.2))
         with caplog.at_level(logging.ERROR, logger="wadm.pipeline.writer"):
             await svc.start()
             try:

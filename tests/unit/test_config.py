@@ -330,11 +330,32 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
             load_settings(env, cwd=tmp_path)
         assert info.value.name == "WADM_DATA_DIR" and info.value.value == value
         assert repr(value) in str(info.value) and "is a file" in str(info.value)
-    # Folders, existing or not, are fine; with MongoDB the folder is not used.
+    # With MongoDB the folder holds the spool: it is checked too, unless the spool is off.
+    with pytest.raises(ConfigError, match="the embedded store and the spool"):
+        load_settings({"MONGODB_URI": "mongodb://db:27017"}, cwd=tmp_path)
+    assert load_settings({"MONGODB_URI": "mongodb://db:27017", "WADM_SPOOL_MAX_BYTES": "0"},
+                         cwd=tmp_path).spool_max_bytes == 0
+    # Folders, existing or not, are fine.
     (tmp_path / "store").mkdir()
     assert load_settings({"WADM_DATA_DIR": "store"}, cwd=tmp_path).data_dir == Path("store")
     assert load_settings({"WADM_DATA_DIR": "new/store"}, cwd=tmp_path).data_dir == Path("new/store")
-    assert load_settings({"MONGODB_URI": "mongodb://db:27017"}, cwd=tmp_path).data_dir == Path("data")
+    assert load_settings({"MONGODB_URI": "mongodb://db:27017", "WADM_DATA_DIR": "store"},
+                         cwd=tmp_path).data_dir == Path("store")
+
+
+@pytest.mark.parametrize(("raw", "size"), [
+    ("0", 0), ("1048576", 1024**2), ("512M", 512 * 1024**2), ("4G", 4 * 1024**3), ("4GiB", 4 * 1024**3),
+    ("1.5g", int(1.5 * 1024**3)), (" 2 GB ", 2 * 1024**3), ("100k", 102_400),
+])
+def test_spool_sizes(raw: str, size: int, tmp_path: Path) -> None:
+    assert load_settings({"WADM_SPOOL_MAX_BYTES": raw}, cwd=tmp_path).spool_max_bytes == size
+
+
+@pytest.mark.parametrize("raw", ["-1", "4X", "G", "lots", "4 G B", "１G", "1e9"])
+def test_bad_spool_sizes_are_refused(raw: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SPOOL_MAX_BYTES": raw}, cwd=tmp_path)
+    assert info.value.name == "WADM_SPOOL_MAX_BYTES" and "512M or 4G" in str(info.value)
 
 
 def test_paths_that_cannot_be_looked_up(tmp_path: Path) -> None:

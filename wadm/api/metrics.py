@@ -53,8 +53,16 @@ def _streams(report: HealthReport) -> Iterator[Metric]:
                                labels=_STREAM_LABELS)
     kline_backfill = CounterMetricFamily("wadm_collector_backfilled_klines_total",
                                          "Closed klines recovered over REST.", labels=_STREAM_LABELS)
+    live = GaugeMetricFamily("wadm_stream_live", "1 while the stream is live and fresh, 0 while it is down, stale "
+                             "or resyncing (the state /health shows).", labels=_STREAM_LABELS)
+    age = GaugeMetricFamily("wadm_stream_last_message_age_seconds",
+                            "Seconds since the stream's last data frame (absent before the first).",
+                            labels=_STREAM_LABELS)
     for s in report.streams:
         labels = [str(s.series.venue), str(s.series.market), s.series.symbol, s.channel]
+        live.add_metric(labels, 1.0 if s.state == "live" else 0.0)
+        if s.last_message_age_s is not None:
+            age.add_metric(labels, s.last_message_age_s)
         messages.add_metric(labels, s.messages)
         pending.add_metric(labels, s.pending)
         dropped.add_metric([*labels, "buffer_full"], s.dropped)
@@ -71,6 +79,8 @@ def _streams(report: HealthReport) -> Iterator[Metric]:
                 resyncs.add_metric([*labels, reason], count)
         elif isinstance(d, KlineDetail):
             kline_backfill.add_metric(labels, d.backfilled_klines)
+    yield live
+    yield age
     yield messages
     yield from (family for family, _ in trade)
     yield from (pending, dropped, rest_failures, gaps, book_live, resyncs, snapshots, kline_backfill)
@@ -126,6 +136,10 @@ def _histogram(name: str, doc: str, hists: Mapping[str, HistogramView]) -> Histo
 
 def _writer(report: HealthReport) -> Iterator[Metric]:
     store = report.store
+    yield GaugeMetricFamily("wadm_store_up", "1 while the store is open and its writes succeed.",
+                            value=1.0 if store.ok else 0.0)
+    yield GaugeMetricFamily("wadm_healthy", "1 while /health answers 200 (status ok).",
+                            value=1.0 if report.healthy else 0.0)
     yield CounterMetricFamily("wadm_writer_batches_total", "Batches written to the store.",
                               value=store.written_batches)
     yield CounterMetricFamily("wadm_writer_rows_total", "Rows written to the store.", value=store.written_rows)
@@ -134,8 +148,23 @@ def _writer(report: HealthReport) -> Iterator[Metric]:
     yield GaugeMetricFamily("wadm_writer_pending_rows", "Rows waiting for the store.", value=store.pending_rows)
     dropped = CounterMetricFamily("wadm_writer_dropped_rows_total", "Rows lost before the store, by reason.",
                                   labels=["reason"])
-    dropped.add_metric(["store_backlog"], store.dropped_rows.get("store_backlog", 0))
+    for reason in ("store_backlog", "spool_full"):
+        dropped.add_metric([reason], store.dropped_rows.get(reason, 0))
     yield dropped
+    if (sp := store.spool) is not None:
+        yield GaugeMetricFamily("wadm_spool_bytes", "Bytes in the on-disk spool waiting for the store.", value=sp.bytes)
+        yield GaugeMetricFamily("wadm_spool_max_bytes", "The spool's bound (WADM_SPOOL_MAX_BYTES).",
+                                value=sp.max_bytes)
+        yield GaugeMetricFamily("wadm_spool_batches", "Batches in the spool waiting for the store.", value=sp.batches)
+        yield GaugeMetricFamily("wadm_spool_oldest_age_seconds",
+                                "Age of the oldest batch in the spool (0 when it is empty).",
+                                value=sp.oldest_age_s or 0.0)
+        yield CounterMetricFamily("wadm_spool_dropped_batches_total", "Batches dropped from a full spool.",
+                                  value=sp.dropped_batches)
+        yield CounterMetricFamily("wadm_spool_torn_bytes_total",
+                                  "Bytes of an unfinished spool write cut off at start.", value=sp.torn_bytes)
+        yield CounterMetricFamily("wadm_spool_errors_total", "Spool writes that failed (disk full or gone).",
+                                  value=sp.errors)
     yield _histogram("wadm_writer_flush_rows", "Rows per batch written.", store.flush_rows)
     yield _histogram("wadm_writer_flush_duration_seconds", "Time to write one batch.", store.flush_durations)
     latency = GaugeMetricFamily(

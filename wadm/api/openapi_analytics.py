@@ -74,6 +74,8 @@ ANALYTICS_PATHS: dict[str, Any] = {
             _p("rows", "query", "none (default), all, or N: the N rows around the POC (at most 5000).", _STR),
             _p("resolution", "query", "auto (default: the finest data that reaches the window's start), trades, "
                "1m or 1h.", {"type": "string", "enum": ["auto", "trades", "1m", "1h"]}),
+            _p("naked", "query", "true (default): list the naked POCs of earlier UTC days; false: skip them (a "
+               "cheaper answer, `naked_pocs` empty).", {"type": "string", "enum": ["true", "false"]}),
         ],
         "responses": {**_ok("The profile.", "VolumeProfile"), **_ERRORS},
     }},
@@ -117,6 +119,9 @@ ANALYTICS_PATHS: dict[str, Any] = {
                {"type": "integer", "minimum": 1, "maximum": 20}),
             _p("limit", "query", "Newest bars used, 1 to 1500 (default 200).",
                {"type": "integer", "minimum": 1, "maximum": 1500}),
+            _p("levels", "query", "Key levels: `all` (default: unbroken swings and the window's volume profile POC, "
+                                  "VAH and VAL) or `swings` (the swings alone, a cheaper answer).",
+               {"type": "string", "enum": ["all", "swings"]}),
         ],
         "responses": {**_ok("Market structure.", "MarketStructure"), **_ERRORS},
     }},

@@ -179,6 +179,8 @@ class BarCache:
         self.hours: dict[Series, HourMemo] = {}  # the recent hours merged from minutes, per series
         # the bars of the open minutes' trades: (closed_until, made at, bars), per series
         self.open: dict[Series, tuple[int, int, pl.DataFrame]] = {}
+        # builds of those under way: (closed_until, started at, (their bars,) to come, or None if the build failed)
+        self.open_pending: dict[Series, tuple[int, int, asyncio.Future[tuple[pl.DataFrame | None] | None]]] = {}
         # bars loaded for a window ending now: (from, made at, bars), per series and resolution
         self.loaded: dict[tuple[Series, str], tuple[int, int, pl.DataFrame]] = {}
         # loads under way: (from, started at, their bars to come)
@@ -261,26 +263,27 @@ def _merge_tail(base: pl.DataFrame, newer: pl.DataFrame) -> pl.DataFrame:
                       merge_bars(base.filter(pl.col("ts_event") >= cut), newer)])
 
 
-def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, grid: Grid | None, lot: float | None,
-             built: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Stored minutes, the closed ones in memory, and those built from the trades not closed yet
-    (or ``built``, the bars of those trades made by a request a moment ago); with the open bars."""
+def _open_bars(view: BarsView, end: int, grid: Grid | None, lot: float | None) -> pl.DataFrame | None:
+    """The bars of the trades of the minutes not closed yet, up to ``end`` (None: no such trades)."""
+    open_trades = view.open_trades()
+    if open_trades is None or open_trades.height == 0:
+        return None
+    return build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=OPEN_REVISION,
+                      lot=lot)
+
+
+def _minutes(stored: pl.DataFrame, view: BarsView | None, lo: int, end: int, bars: pl.DataFrame | None
+             ) -> pl.DataFrame:
+    """Stored minutes, the closed ones in memory, and ``bars``, those of the minutes not closed yet."""
     if view is None:
-        return stored, None
+        return stored
     closed = _merge_tail(stored, view.bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end)))
-    bars = built
-    if bars is None:
-        open_trades = view.open_trades()
-        if open_trades is None or open_trades.height == 0:
-            return closed, None
-        bars = build_bars(open_trades.filter(pl.col("ts_event") <= end), NS_PER_MIN, grid=grid, revision=OPEN_REVISION,
-                          lot=lot)
-    if bars.height == 0:
-        return closed, bars
+    if bars is None or bars.height == 0:
+        return closed
     first = int(bars["ts_event"][0])
     before = closed.filter((pl.col("ts_event") < first) & (pl.col("ts_event") >= first - first % NS_PER_DAY))
     opened = chain_cvd(bars, base=float(before["cvd"][-1]) if before.height else 0.0)
-    return _merge_tail(closed, opened.filter(pl.col("ts_event") >= lo)), bars
+    return _merge_tail(closed, opened.filter(pl.col("ts_event") >= lo))
 
 
 HourMemo = dict[int, tuple[tuple[int, int, int, float, int], pl.DataFrame]]  # hour -> (its minutes' mark, its bar)
@@ -389,17 +392,10 @@ class Reader:
             grid = None
             if view is not None and view.row is not None and inst is not None:
                 grid = Grid(inst.tick, float(view.row))
-            # The open minutes' bars are built from their trades once per OPEN_REUSE_NS at most and
-            # shared meanwhile (as order-flow/current shares its answers): a multi-call client such
-            # as the MCP server's Wyckoff context reads them a dozen times in a few hundred ms.
-            memo = self.cache.open.get(series)
-            reuse = (memo is not None and view is not None and memo[0] == view.closed_until
-                     and 0 <= now - memo[1] < OPEN_REUSE_NS and end >= memo[1])
-            minutes, built = await self.off(_minutes, stored, view, lo, end, grid,
-                                            None if inst is None else inst.lot, memo[2] if reuse and memo else None)
-            if not reuse and view is not None and built is not None and end >= now:
-                self.cache.open[series] = (view.closed_until, now, built)
-            return minutes  # type: ignore[no-any-return]
+            built = None if view is None else await self._open(series, view, grid,
+                                                                None if inst is None else inst.lot, end, now)
+            minutes: pl.DataFrame = await self.off(_minutes, stored, view, lo, end, built)
+            return minutes
         mark = view.closed_until if view is not None else now
         recent = max(lo, mark - mark % NS_PER_HOUR - NS_PER_HOUR)  # hours the scheduler may not have written yet
         stored = await self.cache.read(self.store, self.off, BARS_1H, series, lo, recent - 1, now) \
@@ -408,6 +404,37 @@ class Reader:
         hours, memo = await self.off(_hours, stored, minutes, self.cache.hours.get(series, {}))
         self.cache.hours[series] = memo
         return hours  # type: ignore[no-any-return]
+
+    async def _open(self, series: Series, view: BarsView, grid: Grid | None, lot: float | None, end: int, now: int
+                    ) -> pl.DataFrame | None:
+        """The open minutes' bars, built from their trades once per OPEN_REUSE_NS at most and shared
+        meanwhile (as order-flow/current shares its answers): a multi-call client such as the MCP
+        server's Wyckoff context reads them a dozen times in a few hundred ms, several at once."""
+        memo = self.cache.open.get(series)
+        if (memo is not None and memo[0] == view.closed_until and 0 <= now - memo[1] < OPEN_REUSE_NS
+                and end >= memo[1]):
+            return memo[2]
+        if end < now:
+            built: pl.DataFrame | None = await self.off(_open_bars, view, end, grid, lot)
+            return built
+        pending = self.cache.open_pending.get(series)
+        if pending is not None and pending[0] == view.closed_until and 0 <= now - pending[1] < OPEN_REUSE_NS:
+            awaited = await asyncio.shield(pending[2])
+            if awaited is not None:
+                return awaited[0]
+        mine: tuple[int, int, asyncio.Future[tuple[pl.DataFrame | None] | None]] = (
+            view.closed_until, now, asyncio.get_running_loop().create_future())
+        self.cache.open_pending[series] = mine
+        made: tuple[pl.DataFrame | None] | None = None  # None: the build failed, the waiters build for themselves
+        try:
+            made = (await self.off(_open_bars, view, end, grid, lot),)
+        finally:
+            mine[2].set_result(made)
+            if self.cache.open_pending.get(series) is mine:
+                del self.cache.open_pending[series]
+        if made[0] is not None:
+            self.cache.open[series] = (view.closed_until, now, made[0])
+        return made[0]
 
     async def trades(self, series: Series, start: int, end: int) -> pl.DataFrame:
         """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""

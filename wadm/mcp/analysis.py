@@ -289,10 +289,12 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
     path = f"/api/v1/{{}}/{symbol}"
     parts: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    calls = {f"structure_{iv}": client.get(path.format("market-structure"), where | {"interval": iv, "window": w})
+    # The context lists no key levels: the swings alone spare WADM each window's volume profile.
+    calls = {f"structure_{iv}": client.get(path.format("market-structure"),
+                                           where | {"interval": iv, "window": w, "levels": "swings"})
              for iv, w in CONTEXT_TIMEFRAMES.items()}
     calls |= {
-        "session": client.get(path.format("volume-profile"), where | _window("session")),
+        "session": client.get(path.format("volume-profile"), where | _window("session") | {"naked": "false"}),
         "composite": client.get(path.format("volume-profile"), where | {"window": "7d"}),
         "flow": client.get(path.format("order-flow/current"), where),
         "footprint": client.get(f"/api/v1/order-flow/{symbol}/footprint", where | {"interval": "15m", "limit": 16}),

@@ -23,6 +23,7 @@ from wadm.live import (
     KlineDetail,
     RestHostHealth,
     Series,
+    SpoolHealth,
     StoreHealth,
     StreamHealth,
     TradeDetail,
@@ -95,16 +96,22 @@ class ServiceView:
             latency=dict(wst.latency),
             flush_rows=_histograms(wst.flush_rows),
             flush_durations=_histograms(wst.flush_durations),
+            spool=None if (sp := svc.spool) is None else SpoolHealth(
+                bytes=sp.bytes, max_bytes=sp.max_bytes, batches=sp.batches,
+                oldest_age_s=None if (at := sp.oldest_at()) is None else round((time.time_ns() - at) / 1e9, 3),
+                dropped_batches=sp.dropped_batches, dropped_rows=sp.dropped_rows, torn_bytes=sp.torn_bytes,
+                errors=wst.spool_errors),
         )
+        spooling = store.spool is not None and store.spool.batches > 0
         connections = tuple(self._connection_health(c, now) for c in svc.collectors)
         hosts = tuple(RestHostHealth(client.base_url, client.requests, client.budget.throttled, client.budget.banned)
                       for client in svc.rest.values())
         if not svc.settings.collectors_enabled:
-            status = "ok" if store.ok else "degraded"
+            status = "ok" if store.ok and not spooling else "degraded"
         elif not svc.collectors_started:
             status = "starting"
         else:
-            status = "ok" if store.ok and all(s.state == "live" for s in streams) else "degraded"
+            status = "ok" if store.ok and not spooling and all(s.state == "live" for s in streams) else "degraded"
         return HealthReport(
             status=status,
             time_ms=time.time_ns() // NS_PER_MS,

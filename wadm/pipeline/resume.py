@@ -1,8 +1,9 @@
 """Resume after a restart: each stream continues where its stored data ends, within retention.
 
-Every trade and kline stream asks the store on its own, concurrently, for the newest batch
-stored before this process started. Collection does not wait for the answers: a slow or hanging
-store delays no connection. The streams take the answer before or after their first live data
+Every trade and kline stream asks on its own, concurrently, for the newest batch stored before
+this process started: in the spool (batches an earlier run could not store yet), else in the
+store. Collection does not wait for the answers: a slow or hanging store delays no connection.
+The streams take the answer before or after their first live data
 (:meth:`~wadm.venues.base.TradeStream.resume`, :meth:`~wadm.venues.streams.KlineStream.resume`)
 and return what was missed in between, which the collector recovers or records.
 """
@@ -19,6 +20,7 @@ import polars as pl
 from wadm.config import Settings
 from wadm.errors import StoreError
 from wadm.pipeline.collector import Collector
+from wadm.pipeline.writer import Writer
 from wadm.store.base import Store
 from wadm.units import NS_PER_MS, NS_PER_S
 from wadm.venues.base import Action, TradeStream
@@ -31,13 +33,12 @@ log = logging.getLogger(__name__)
 RESUME_TIMEOUT = 60.0  # seconds one stream waits for the store's answer before it collects from now
 
 
-async def resume_streams(settings: Settings, store: Store, ready: asyncio.Event,
-                         collectors: Sequence[Collector]) -> None:
-    """Resume every trade and kline stream of ``collectors`` once the store is open."""
+async def resume_streams(settings: Settings, store: Store, writer: Writer, collectors: Sequence[Collector]) -> None:
+    """Resume every trade and kline stream of ``collectors``: where the spool ends, else (once the
+    store is open) where the store does."""
     started = time.time_ns()
-    await ready.wait()
     results = await asyncio.gather(*(
-        _resume(settings, store, collector, name, started)
+        _resume(settings, store, writer, collector, name, started)
         for collector in collectors
         for name, st in collector.streams.items()
         if isinstance(st, TradeStream | KlineStream)
@@ -46,16 +47,25 @@ async def resume_streams(settings: Settings, store: Store, ready: asyncio.Event,
         log.info("Resuming %d streams where the store ends; what was missed meanwhile is backfilled", resumed)
 
 
-async def _resume(settings: Settings, store: Store, collector: Collector, name: str, started: int) -> bool:
-    """Resume one stream; True when the store held something for it."""
+async def _resume(settings: Settings, store: Store, writer: Writer, collector: Collector, name: str,
+                  started: int) -> bool:
+    """Resume one stream; True when the spool or the store held something for it."""
     st = collector.streams[name]
+    # The spool holds the newest rows of a series when it holds any (it is written to the store in order).
     try:
-        async with asyncio.timeout(RESUME_TIMEOUT):
-            last = await store.latest(collector.keys[name], before=started)
-    except (StoreError, TimeoutError) as exc:
-        log.warning("Could not read where %s ended (%s); collecting from now", name, exc or "timed out",
-                    extra={"stream": name})
-        return False
+        last = writer.newest_spooled(collector.keys[name])
+    except (OSError, StoreError) as exc:
+        log.warning("Could not read the spool for %s (%s)", name, exc, extra={"stream": name})
+        last = None
+    if last is None:
+        await writer.ready.wait()
+        try:
+            async with asyncio.timeout(RESUME_TIMEOUT):
+                last = await store.latest(collector.keys[name], before=started)
+        except (StoreError, TimeoutError) as exc:
+            log.warning("Could not read where %s ended (%s); collecting from now", name, exc or "timed out",
+                        extra={"stream": name})
+            return False
     if last.height == 0:
         return False  # nothing stored: a first start
     newest = last.sort("ts_event").row(-1, named=True)

@@ -13,8 +13,13 @@ one :class:`~wadm.pipeline.writer.Writer`, and runs them under a
 * **bars**: the :class:`~wadm.pipeline.bars.BarScheduler` closes bars and stores indicator
   snapshots from the trades the collectors queue.
 * **retention**: expired batches are swept every minute.
+* **alerts**: with ``WADM_ALERT_WEBHOOK_URL``, conditions that last are posted there
+  (:mod:`wadm.pipeline.alerts`).
+* **spool**: batches the store cannot take (down, or behind) wait in a bounded spool on disk
+  under ``WADM_DATA_DIR/spool``; a start writes what an earlier run left there first.
 * **stop** (SIGTERM): connections close, REST jobs record what they could not recover, every
-  buffer is cut and the writer drains within the deadline.
+  buffer is cut and the writer drains within the deadline; what the store does not take in time
+  goes to the spool.
 
 What readers may know of all this is :attr:`Service.live` (:mod:`wadm.pipeline.live`).
 """
@@ -31,6 +36,7 @@ import httpx
 from wadm.config import Settings
 from wadm.errors import StoreError
 from wadm.live import Series
+from wadm.pipeline.alerts import Alerter
 from wadm.pipeline.bars import BarScheduler
 from wadm.pipeline.collector import Collector, CollectorSettings
 from wadm.pipeline.listings import ListingWatch
@@ -40,6 +46,7 @@ from wadm.pipeline.supervisor import Supervisor
 from wadm.pipeline.writer import Writer
 from wadm.records import Market, Venue
 from wadm.store.base import Store
+from wadm.store.spool import Spool
 from wadm.transport.rest import RestClient, WeightBudget
 from wadm.units import NS_PER_S
 from wadm.venues import listing_query, plan_connections, rest_limit
@@ -102,7 +109,11 @@ class Service:
         plans = build_plans(settings) if plans is None else plans
         if not settings.collectors_enabled:
             plans = []
-        self.writer = Writer(store, max_pending_rows=settings.writer_max_pending_rows)
+        self.spool: Spool | None = None
+        if settings.spool_max_bytes:
+            self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+            self.spool.open()  # what an earlier run left is written first
+        self.writer = Writer(store, max_pending_rows=settings.writer_max_pending_rows, spool=self.spool)
         # One REST client (and request budget) per venue host: Bybit's spot and linear share one.
         self.rest: dict[tuple[Venue, str], RestClient] = {}
         knobs = CollectorSettings(
@@ -129,6 +140,10 @@ class Service:
         self.collectors_started = False
         self.store_open = False
         self.live = ServiceView(self)
+        self.alerter: Alerter | None = None
+        if settings.alert_webhook_url:
+            self.alerter = Alerter(settings, self.live)
+            self.writer.gap_listeners.append(self.alerter.note_gaps)
         self._collector_tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -155,6 +170,8 @@ class Service:
         sup.spawn("store-open", self._open_store, restart=True)
         self._drain_task = sup.spawn("writer-drain", self.writer.run_drain, restart=True)
         sup.spawn("retention", self._sweep_forever, restart=True)
+        if self.alerter is not None:
+            sup.spawn("alerts", self.alerter.run, restart=True)
         if self.collectors:
             sup.spawn("writer-cut", self._cut_forever, restart=True)
             if self.bars.series:
@@ -170,7 +187,8 @@ class Service:
                 await self.store.open()
                 break
             except StoreError as exc:
-                log.error("The store is not available (%s); data is kept in memory and retried", exc)
+                log.error("The store is not available (%s); data waits in the %s and the store is retried", exc,
+                          "spool" if self.spool is not None else "memory")
             await asyncio.sleep(STORE_RETRY_EVERY)
         self.store_open = True
         self.writer.ready.set()
@@ -183,7 +201,7 @@ class Service:
                 collector.name, collector.run, restart=restart, on_give_up=collector.give_up))
         for listing in self.listings:
             self.supervisor.spawn(f"listing:{listing.venue}/{listing.market}", listing.run, restart=True)
-        self.supervisor.spawn("resume", lambda: resume_streams(self.settings, self.store, self.writer.ready,
+        self.supervisor.spawn("resume", lambda: resume_streams(self.settings, self.store, self.writer,
                                                                self.collectors), restart=False)
         self.collectors_started = True
         log.info("Started %d collector connections for %d streams", len(self.collectors),
@@ -240,12 +258,18 @@ class Service:
         self.writer.close()
         if self._drain_task is not None:
             await asyncio.wait([self._drain_task], timeout=deadline)
+        self.writer.spill()  # what the store did not take in time waits on disk for the next start
         if self.writer.pending_rows:
             log.error("Shutting down with %d rows not written: the store did not accept them in time",
                       self.writer.pending_rows, extra={"rows": self.writer.pending_rows, "reason": "shutdown"})
+        if self.spool is not None and not self.spool.empty:
+            log.warning("Stopping with %d batches (%d bytes) in the spool; the next start writes them first",
+                        self.spool.batches, self.spool.bytes)
         await self.supervisor.cancel_all()
         await self.bars.close()
         for client in self.rest.values():
             await client.close()
+        if self.spool is not None:
+            self.spool.close()
         await self.store.close()  # also when it never opened: a half-made client is released
         log.info("Stopped; %d batches (%d rows) written in all", self.writer.stats.batches, self.writer.stats.rows)

@@ -3,9 +3,14 @@
 Collectors cut their stream buffers into DataFrames and :meth:`Writer.put` them here; the
 receive path never waits on the store. Each frame is encoded once into a
 :class:`~wadm.store.codec.Batch` and queued; the ``drain`` loop writes the queue in order, many
-batches per store call, and retries a failing store with backoff. Retries are not drops. When
-the queue passes its bound (rows) the oldest trade or book batch is dropped, counted, logged as
-an ERROR (that is data loss) and recorded as a ``store_backlog`` gap of its stream.
+batches per store call, and retries a failing store with backoff. Retries are not drops.
+
+With a :class:`~wadm.store.spool.Spool` (the default), a failed store write or a queue past its
+bound moves the queue to the spool on disk, and batches keep going there until it is written
+empty: the order is the memory queue (only ever older than the spool) and then the spool. Past
+the spool's bound its oldest batches are dropped, counted, logged as an ERROR and recorded as
+``spool_full`` gaps. Without a spool, a queue past its bound drops its oldest trade or book
+batch, recorded as a ``store_backlog`` gap of its stream.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import polars as pl
 from wadm.errors import StoreError
 from wadm.records import BARS_1H, BARS_1M, GAP_SCHEMA, GAPS, INDICATORS, KLINES, TRADES, BatchKey
 from wadm.store.base import Store
-from wadm.store.codec import Batch, encode_batch
+from wadm.store.codec import Batch, decode_frame, encode_batch
+from wadm.store.spool import Spool, SpoolRecord, SpoolSummary
 from wadm.venues.base import Gap
 
 __all__ = ["Histogram", "Writer", "WriterStats"]
@@ -34,6 +40,8 @@ log = logging.getLogger(__name__)
 # One store call writes at most this much of the queue (one transaction / one bulk insert).
 MAX_GROUP_BATCHES = 256
 MAX_GROUP_ROWS = 1_000_000
+SPILL_ROWS = 100_000  # with a spool, a queue (of trades and books) past this goes to disk: a slow store costs no memory
+MAX_SPOOL_GROUP = 64  # batches read back from the spool for one store call (the read runs on the loop)
 _KEPT = (GAPS, KLINES, BARS_1M, BARS_1H, INDICATORS)  # small tables never dropped for a full queue
 ROW_BUCKETS = (10.0, 100.0, 1000.0, 5000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -70,6 +78,7 @@ class WriterStats:
     last_write: float | None = None  # wall clock seconds
     last_error: str | None = None
     store_ok: bool = True
+    spool_errors: int = 0  # appends to the spool that failed (disk full, gone)
     latency: dict[BatchKey, tuple[float, float, float]] = field(default_factory=dict)  # p50, p99, max seconds
     flush_rows: dict[str, Histogram] = field(default_factory=dict)  # rows per written batch, by table
     flush_durations: dict[str, Histogram] = field(default_factory=dict)  # seconds per written batch, by table
@@ -97,12 +106,15 @@ class Writer:
 
     Args:
         store: where batches go.
-        max_pending_rows: bound of the queue of batches waiting for the store.
+        max_pending_rows: bound of the queue of batches waiting for the store (in memory).
+        spool: where batches wait on disk when the store fails or falls behind (opened already).
         clock: monotonic seconds.
     """
 
-    def __init__(self, store: Store, *, max_pending_rows: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, *, max_pending_rows: int, spool: Spool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.spool = spool
         self.max_pending_rows = max_pending_rows
         self.clock = clock
         self.stats = WriterStats()
@@ -145,20 +157,29 @@ class Writer:
         self._queue_gaps()
 
     def behind(self, key: BatchKey, start: int, end: int, now: int, lag: int = 5_000_000_000) -> Gap | None:
-        """Queued rows of ``key`` in ``[start, end]`` (ns) whose newest row is older than ``lag`` ns.
+        """Queued rows of ``key`` in ``[start, end]`` (ns) whose newest row is older than ``lag`` ns,
+        and every spooled one.
 
         Readers do not see them yet. The newest rows are always a moment away from the store (a
-        batch is cut every flush interval); older ones still waiting mean a slow or failing
-        store, and data endpoints say so. Returns one window covering them (with the row count),
+        batch is cut every flush interval); older ones still waiting, or any in the spool, mean a
+        slow or failing store, and data endpoints say so. Returns one window covering them (with the row count),
         or None.
         """
         lo, hi, rows = 0, 0, 0
-        for item in self._pending:
-            batch = item.batch
-            if item.key == key and batch.end >= start and batch.start <= end and batch.end < now - lag:
-                lo, hi = (batch.start, batch.end) if not rows else (min(lo, batch.start), max(hi, batch.end))
-                rows += batch.count
+        windows = [(item.batch.start, item.batch.end, item.batch.count) for item in self._pending
+                   if item.key == key and item.batch.end < now - lag]
+        if self.spool is not None:
+            windows += self.spool.covering(key)  # on disk: the store failed or fell behind, however new
+        for first, last, count in windows:
+            if last >= start and first <= end:
+                lo, hi = (first, last) if not rows else (min(lo, first), max(hi, last))
+                rows += count
         return Gap(lo, hi, "not_yet_written", rows) if rows else None
+
+    def newest_spooled(self, key: BatchKey) -> pl.DataFrame | None:
+        """The rows of the newest batch of ``key`` waiting in the spool (where its data ends), or None."""
+        record = None if self.spool is None else self.spool.newest(key)
+        return None if record is None else decode_frame(record.batch.data)
 
     def _queue_gaps(self) -> None:
         """Queue the gaps found so far, one batch per series, for the ``gaps`` table."""
@@ -178,10 +199,18 @@ class Writer:
         self.stats.latency[key] = (float(q50 or 0.0), float(q99 or 0.0), float(qmax or 0.0))  # type: ignore[arg-type]
 
     def _enqueue(self, item: _Queued) -> None:
+        if self.spool is not None and not self.spool.empty:
+            self._spill([item])  # the spool is being written: what comes now goes after it
+            return
         self._pending.append(item)
         self.pending_rows += item.batch.count
         if item.key.table not in _KEPT:
             self._bounded_rows += item.batch.count
+        if self.spool is not None:
+            if self._bounded_rows > min(self.max_pending_rows, SPILL_ROWS):
+                self.spill()  # the store falls behind: the queue goes to disk
+            self._wake.set()
+            return
         # Drop the oldest trade or book batches that are not being written right now; the loss
         # is recorded as a gap of their stream. Gaps and klines are small, never dropped, and do
         # not count against the bound (a gap recorded for a drop must not cause another drop).
@@ -207,14 +236,56 @@ class Writer:
                                                         old.batch.count)])
         self._wake.set()
 
+    def spill(self) -> None:
+        """Move the queue (but a group being written) to the spool, in order."""
+        if self.spool is None:
+            return
+        moved = list(self._pending)[self._inflight:]
+        for _ in moved:
+            self._pending.pop()
+        self.pending_rows -= sum(item.batch.count for item in moved)
+        self._bounded_rows -= sum(item.batch.count for item in moved if item.key.table not in _KEPT)
+        self._spill(moved)
+
+    def _spill(self, items: list[_Queued]) -> None:
+        assert self.spool is not None
+        if not items:
+            return
+        now = time.time_ns()
+        try:
+            dropped = self.spool.append([SpoolRecord(i.key, i.stream, i.batch, now) for i in items])
+        except OSError as exc:
+            # The disk is full or gone: keep them in memory (bounded as without a spool) and say so.
+            log.error("The spool could not be written (%s); %d batches wait in memory", exc, len(items))
+            self.stats.spool_errors += 1
+            for item in items:
+                self._pending.append(item)
+                self.pending_rows += item.batch.count
+                if item.key.table not in _KEPT:
+                    self._bounded_rows += item.batch.count
+            return
+        self._wake.set()
+        for lost in dropped:
+            self._spool_dropped(lost)
+
+    def _spool_dropped(self, lost: SpoolSummary) -> None:
+        rows = sum(count for _, _, _, count in lost.series.values())
+        self.stats.dropped_rows["spool_full"] += rows
+        log.error("Dropped %d batches (%d rows) from the spool: it passed its bound of %d bytes while the store "
+                  "was down or behind", lost.records, rows, self.spool.max_bytes if self.spool else 0,
+                  extra={"rows": rows, "reason": "spool_full"})
+        for key, (stream, first, last, count) in lost.series.items():
+            if key.table != GAPS:
+                self.record_gaps(key, stream, [Gap(first, last, "spool_full", count)])
+
     async def run_drain(self) -> None:
         """Write queued batches in order once the store is open, retrying a failing store; returns
         once closed and empty."""
         delay = 0.25
         while True:
-            if not self._pending:
+            if not self._pending and (self.spool is None or self.spool.empty or self._closing):
                 if self._closing:
-                    return
+                    return  # what the spool holds is written by the next start
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -224,8 +295,10 @@ class Writer:
                 self._wake.clear()
                 await _first(self.ready, self._wake)  # the store opens, or close() is called
                 continue
-            if await self._write_one():
+            if await (self._write_one() if self._pending else self._write_spooled()):
                 delay = 0.25
+            elif self._closing and self.spool is not None:
+                self.spill()  # stopping with the store down: the queue waits on disk for the next start
             else:
                 with contextlib.suppress(TimeoutError):  # close() cuts a long wait short
                     await asyncio.wait_for(self._closed.wait(), min(delay, 1.0) if self._closing else delay)
@@ -251,20 +324,48 @@ class Writer:
         try:
             await self.store.write_many([(item.key, item.batch) for item in group])
         except StoreError as exc:
-            self.stats.store_errors += 1
-            self.stats.store_ok = False
-            self.stats.last_error = str(exc)[:300]
-            if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
-                log.warning("Store write failed (%s); %d batches wait and will be retried", exc,
-                            len(self._pending), extra={"key": str(group[0].key)})
+            self._failed(exc, group[0].key)
+            self._inflight = 0
+            self.spill()  # the whole queue waits on disk, the group that failed first
             return False
         finally:
             self._inflight = 0
-        elapsed = self.clock() - started
         for _ in group:
             self._pending.popleft()
         self.pending_rows -= rows
         self._bounded_rows -= sum(item.batch.count for item in group if item.key.table not in _KEPT)
+        self._written(group, self.clock() - started)
+        return True
+
+    async def _write_spooled(self) -> bool:
+        """Write the oldest spooled batches in one store call; True on success."""
+        assert self.spool is not None
+        records = self.spool.head(MAX_SPOOL_GROUP, MAX_GROUP_ROWS)
+        if not records:
+            return True
+        group = [_Queued(r.key, r.batch, r.stream) for r in records]
+        started = self.clock()
+        try:
+            await self.store.write_many([(item.key, item.batch) for item in group])
+        except StoreError as exc:
+            self.spool.release()
+            self._failed(exc, group[0].key)
+            return False
+        self.spool.commit(records)
+        self._written(group, self.clock() - started)
+        return True
+
+    def _failed(self, exc: StoreError, key: BatchKey) -> None:
+        self.stats.store_errors += 1
+        self.stats.store_ok = False
+        self.stats.last_error = str(exc)[:300]
+        if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
+            waiting = len(self._pending) + (self.spool.batches if self.spool is not None else 0)
+            log.warning("Store write failed (%s); %d batches wait%s and will be retried", exc, waiting,
+                        " in the spool" if self.spool is not None else "", extra={"key": str(key)})
+
+    def _written(self, group: list[_Queued], elapsed: float) -> None:
+        rows = sum(item.batch.count for item in group)
         st = self.stats
         if not st.store_ok:
             log.warning("Store writes recovered", extra={"key": str(group[0].key)})
@@ -277,4 +378,3 @@ class Writer:
             table = item.key.table
             st.flush_rows.setdefault(table, Histogram(ROW_BUCKETS)).observe(item.batch.count)
             st.flush_durations.setdefault(table, Histogram(SECOND_BUCKETS)).observe(elapsed / len(group))
-        return True

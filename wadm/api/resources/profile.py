@@ -40,7 +40,7 @@ from wadm.units import NS_PER_MS, NS_PER_S
 __all__ = ["VolumeProfileResource"]
 
 PARAMS = ("exchange", "market", "start", "end", "window", "row_size", "value_area", "va_method", "nodes", "rows",
-          "resolution")
+          "resolution", "naked")
 DEFAULT_SPAN = 86_400 * NS_PER_S
 MAX_ROWS_OUT = 5000
 MAX_NODES = 50
@@ -127,6 +127,7 @@ class VolumeProfileResource(SeriesResource):
         va_method = parse_choice("va_method", q.get("va_method"), ("two_row", "one_row"), "two_row")
         nodes = parse_limit(q.get("nodes"), default=1, maximum=MAX_NODES, name="nodes")
         with_rows, around = parse_rows(q.get("rows"))
+        with_naked = parse_choice("naked", q.get("naked"), ("true", "false"), "true") == "true"
         resolution = choose_resolution(q.get("resolution"), scope, ctx.settings)
         start = scope.start if resolution == "trades" else scope.start - scope.start % BAR_NS[resolution]
 
@@ -157,7 +158,7 @@ class VolumeProfileResource(SeriesResource):
                     ctx.days.keep(s, resolution, grid, new)
             naked: list[dict[str, Any]] = []
             naked_row = None
-            if profile is not None and grid is not None:
+            if profile is not None and grid is not None and with_naked:
                 first = scope.end - ctx.settings.retention_aggregates_1h * NS_PER_S
                 hours = [await reader(ctx).bars(s, "1h", first, scope.end, scope.now) for s in scope.sources]
                 on = naked_grid(hours, Decimal(repr(grid.row)), grid.tick)

@@ -48,7 +48,8 @@ from wadm.units import NS_PER_MS, NS_PER_S
 
 __all__ = ["IndicatorHistoryResource", "MarketStructureResource"]
 
-STRUCTURE_PARAMS = ("exchange", "market", "start", "end", "window", "interval", "swing", "limit")
+STRUCTURE_PARAMS = ("exchange", "market", "start", "end", "window", "interval", "swing", "limit", "levels")
+LEVELS = ("all", "swings")  # key levels: swings and the window's profile, or the swings alone
 HISTORY_PARAMS = ("exchange", "market", "start", "end", "window", "limit")
 MAX_BARS = 1500
 MAX_SWING = 20
@@ -57,8 +58,10 @@ RECENT_DIVERGENCES = 10  # bar-level delta divergences listed: the newest ones
 
 
 def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, start: int, grid: Grid | None,
-               span: tuple[int, int], known: list[Known]) -> tuple[dict[str, Any], list[Known]]:
-    """The structure of the window's bars, and the settled days' profile rows computed on the way."""
+               span: tuple[int, int], known: list[Known], profile_levels: bool = True
+               ) -> tuple[dict[str, Any], list[Known]]:
+    """The structure of the window's bars, and the settled days' profile rows computed on the way
+    (``profile_levels``: the window's POC, VAH and VAL among the key levels)."""
     fresh = [Known() for _ in data]
     bars = combine_bars(data, interval).filter(pl.col("start") >= start)
     truncated = bars.height > limit
@@ -73,7 +76,7 @@ def _structure(data: list[pl.DataFrame], interval: int, swing: int, limit: int, 
     events = breaks(bars, sw)
     held = current_range(bars, sw, min_bars=2 * swing + 1)
     extra: list[tuple[str, float]] = []
-    if grid is not None:
+    if grid is not None and profile_levels:
         parts: list[pl.DataFrame] = []
         for i, d in enumerate(data):
             per_day, fresh[i] = rows_per_day(d.filter(pl.col("ts_event") >= first), grid, first, *span, known[i])
@@ -121,6 +124,7 @@ class MarketStructureResource(SeriesResource):
         interval = INTERVALS[interval_name]
         swing = parse_limit(q.get("swing"), default=2, maximum=MAX_SWING, name="swing")
         limit = parse_limit(q.get("limit"), default=200, maximum=MAX_BARS)
+        levels = parse_choice("levels", q.get("levels"), LEVELS, "all")
         scope = parse_scope(ctx.settings, q, symbol, default_span=bar_span(ctx, limit, interval))
         resolution = bar_resolution(ctx, scope, interval)
         start = scope.start - scope.start % interval
@@ -133,14 +137,14 @@ class MarketStructureResource(SeriesResource):
             settled = ctx.bars.settled_before(scope.now)
             known = [ctx.days.known(s, resolution, grid, start, scope.end) if grid else Known() for s in scope.sources]
             body, fresh = await ctx.work.run(_structure, data, interval, swing, limit, start, grid,
-                                             (scope.end, settled), known)
+                                             (scope.end, settled), known, levels == "all")
             if grid is not None:
                 for s, new in zip(scope.sources, fresh, strict=True):
                     ctx.days.keep(s, resolution, grid, new)
             gaps = await source_gaps(ctx, scope, resolution, data, start)
         source = scope.sources[price_source(data)]
         head = describe(scope, resolution, gaps, True) | {
-            "start": start // NS_PER_MS, "interval": interval_name, "swing": swing,
+            "start": start // NS_PER_MS, "interval": interval_name, "swing": swing, "levels": levels,
             "price_source": {"exchange": str(source.venue), "market": str(source.market)},
         }
         send_bytes(resp, orjson.dumps(head | body))

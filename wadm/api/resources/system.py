@@ -57,6 +57,11 @@ def health_body(report: HealthReport) -> dict[str, Any]:
             "dropped_rows": sum(store.dropped_rows.values()),
             "last_write_age_s": store.last_write_age_s,
             "last_error": store.last_error,
+            "spool": None if (sp := store.spool) is None else {
+                "bytes": sp.bytes, "max_bytes": sp.max_bytes, "batches": sp.batches,
+                "oldest_age_s": sp.oldest_age_s, "dropped_batches": sp.dropped_batches,
+                "dropped_rows": sp.dropped_rows, "torn_bytes": sp.torn_bytes, "errors": sp.errors,
+            },
         },
         "streams": [
             {
