@@ -22,7 +22,7 @@ RUN pip install --no-deps . \
     && mkdir -p /data \
     && chown wadm /data
 
-USER wadm
+USER 10001
 VOLUME ["/data"]
 # Inside the container the API listens on every interface; publish it on 127.0.0.1 only (as the
 # compose file does) or set WADM_API_KEYS and put HTTPS in front.

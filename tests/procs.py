@@ -115,8 +115,8 @@ def emulator(*args: str) -> Iterator[tuple[Proc, int]]:
 
 @contextmanager
 def wadm(command: str, env: dict[str, str], port: int, cwd: Path | None = None) -> Iterator[Proc]:
-    """Run ``wadm COMMAND`` with ``env`` until its HTTP port answers; SIGTERM it afterwards."""
-    proc = start([command], {**env, "WADM_HOST": "127.0.0.1", "WADM_PORT": str(port)}, cwd=cwd)
+    """Run ``wadm COMMAND`` (words split on spaces) with ``env`` until its HTTP port answers; SIGTERM it afterwards."""
+    proc = start(command.split(), {**env, "WADM_HOST": "127.0.0.1", "WADM_PORT": str(port)}, cwd=cwd)
     try:
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code in (200, 503), 60,
                  "wadm to answer /health", proc)

@@ -53,7 +53,7 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
-def _app(settings: Settings) -> Any:
+def _app(settings: Settings, *, data: bool = True) -> Any:
     from wadm.api.app import create_app, served
     from wadm.pipeline.service import Service
     from wadm.store import make_store
@@ -61,7 +61,7 @@ def _app(settings: Settings) -> Any:
     configure_logging(settings.log_level)
     store = make_store(settings.mongodb_uri, settings.data_dir, settings.retention())
     service = Service(settings, store)
-    return served(create_app(settings, store, service.live, lifespan=service))
+    return served(create_app(settings, store, service.live, lifespan=service, data=data))
 
 
 def make_asgi_app() -> Any:
@@ -72,6 +72,11 @@ def make_asgi_app() -> Any:
 def make_api_app() -> Any:
     """Granian's factory target of ``wadm serve``: the API over the store, without collectors."""
     return _app(dataclasses.replace(_settings_or_exit(), collectors_enabled=False))
+
+
+def make_collect_app() -> Any:
+    """Granian's factory target of ``wadm collect``: collectors, with ``/health`` and ``/metrics`` only."""
+    return _app(_settings_or_exit(), data=False)
 
 
 # Connections each worker serves at once (Granian holds one permit per open connection, idle or
@@ -131,6 +136,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _serve(settings, 1, "wadm.__main__:make_asgi_app")
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level)
+    if not settings.mongodb_uri:
+        logging.getLogger(__name__).warning(
+            "wadm collect without MONGODB_URI stores into SQLite in %s: only a `wadm serve` on this machine and "
+            "folder can read it (scale-out wants MongoDB)", settings.data_dir)
+    logging.getLogger(__name__).info("Collecting; health and metrics on %s:%d", settings.host, settings.port)
+    return _serve(settings, 1, "wadm.__main__:make_collect_app")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     configure_logging(settings.log_level)
@@ -170,14 +186,23 @@ def _mcp(argv: list[str]) -> int:
     return mcp_main(argv)
 
 
+def _workers(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 64):
+        raise argparse.ArgumentTypeError(f"expected a number of worker processes from 1 to 64, got {raw!r}")
+    return int(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="wadm", description="Market-data collector for Binance and Bybit.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="collect and serve the API on WADM_HOST:WADM_PORT (one process)")
     run.set_defaults(func=_cmd_run)
+    collect = sub.add_parser("collect", help="collect into the store, serving only /health and /metrics "
+                                             "(scale-out: the API from `wadm serve` processes)")
+    collect.set_defaults(func=_cmd_collect)
     serve = sub.add_parser("serve", help="serve the API from the store only, without collectors")
-    serve.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    serve.add_argument("--workers", type=_workers, default=1, help="API worker processes, 1-64 (default 1)")
     serve.set_defaults(func=_cmd_serve)
     check = sub.add_parser("check-config", help="validate the configuration and print the effective settings")
     check.set_defaults(func=_cmd_check_config)

@@ -160,6 +160,7 @@ def create_app(
     live: LiveView,
     *,
     lifespan: Lifespan | None = None,
+    data: bool = True,
 ) -> falcon.asgi.App[Any, Any]:
     """Build the ASGI app.
 
@@ -168,6 +169,8 @@ def create_app(
         store: the store data endpoints read.
         live: what the collectors of this process say (a read-only view).
         lifespan: started and stopped with the server (the collecting service), if any.
+        data: serve ``/api/v1/*``; without, only ``/health``, ``/metrics`` and ``/openapi.json``
+            (``wadm collect``, when ``wadm serve`` processes answer the API).
     """
     work = Work(running=settings.api_concurrency, waiting=settings.api_queue)
     ctx = Context(settings=settings, store=store, live=live, work=work, bars=BarCache(settings),
@@ -181,6 +184,16 @@ def create_app(
     app.add_route("/health", HealthResource(ctx))
     app.add_route("/metrics", MetricsResource(Metrics(live, work)))
     app.add_route("/openapi.json", OpenApiResource(__version__))
+    if data:
+        _data_routes(app, ctx, flow)
+    app.add_error_handler(Exception, _internal_error)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(QueryError, _query_error)
+    app.add_error_handler(StoreError, _store_error)
+    return app
+
+
+def _data_routes(app: falcon.asgi.App[Any, Any], ctx: Context, flow: FlowCache) -> None:
     app.add_route("/api/v1/symbols", SymbolsResource(ctx))
     app.add_route("/api/v1/trades/{symbol}", TradesResource(ctx))
     app.add_route("/api/v1/gaps", GapsResource(ctx))
@@ -192,8 +205,3 @@ def create_app(
     app.add_route("/api/v1/order-flow/{symbol}/footprint", FootprintResource(ctx))
     app.add_route("/api/v1/market-structure/{symbol}", MarketStructureResource(ctx))
     app.add_route("/api/v1/indicators/{symbol}/history", IndicatorHistoryResource(ctx))
-    app.add_error_handler(Exception, _internal_error)
-    app.add_error_handler(falcon.HTTPError, _http_error)
-    app.add_error_handler(QueryError, _query_error)
-    app.add_error_handler(StoreError, _store_error)
-    return app
