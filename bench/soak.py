@@ -1,13 +1,15 @@
 """Soak: a time-compressed day of the default symbols with faults on a schedule (not in CI).
 
-``uv run python bench/soak.py`` (``WADM_SOAK_MINUTES``, default 30; ``WADM_SOAK_SPEED``, default 20).
+``uv run python bench/soak.py`` (``WADM_SOAK_MINUTES``, default 30; ``WADM_SOAK_SPEED``, default 20;
+``WADM_SOAK_SCHEDULE=outage`` for one 10-minute store outage instead of the day's faults).
 
 1. Starts the exchange emulator with the default symbols on all four markets (books on), each
    feed at ``SPEED`` times a typical real rate of that market; an nx-27017 MongoDB wire server;
    a webhook receiver; and ``wadm run`` on MongoDB with alerts on.
 2. Runs the schedule over the soak (times scale with its length): connection drops every few
-   minutes, ``serverShutdown``, two store outages (the spool takes over), a venue answering 429
-   and then 418 with the connections dropped (backfill through the ban), and a SIGTERM restart.
+   minutes, ``serverShutdown``, two store outages (10 minutes, then 1; the spool takes over), a
+   venue answering 429 and then 418 with the connections dropped (backfill through the ban), and
+   a SIGTERM restart.
 3. Samples every 10 s: RSS and CPU of WADM's worker, ``/health`` (status, spool bytes), alerts.
 4. Pauses the market, waits for WADM to settle, and reconciles every trade series: Binance ids
    are contiguous, so the trades the market made from the first stored one on must be exactly the
@@ -56,10 +58,16 @@ REAL_RATES = {
     ("bybit", "linear", "SOLUSDT"): 6.0, ("bybit", "spot", "BTCUSDT"): 5.0,
 }
 # (share of the soak, action, seconds it lasts)
-SCHEDULE = [(k / 10, "drop", 0.0) for k in range(1, 10)] + [
-    (0.15, "shutdown", 0.0), (0.25, "store_outage", 90.0), (0.40, "venue_ban", 0.0), (0.55, "shutdown", 0.0),
-    (0.65, "restart", 20.0), (0.75, "store_outage", 60.0),
-]
+SCHEDULES = {
+    "day": [(k / 10, "drop", 0.0) for k in range(1, 10)] + [
+        (0.15, "shutdown", 0.0), (0.20, "store_outage", 600.0), (0.55, "venue_ban", 0.0), (0.60, "shutdown", 0.0),
+        (0.70, "restart", 20.0), (0.80, "store_outage", 60.0)],
+    # WADM_SOAK_SCHEDULE=outage (with WADM_SOAK_MINUTES=32): one store outage of 10 minutes (the
+    # spool's target), at 20x, once memory has warmed up (the bar scheduler keeps 16 minutes of trades).
+    "outage": [(0.55, "store_outage", 600.0)],
+    "none": [],  # no faults: disk use at a given speed
+}
+SCHEDULE = SCHEDULES[os.environ.get("WADM_SOAK_SCHEDULE", "day")]
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
     cpu_before: float = 0.0  # CPU seconds of workers that exited (restarts)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # store outages, seconds from the start
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -136,15 +145,17 @@ def _act(run: Run, action: str, lasts: float) -> None:
         run.note(f"serverShutdown to every connection: {run.control('shutdown', grace=2)['affected']}")
     elif action == "store_outage":
         run.note(f"store killed for {lasts:.0f} s")
+        began = time.monotonic() - run.started
         run.mongo.kill()
         time.sleep(lasts)
         run.mongo.start()
+        run.outages.append((began, time.monotonic() - run.started))
         run.note("store back")
     elif action == "venue_ban":
         run.control("rest_status", status=429, count=30, retry_after=2, venue="binance")
         run.control("rest_status", status=418, count=3, retry_after=20, venue="binance")
         run.note(f"Binance REST: 30 x 429 then 3 x 418, and the connections dropped "
-                 f"({run.control('drop', venue='binance')['affected']})")
+                 f"({run.control('drop')['affected']})")
     elif action == "restart":
         assert run.app is not None
         pid = run.worker()
@@ -207,9 +218,15 @@ def _disk(run: Run, tmp: Path) -> dict[str, float]:
 
     total_bson, trades = 0, 0
     db = client.get_default_database()
-    for doc in db[TRADES].find():
-        total_bson += len(encode(doc))
-        trades += int(doc.get("count", 0))
+    tables: dict[str, float] = {}
+    for name in db.list_collection_names():
+        size = 0
+        for doc in db[name].find():
+            size += len(encode(doc))
+            if name == TRADES:
+                trades += int(doc.get("count", 0))
+        tables[name] = size
+    total_bson = int(tables.get(TRADES, 0))
     client.close()
 
     async def copy() -> tuple[int, int]:
@@ -236,7 +253,7 @@ def _disk(run: Run, tmp: Path) -> dict[str, float]:
 
     copied, size = asyncio.run(copy())
     return {"mongodb_bson_per_trade": total_bson / max(trades, 1), "sqlite_file_per_trade": size / max(copied, 1),
-            "trades": float(trades)}
+            "trades": float(trades), **{f"bytes:{name}": float(b) for name, b in tables.items()}}
 
 
 def _slope_mb_per_hour(samples: list[Sample]) -> float:
@@ -279,7 +296,8 @@ def main() -> int:
                 sampler.start()
                 for share, action, lasts in sorted(SCHEDULE):
                     time.sleep(max(0.0, run.started + share * duration - time.monotonic()))
-                    _act(run, action, lasts)
+                    short = min(1.0, MINUTES / 30) if SCHEDULE is SCHEDULES["day"] else 1.0
+                    _act(run, action, lasts * short)  # outages as long as a short soak allows
                 time.sleep(max(0.0, run.started + duration - time.monotonic()))
                 run.control("pause")
                 run.note("market paused; waiting for WADM to settle")
@@ -314,6 +332,13 @@ def _report(run: Run, rows: list[dict[str, Any]], disk: dict[str, float], bodies
     for r in rows:
         print(f"| {r['series']} | {r['made']} | {r['stored']} | {r['duplicates']} | {r['not_stored']} | {r['gaps']} | "
               f"{r['gap_missing']} | {'yes' if r['exact'] else 'NO'} |")
+    for began, ended in run.outages:
+        before = [x.rss_mb for x in s if began - 3 * SAMPLE_S <= x.t <= began and x.rss_mb]
+        during = [x.rss_mb for x in s if began <= x.t <= ended + SAMPLE_S and x.rss_mb]
+        if before and during:
+            print(f"store outage {began / 60:.1f}-{ended / 60:.1f} min: RSS {before[-1]:.0f} MB before, peak "
+                  f"{max(during):.0f} MB during (growth {max(during) - before[-1]:.0f} MB); spool peak "
+                  f"{max(x.spool_bytes for x in s if began <= x.t <= ended + SAMPLE_S) / 1e6:.1f} MB")
     alerts = [a for b in bodies for a in b.get("alerts", [])]
     counts: dict[tuple[str, str], int] = {}
     for a in alerts:
@@ -321,6 +346,9 @@ def _report(run: Run, rows: list[dict[str, Any]], disk: dict[str, float], bodies
     print(f"\nalerts: {len(bodies)} POSTs, " + ", ".join(f"{n} {st} x{c}" for (n, st), c in sorted(counts.items())))
     print(f"disk: {disk['mongodb_bson_per_trade']:.1f} bytes per trade as MongoDB documents (BSON, before "
           f"WiredTiger's compression), {disk['sqlite_file_per_trade']:.1f} in SQLite ({disk['trades']:.0f} trades)")
+    hours = duration / 3600
+    print("stored per hour of soak, BSON MB by table: " + ", ".join(
+        f"{k.removeprefix('bytes:')} {v / 1e6 / hours:.1f}" for k, v in sorted(disk.items()) if k.startswith("bytes:")))
     print("events: " + "; ".join(f"{t / 60:.1f} min {what}" for t, what in run.events))
 
 

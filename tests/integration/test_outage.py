@@ -20,6 +20,7 @@ from wadm.emulator.market import SyntheticSpec
 from wadm.pipeline.service import Service
 from wadm.records import TRADES, BatchKey, Market, Venue
 from wadm.store.mongo import MongoStore
+from wadm.store.sqlite import SqliteStore
 from wadm.venues.base import TradeStream
 
 pytestmark = pytest.mark.asyncio
@@ -126,3 +127,18 @@ async def test_backlog_past_its_bound_is_counted_and_logged(tmp_path: Path, capl
             finally:
                 await svc.stop(deadline=0.5)
     assert any("Dropped" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_a_spool_folder_that_cannot_be_used_is_reported_and_the_service_runs_without(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "spool").write_text("a file where the spool folder should be")
+    with caplog.at_level(logging.ERROR, logger="wadm.pipeline.service"):
+        svc = Service(Settings(data_dir=tmp_path, collectors_enabled=False), SqliteStore(tmp_path / "w.db"))
+    assert svc.spool is None and svc.writer.spool is None
+    assert any("cannot be used" in r.getMessage() and "without a spool" in r.getMessage() for r in caplog.records)
+    await svc.start()
+    try:
+        await until(lambda: health(svc)[0], 10, "the service to be healthy without its spool")
+        assert health(svc)[1]["store"]["spool"] is None
+    finally:
+        await svc.stop()

@@ -111,8 +111,13 @@ class Service:
             plans = []
         self.spool: Spool | None = None
         if settings.spool_max_bytes:
-            self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
-            self.spool.open()  # what an earlier run left is written first
+            spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+            try:
+                spool.open()  # what an earlier run left is written first
+                self.spool = spool
+            except OSError as exc:
+                log.error("The spool folder %s cannot be used (%s): running without a spool, so a store outage "
+                          "longer than WADM_WRITER_MAX_PENDING_ROWS rows loses data", spool.folder, exc)
         self.writer = Writer(store, max_pending_rows=settings.writer_max_pending_rows, spool=self.spool)
         # One REST client (and request budget) per venue host: Bybit's spot and linear share one.
         self.rest: dict[tuple[Venue, str], RestClient] = {}
