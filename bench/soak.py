@@ -50,7 +50,8 @@ from wadm.store.mongo import MongoStore
 MINUTES = float(os.environ.get("WADM_SOAK_MINUTES", "30"))
 SPEED = float(os.environ.get("WADM_SOAK_SPEED", "20"))
 SAMPLE_S = 10.0
-WARM_UP = 0.2  # share of the soak left out of the RSS slope
+# Left out of the RSS slope after each start: the bar scheduler fills its 16 minutes of trades.
+WARM_UP_S = 17 * 60
 # Typical trades per second (aggTrades on Binance) of each default series on an ordinary day.
 REAL_RATES = {
     ("binance", "spot", "BTCUSDT"): 15.0, ("binance", "spot", "ETHUSDT"): 10.0, ("binance", "spot", "XRPUSDT"): 5.0,
@@ -256,11 +257,14 @@ def _disk(run: Run, tmp: Path) -> dict[str, float]:
             "trades": float(trades), **{f"bytes:{name}": float(b) for name, b in tables.items()}}
 
 
-def _slope_mb_per_hour(samples: list[Sample]) -> float:
-    cut = samples[0].t + WARM_UP * (samples[-1].t - samples[0].t)
+def _slope_mb_per_hour(samples: list[Sample], events: list[tuple[float, str]]) -> tuple[float, float]:
+    """RSS slope (MB/hour) from ``WARM_UP_S`` after the last start to the end, and how long that is (s)."""
+    starts = [0.0] + [t for t, what in events if what == "restarted"]
+    cut = starts[-1] + WARM_UP_S
     xs = [s.t / 3600 for s in samples if s.t >= cut and s.rss_mb]
     ys = [s.rss_mb for s in samples if s.t >= cut and s.rss_mb]
-    return statistics.linear_regression(xs, ys).slope if len(xs) > 2 else float("nan")
+    slope = statistics.linear_regression(xs, ys).slope if len(xs) > 2 else float("nan")
+    return slope, (xs[-1] - xs[0]) * 3600 if xs else 0.0
 
 
 def main() -> int:
@@ -324,7 +328,8 @@ def _report(run: Run, rows: list[dict[str, Any]], disk: dict[str, float], bodies
         print(f"| {sample.t / 60:.1f} | {sample.rss_mb:.0f} | {sample.status} | {sample.spool_bytes / 1e6:.1f} | "
               f"{sample.alerts} |")
     cpu = (s[-1].cpu_s - s[0].cpu_s) / (s[-1].t - s[0].t) if len(s) > 1 else float("nan")
-    print(f"\nRSS slope after warm-up: {_slope_mb_per_hour(s):.1f} MB/hour; RSS min/max "
+    slope, span = _slope_mb_per_hour(s, run.events)
+    print(f"\nRSS slope over the {span / 60:.0f} minutes after warm-up: {slope:.1f} MB/hour; RSS min/max "
           f"{min(x.rss_mb for x in s if x.rss_mb):.0f}/{max(x.rss_mb for x in s):.0f} MB; "
           f"CPU {cpu * 100:.0f} % of one core; spool peak {max(x.spool_bytes for x in s) / 1e6:.1f} MB")
     print("\n| series | made | stored | duplicates | not stored | gaps | gap missing | exact |")
