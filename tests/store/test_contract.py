@@ -148,6 +148,27 @@ async def test_sweep_deletes_exactly_the_expired_batches(store: Store) -> None:
     assert await store.sweep(key.table, FAR) == 2
 
 
+async def test_reads_again_see_new_batches_and_not_swept_ones(store: Store) -> None:
+    # Small batches read before are kept decoded: a later read must still list exactly what is
+    # stored (a bar's new revision is a new batch, a sweep deletes whole batches).
+    key = replace(BINANCE_SPOT, table="bars_1m")
+    frames = []
+    for i in range(4):
+        frame, encoded = batch(key, T0 + 10 * i * SECOND, 3, first_id=10 * i)
+        frames.append(frame)
+        await store.write(key, encoded)
+    for _ in range(2):
+        assert_frame_equal(await store.read(key, 0, FAR), pl.concat(frames))
+    assert await store.sweep(key.table, T0 + 15 * SECOND) == 2
+    revised, encoded = batch(key, T0 + 20 * SECOND, 2, first_id=20)  # same start as the third
+    await store.write(key, encoded)
+    again = await store.read(key, 0, FAR)
+    assert again.height == 3 + 2 + 3
+    assert_frame_equal(again.filter(pl.col("ts_event") >= T0 + 30 * SECOND), frames[3])
+    assert sorted(again["id"].to_list()) == sorted([*frames[2]["id"], *revised["id"], *frames[3]["id"]])
+    assert_frame_equal(await store.read(key, T0 + 30 * SECOND, FAR), frames[3])
+
+
 async def test_sweep_is_exact_to_the_nanosecond(store: Store) -> None:
     end = T0 + 123_456_789  # not on a millisecond
     await store.write(BINANCE_SPOT, encode_batch(trades(BINANCE_SPOT, [end - 5, end])))

@@ -260,3 +260,18 @@ def test_resample_equals_bars_from_trades(rows: list[tuple[int, int, int, int]],
         rel_tol=1e-12,
         abs_tol=1e-9,
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(markets=st.lists(trade_rows, min_size=1, max_size=4), coarse=st.sampled_from([5, 15, 60]))
+def test_markets_resampled_in_one_pass_equal_each_resampled_alone(markets: list[list[tuple[int, int, int, int]]],
+                                                                    coarse: int) -> None:
+    fine = [trade_bars(frame([(_DAY_END + ms * MS, t / 100, lot / 1000, s) for ms, t, lot, s in
+                              sorted(rows, key=lambda r: r[0])]), MIN) for rows in markets]
+    tagged = pl.concat([b.with_columns(market=pl.lit(i, pl.Int32)) for i, b in enumerate(fine)])
+    together = resample(tagged, coarse * MIN, by="market")
+    assert together.columns == ["market", *BAR_SCHEMA]
+    for i, bars in enumerate(fine):
+        alone = together.filter(pl.col("market") == i).drop("market")
+        assert_frame_equal(alone, resample(bars, coarse * MIN))
+    assert resample(tagged.clear(), coarse * MIN, by="market").columns == ["market", *BAR_SCHEMA]

@@ -13,11 +13,23 @@ import pytest
 
 from wadm.analytics.aggregates import build_bars
 from wadm.analytics.grid import Grid
-from wadm.api.sources import MAX_PROFILE_ROWS, BarCache, Scope, bar_grid, check_rows, choose_resolution, trade_grid
+from wadm.api.sources import (
+    LOADED_REUSE_NS,
+    MAX_PROFILE_ROWS,
+    OPEN_REUSE_NS,
+    BarCache,
+    Scope,
+    _shares,
+    _within,
+    bar_grid,
+    check_rows,
+    choose_resolution,
+    trade_grid,
+)
 from wadm.config import Settings
 from wadm.errors import QueryError
 from wadm.live import Series
-from wadm.records import BARS_1M, BatchKey, Market, Venue
+from wadm.records import BARS_1M, GAP_SCHEMA, GAPS, BatchKey, Market, Venue
 from wadm.store import SqliteStore, encode_batch
 
 S = 1_000_000_000
@@ -100,4 +112,62 @@ async def test_settled_bars_are_read_once_and_kept(tmp_path: Path) -> None:
     assert again.height == (settled - start) // MIN, "every settled hour came from the cache"
     assert again.equals(first.filter(pl.col("ts_event") < settled))
     assert cache.hits >= 4
+    await store.close()
+
+
+def test_bars_built_a_moment_after_a_request_began_answer_it_when_its_window_ends_now() -> None:
+    # The requests of one analysis take their "now" when parsed and reach a shared build in another
+    # order: a build made 3 ms later serves a request whose window ends now...
+    assert _shares(made=NOW + 3_000_000, now=NOW, end=NOW, reuse=OPEN_REUSE_NS)
+    assert _shares(made=NOW - 3_000_000, now=NOW, end=NOW, reuse=OPEN_REUSE_NS)
+    assert not _shares(made=NOW - OPEN_REUSE_NS, now=NOW, end=NOW, reuse=OPEN_REUSE_NS), "too old"
+    assert not _shares(made=NOW + OPEN_REUSE_NS, now=NOW, end=NOW, reuse=OPEN_REUSE_NS)
+    # ...but never one whose window ended before the build: that would add trades after its end.
+    assert not _shares(made=NOW - 3_000_000, now=NOW, end=NOW - 5_000_000, reuse=OPEN_REUSE_NS)
+    assert _shares(made=NOW - 3_000_000, now=NOW, end=NOW - 1_000_000, reuse=OPEN_REUSE_NS)
+
+
+def test_shared_bars_built_past_a_window_keep_no_bar_that_starts_after_its_end() -> None:
+    bars = _bars(0.5, start=NOW - 3 * MIN, n=4)  # minutes NOW-3 .. NOW (the last one just opened)
+    # Built 2 ms into the minute that starts at NOW, for a request whose window ends 1 ms before it.
+    kept = _within(bars, NOW - 2 * MIN, NOW - 1_000_000, made=NOW + 2_000_000, step=MIN)
+    assert kept["ts_event"].to_list() == [NOW - 2 * MIN, NOW - MIN]
+    # Built inside the request's own last minute: nothing can start after its end.
+    same = _within(bars, NOW - 3 * MIN, NOW + 30 * S, made=NOW + 31 * S, step=MIN)
+    assert same.equals(bars)
+
+
+class CountingStore(SqliteStore):
+    """A real SQLite store that counts its reads of each table."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: dict[str, int] = {}
+
+    async def read(self, key: BatchKey, start: int, end: int, *, max_rows: int | None = None) -> pl.DataFrame:
+        self.reads[key.table] = self.reads.get(key.table, 0) + 1
+        return await super().read(key, start, end, max_rows=max_rows)
+
+
+def _gap(start: int, end: int) -> pl.DataFrame:
+    return pl.DataFrame([{"ts_event": start, "end": end, "stream": "btcusdt@aggTrade", "reason": "disconnect",
+                          "missing": 3, "ts_recv": end}], schema=GAP_SCHEMA)
+
+
+@pytest.mark.asyncio
+async def test_the_gaps_of_a_series_are_read_once_for_requests_at_once_and_again_after_a_moment(
+        tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "gaps.db")
+    await store.open()
+    key = BatchKey(GAPS, Venue.BINANCE, Market.SPOT, "BTCUSDT")
+    await store.write(key, encode_batch(_gap(NOW - 2 * HOUR, NOW - 2 * HOUR + 5 * S)))
+    cache = BarCache(Settings())
+    answers = await asyncio.gather(*(cache.gaps(store, BTC) for _ in range(8)))
+    assert store.reads[GAPS] == 1, "eight requests at once read the table once"
+    assert all(a.height == 1 for a in answers)
+    await store.write(key, encode_batch(_gap(NOW - HOUR, NOW - HOUR + 7 * S)))
+    await asyncio.sleep(LOADED_REUSE_NS / S + 0.1)
+    fresh = await cache.gaps(store, BTC)
+    assert store.reads[GAPS] == 2 and fresh["ts_event"].to_list() == [NOW - 2 * HOUR, NOW - HOUR], \
+        "a gap recorded since is seen once the shared read has aged"
     await store.close()

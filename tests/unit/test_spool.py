@@ -168,6 +168,27 @@ def test_newest_gives_the_last_record_of_a_series(tmp_path: Path) -> None:
     assert spool.newest(BTC) is None and spool.covering(BTC) == []
 
 
+def test_newest_is_the_record_that_ends_last_wherever_it_was_appended(tmp_path: Path) -> None:
+    # A batch whose store write failed while newer ones waited on disk is appended after them:
+    # where a stream resumes must still be the end of its newest data, here and after a restart.
+    spool = Spool(tmp_path, 10**9, segment_bytes=1500)
+    spool.append([_record(BTC, 0), _record(BTC, 1000), _record(BTC, 2000), _record(BTC, 500)])
+    assert len(list(tmp_path.glob("*.seg"))) > 1, "the records span segments"
+    for view in (spool, _reopened(spool, tmp_path)):
+        newest = view.newest(BTC)
+        assert newest is not None and decode_frame(newest.batch.data)["id"][-1] == 2049
+    again = _reopened(spool, tmp_path)
+    again.commit(again.head(3, 10**9))  # written up to the newest: what waits (ids 500-549) is older
+    assert again.newest(BTC) is None
+
+
+def _reopened(spool: Spool, folder: Path) -> Spool:
+    spool.close()
+    again = Spool(folder, 10**9, segment_bytes=1500)
+    again.open()
+    return again
+
+
 def test_a_folder_with_only_written_segments_opens_empty(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 10**9)
     spool.append([_record(BTC, 0)])

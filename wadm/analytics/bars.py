@@ -188,7 +188,8 @@ def footprints(trades: pl.DataFrame, grid: Grid, interval_ns: int) -> pl.DataFra
     return _densify(cells).collect()
 
 
-def resample(bars: pl.DataFrame, interval_ns: int, *, session_ns: int = NS_PER_DAY) -> pl.DataFrame:
+def resample(bars: pl.DataFrame, interval_ns: int, *, session_ns: int = NS_PER_DAY, by: str | None = None
+             ) -> pl.DataFrame:
     """Merge finer bars into coarser ones aligned to multiples of ``interval_ns`` (e.g. 1m -> 1h).
 
     The finer bars must come from :func:`trade_bars` with an interval that divides ``interval_ns``.
@@ -200,22 +201,26 @@ def resample(bars: pl.DataFrame, interval_ns: int, *, session_ns: int = NS_PER_D
         interval_ns: the coarser bar length in ns; it must divide ``session_ns``, so no coarser bar
             spans a CVD reset.
         session_ns: the CVD session length the bars were built with.
+        by: a column telling apart several series in ``bars`` (markets, say), resampled each on
+            its own in one pass; it is kept first.
 
     Returns:
-        Coarser bars with the columns of :data:`BAR_SCHEMA`, sparse and sorted by ``start``.
+        Coarser bars with the columns of :data:`BAR_SCHEMA`, sparse and sorted by ``start`` (by
+        ``by`` then ``start`` with ``by``).
 
     Raises:
         UsageError: a non-positive interval, or one that does not divide the session.
     """
     _check_interval(interval_ns, session_ns)
+    keys = [] if by is None else [by]
     if bars.is_empty():
-        return pl.DataFrame(schema=BAR_SCHEMA)
+        return pl.DataFrame(schema={**({} if by is None else {by: bars.schema[by]}), **BAR_SCHEMA})
     delta = pl.col("delta")
     before = delta.cum_sum().shift(1, fill_value=0.0)  # delta of the coarser bar before each finer one
     return (
         bars.lazy()
-        .sort("start")
-        .group_by(_bar_start(pl.col("start"), interval_ns).alias("start"), maintain_order=True)
+        .sort(*keys, "start")
+        .group_by(*keys, _bar_start(pl.col("start"), interval_ns).alias("start"), maintain_order=True)
         .agg(
             open=pl.col("open").first(),
             high=pl.col("high").max(),
@@ -235,7 +240,7 @@ def resample(bars: pl.DataFrame, interval_ns: int, *, session_ns: int = NS_PER_D
             delta_min=pl.min_horizontal(pl.col("run_min"), pl.lit(0.0)),
             delta_max=pl.max_horizontal(pl.col("run_max"), pl.lit(0.0)),
         )
-        .select(list(BAR_SCHEMA))
+        .select(*keys, *BAR_SCHEMA)
         .collect()
     )
 

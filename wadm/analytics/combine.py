@@ -40,11 +40,14 @@ def combine_bars(frames: Sequence[pl.DataFrame], interval_ns: int | None = None)
         frames: stored bars (``ts_event`` and the BAR_SCHEMA columns), one frame per market.
         interval_ns: resample each market to this length first (it must be a multiple of theirs).
     """
-    bars = [
-        (resample(f.rename({"ts_event": "start"}).select(list(BAR_SCHEMA)), interval_ns) if interval_ns
-         else f.rename({"ts_event": "start"}).select(list(BAR_SCHEMA))) if f.height else pl.DataFrame(schema=BAR_SCHEMA)
-        for f in frames
-    ]
+    bars = [f.rename({"ts_event": "start"}).select(list(BAR_SCHEMA)) if f.height else pl.DataFrame(schema=BAR_SCHEMA)
+            for f in frames]
+    if interval_ns:
+        # PERF: the markets resampled in one pass (a pass costs about a millisecond however small).
+        tagged = [b.with_columns(market=pl.lit(i, pl.Int32)) for i, b in enumerate(bars) if b.height]
+        merged = resample(pl.concat(tagged), interval_ns, by="market") if tagged else None
+        by_market = {} if merged is None else merged.partition_by("market", as_dict=True, include_key=False)
+        bars = [by_market.get((i,), pl.DataFrame(schema=BAR_SCHEMA)) for i in range(len(bars))]
     present = [b for b in bars if b.height]
     if not present:
         return pl.DataFrame(schema=BAR_SCHEMA)
@@ -63,8 +66,9 @@ def combine_bars(frames: Sequence[pl.DataFrame], interval_ns: int | None = None)
     for k, b in enumerate(present):
         own = b.select("start", pl.col("cvd").alias(f"cvd{k}"), pl.col("cvd_open").alias(f"open{k}")).with_columns(
             day=pl.col("start") // NS_PER_DAY)
+        # Both sides are sorted by start (so within each day): polars cannot check that with ``by``.
         out = out.join_asof(own.rename({"start": f"at{k}"}), left_on="start", right_on=f"at{k}", by="day",
-                            strategy="backward")
+                            strategy="backward", check_sortedness=False)
         # A market that has not traded yet this day holds CVD 0; one whose bar is this one opens at its open.
         cvd = cvd + pl.col(f"cvd{k}").fill_null(0.0)
         cvd_open = cvd_open + pl.when(pl.col(f"at{k}") == pl.col("start")).then(pl.col(f"open{k}")) \

@@ -43,7 +43,7 @@ from wadm.api.query import Query
 from wadm.config import Settings
 from wadm.errors import QueryError
 from wadm.live import BarsView, LiveView, Series
-from wadm.records import BARS_1H, BARS_1M, TRADES, BatchKey
+from wadm.records import BARS_1H, BARS_1M, GAPS, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.units import NS_PER_MIN, NS_PER_MS, NS_PER_S
 
@@ -185,6 +185,8 @@ class BarCache:
         self.loaded: dict[tuple[Series, str], tuple[int, int, pl.DataFrame]] = {}
         # loads under way: (from, started at, their bars to come)
         self.pending: dict[tuple[Series, str], tuple[int, int, asyncio.Future[pl.DataFrame | None]]] = {}
+        # the stored gaps of each series: (read at, the table to come, or None if the read failed)
+        self._gaps: dict[Series, tuple[int, asyncio.Future[pl.DataFrame | None]]] = {}
 
     def settled_before(self, now: int) -> int:
         """Bars starting before this (ns) are final: raw retention plus an hour of margin."""
@@ -216,6 +218,27 @@ class BarCache:
                 self._put((table, series, first), frame)
         merged: pl.DataFrame = await off(_merge_in, parts, start, end)
         return merged
+
+    async def gaps(self, store: Store, series: Series) -> pl.DataFrame:
+        """The stored gaps of ``series``, read once per LOADED_REUSE_NS and shared meanwhile: each
+        request of an analysis lists the gaps of every source (the Wyckoff context's eight
+        requests read a four-market symbol's gaps 28 times), and they seldom change."""
+        now = time.time_ns()
+        shared = self._gaps.get(series)
+        if shared is not None and 0 <= now - shared[0] < LOADED_REUSE_NS:
+            frame = await asyncio.shield(shared[1])
+            if frame is not None:
+                return frame
+        mine = (now, asyncio.get_running_loop().create_future())
+        self._gaps[series] = mine
+        read: pl.DataFrame | None = None
+        try:
+            read = await store.read(BatchKey(GAPS, series.venue, series.market, series.symbol), 0, 2**62)
+        finally:
+            mine[1].set_result(read)  # None: the read failed, the waiters read for themselves
+            if read is None and self._gaps.get(series) is mine:
+                del self._gaps[series]
+        return read
 
     def _put(self, key: tuple[str, Series, int], frame: pl.DataFrame) -> None:
         self._frames[key] = frame
@@ -261,6 +284,23 @@ def _merge_tail(base: pl.DataFrame, newer: pl.DataFrame) -> pl.DataFrame:
     cut = int(newer["ts_event"].min())  # type: ignore[arg-type]
     return pl.concat([base.filter(pl.col("ts_event") < cut),
                       merge_bars(base.filter(pl.col("ts_event") >= cut), newer)])
+
+
+def _shares(made: int, now: int, end: int, reuse: int) -> bool:
+    """Whether bars built for a window ending at ``made`` answer a request made at ``now`` for a
+    window ending at ``end``: built less than ``reuse`` before, or after it when the window ends
+    now (the requests of one analysis are parsed in one order and reach the build in another)."""
+    if end >= now:
+        return abs(now - made) < reuse
+    return end >= made and now - made < reuse
+
+
+def _within(bars: pl.DataFrame, lo: int, end: int, made: int, step: int) -> pl.DataFrame:
+    """Shared bars from ``lo`` on; and up to ``end`` if they were built for a later end that can
+    reach a bar starting after it."""
+    if made <= end or end >= made - made % step:
+        return bars.filter(pl.col("ts_event") >= lo)
+    return bars.filter((pl.col("ts_event") >= lo) & (pl.col("ts_event") <= end))
 
 
 def _open_bars(view: BarsView, end: int, grid: Grid | None, lot: float | None) -> pl.DataFrame | None:
@@ -345,14 +385,14 @@ class Reader:
         # A load of the same bars already under way (requests sent at once) is waited for, not repeated.
         key = (series, resolution)
         loaded = self.cache.loaded.get(key)
-        if loaded is not None and loaded[0] <= lo and end >= loaded[1] and 0 <= now - loaded[1] < LOADED_REUSE_NS:
-            shared: pl.DataFrame = await self.off(loaded[2].filter, pl.col("ts_event") >= lo)
+        if loaded is not None and loaded[0] <= lo and _shares(loaded[1], now, end, LOADED_REUSE_NS):
+            shared: pl.DataFrame = await self.off(_within, loaded[2], lo, end, loaded[1], step)
             return shared
         pending = self.cache.pending.get(key)
-        if pending is not None and pending[0] <= lo and end >= pending[1]:
+        if pending is not None and pending[0] <= lo and _shares(pending[1], now, end, LOADED_REUSE_NS):
             awaited = await asyncio.shield(pending[2])
             if awaited is not None:
-                waited: pl.DataFrame = await self.off(awaited.filter, pl.col("ts_event") >= lo)
+                waited: pl.DataFrame = await self.off(_within, awaited, lo, end, pending[1], step)
                 return waited
         mine: tuple[int, int, asyncio.Future[pl.DataFrame | None]] | None = None
         if end >= now and (pending is None or lo < pending[0]):
@@ -411,17 +451,16 @@ class Reader:
         meanwhile (as order-flow/current shares its answers): a multi-call client such as the MCP
         server's Wyckoff context reads them a dozen times in a few hundred ms, several at once."""
         memo = self.cache.open.get(series)
-        if (memo is not None and memo[0] == view.closed_until and 0 <= now - memo[1] < OPEN_REUSE_NS
-                and end >= memo[1]):
-            return memo[2]
+        if memo is not None and memo[0] == view.closed_until and _shares(memo[1], now, end, OPEN_REUSE_NS):
+            return await self._upto(memo[2], memo[1], end)
         if end < now:
             built: pl.DataFrame | None = await self.off(_open_bars, view, end, grid, lot)
             return built
         pending = self.cache.open_pending.get(series)
-        if pending is not None and pending[0] == view.closed_until and 0 <= now - pending[1] < OPEN_REUSE_NS:
+        if pending is not None and pending[0] == view.closed_until and _shares(pending[1], now, end, OPEN_REUSE_NS):
             awaited = await asyncio.shield(pending[2])
             if awaited is not None:
-                return awaited[0]
+                return await self._upto(awaited[0], pending[1], end)
         mine: tuple[int, int, asyncio.Future[tuple[pl.DataFrame | None] | None]] = (
             view.closed_until, now, asyncio.get_running_loop().create_future())
         self.cache.open_pending[series] = mine
@@ -435,6 +474,14 @@ class Reader:
         if made[0] is not None:
             self.cache.open[series] = (view.closed_until, now, made[0])
         return made[0]
+
+    async def _upto(self, bars: pl.DataFrame | None, made: int, end: int) -> pl.DataFrame | None:
+        """Shared open bars for a window ending at ``end``: a build made after it can hold a minute
+        that starts later (a request's ``now`` is taken when it is parsed, a moment before)."""
+        if bars is None or made <= end or end >= made - made % NS_PER_MIN:
+            return bars
+        kept: pl.DataFrame = await self.off(_within, bars, 0, end, made, NS_PER_MIN)
+        return kept
 
     async def trades(self, series: Series, start: int, end: int) -> pl.DataFrame:
         """Trades of one series in ``[start, end]``: stored ones and those the live view has not closed yet."""

@@ -300,12 +300,17 @@ async def wyckoff_context(client: WadmClient, symbol: str, exchange: str | None,
         "footprint": client.get(f"/api/v1/order-flow/{symbol}/footprint", where | {"interval": "15m", "limit": 16}),
         "gaps": client.get("/api/v1/gaps", where | {"symbol": symbol, "window": "24h", "limit": 1000}),
     }
-    # First the two calls that read the widest windows (7 days of hourly bars from a 4h boundary,
-    # 24 hours of minutes): WADM keeps what they loaded for a moment, and the six others, sent
-    # together once those are in, read it instead of loading it again.
-    first = ("structure_4h", "structure_15m")
-    await asyncio.gather(*(_part(parts, failed, k, calls.pop(k)) for k in first))
-    await asyncio.gather(*(_part(parts, failed, k, c) for k, c in calls.items()))
+    # First the two calls that read the widest windows: 7 days of hourly bars from a 4h boundary,
+    # and 24 hours of minutes. WADM keeps what they loaded for a moment; each of the others is sent
+    # as soon as the call whose bars it reads is in, and reads them instead of loading them again.
+    after = {"structure_4h": ("structure_1h", "composite"),
+             "structure_15m": ("session", "footprint", "flow", "gaps")}
+
+    async def then(first: str) -> None:
+        await _part(parts, failed, first, calls[first])
+        await asyncio.gather(*(_part(parts, failed, k, calls[k]) for k in after[first]))
+
+    await asyncio.gather(*(then(first) for first in after))
     if len(failed) == len(calls):
         raise ToolError(next(iter(failed.values())))
     scope: dict[str, Any] = {"symbol": symbol, "markets": names(found), "time": iso(time.time() * 1000),

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from wadm.errors import StoreError
 
-__all__ = ["Batch", "decode_frame", "encode_batch"]
+__all__ = ["Batch", "DecodedBatches", "decode_frame", "encode_batch"]
 
 
 
@@ -63,3 +66,50 @@ def decode_frame(data: bytes) -> pl.DataFrame:
         return pl.read_ipc_stream(io.BytesIO(data))
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise StoreError(f"a stored batch could not be decoded: {exc}") from exc
+
+
+class DecodedBatches:
+    """Frames of recently read small batches by their store handle, so that reading them again
+    does not decode (nor, for MongoDB, fetch) them again.
+
+    A stored batch never changes (a revision of a bar is a new batch; a sweep deletes whole
+    batches, which the index query then no longer lists), so a frame decoded once is good until
+    it is evicted: least recently used first, past ``max_bytes`` of frames. Only batches of at
+    most ``max_rows`` rows are kept: the bars, gaps and snapshots a store is asked for on every
+    analytics request come one minute to a batch, and decoding them was most of a read.
+    Thread-safe (SQLite decodes on its reader threads).
+    """
+
+    def __init__(self, *, max_bytes: int = 32 << 20, max_rows: int = 64) -> None:
+        self.max_bytes = max_bytes
+        self.max_rows = max_rows
+        self.hits = 0
+        self.misses = 0
+        self._frames: OrderedDict[Hashable, tuple[pl.DataFrame, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, handle: Hashable) -> pl.DataFrame | None:
+        """The frame of a batch read before, or None."""
+        with self._lock:
+            found = self._frames.get(handle)
+            if found is None:
+                self.misses += 1
+                return None
+            self._frames.move_to_end(handle)
+            self.hits += 1
+            return found[0]
+
+    def put(self, handle: Hashable, frame: pl.DataFrame) -> None:
+        """Keep a frame just decoded (if small enough)."""
+        if frame.height > self.max_rows:
+            return
+        size = int(frame.estimated_size())
+        with self._lock:
+            if handle in self._frames:
+                return
+            self._frames[handle] = (frame, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._frames:
+                _, (_, dropped) = self._frames.popitem(last=False)
+                self._bytes -= dropped

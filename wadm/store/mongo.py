@@ -38,7 +38,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from wadm.errors import StoreError
 from wadm.records import BatchKey
 from wadm.store.base import BatchMeta, select_batches
-from wadm.store.codec import Batch, decode_frame
+from wadm.store.codec import Batch, DecodedBatches, decode_frame
 from wadm.units import NS_PER_MS
 
 __all__ = ["MongoStore"]
@@ -109,6 +109,7 @@ class MongoStore:
         self._secrets = {password, unquote(password)} - {""} if password else set()
         self._client: AsyncMongoClient[Document] | None = None
         self._indexed: set[str] = set()
+        self._decoded = DecodedBatches()
 
     def __repr__(self) -> str:
         return f"MongoStore(host={self.host!r}, database={self.database!r})"
@@ -240,24 +241,31 @@ class MongoStore:
         chosen = select_batches(metas, max_rows)
         if not chosen:
             return pl.DataFrame()
-        try:
-            ids = [m.handle for m in chosen]
-            blob_docs = await coll.find({"_id": {"$in": ids}}, projection={"data": 1}).to_list()
-        except _DRIVER_ERRORS as exc:
-            raise self._error(f"reading {key}", exc) from exc
+        found: dict[Any, pl.DataFrame | bytes | None] = {m.handle: self._decoded.get(m.handle) for m in chosen}
+        missing = [h for h, f in found.items() if f is None]
+        if missing:
+            try:
+                blob_docs = await coll.find({"_id": {"$in": missing}}, projection={"data": 1}).to_list()
+            except _DRIVER_ERRORS as exc:
+                raise self._error(f"reading {key}", exc) from exc
+            for d in blob_docs:
+                if not isinstance(d.get("data"), bytes):
+                    raise StoreError(f"mongodb store {self.host}/{self.database}: a batch of {key} has no data")
+                found[d["_id"]] = d["data"]
+        parts = [(h, f) for h, f in found.items() if f is not None]  # in start order; swept in between: absent
+        if sum(len(f) for _, f in parts if isinstance(f, bytes)) > _DECODE_INLINE_BYTES:
+            return await asyncio.to_thread(self._decode_all, parts)
+        return self._decode_all(parts)
 
-        by_id = {d["_id"]: d.get("data") for d in blob_docs}
-        blobs: list[bytes] = []
-        for meta in chosen:
-            if meta.handle not in by_id:  # swept in between
-                continue
-            data = by_id[meta.handle]
-            if not isinstance(data, bytes):
-                raise StoreError(f"mongodb store {self.host}/{self.database}: a batch of {key} has no data")
-            blobs.append(data)
-        if sum(len(b) for b in blobs) > _DECODE_INLINE_BYTES:
-            return await asyncio.to_thread(_decode_all, blobs)
-        return _decode_all(blobs)
+    def _decode_all(self, parts: list[tuple[Any, pl.DataFrame | bytes]]) -> pl.DataFrame:
+        """Decode the blobs among ``parts`` (keeping the small frames) and concatenate everything."""
+        frames = []
+        for handle, part in parts:
+            if isinstance(part, bytes):
+                part = decode_frame(part)
+                self._decoded.put(handle, part)
+            frames.append(part)
+        return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
     async def latest(self, key: BatchKey, *, before: int | None = None) -> pl.DataFrame:
         """Rows of the batch of ``key`` that ends last (before ``before``); see :class:`~wadm.store.base.Store`."""
@@ -273,7 +281,7 @@ class MongoStore:
             return pl.DataFrame()
         if not isinstance(doc.get("data"), bytes):
             raise StoreError(f"mongodb store {self.host}/{self.database}: a batch of {key} has no data")
-        return _decode_all([doc["data"]])
+        return decode_frame(doc["data"])
 
     async def sweep(self, table: str, older_than: int) -> int:
         """Delete batches of ``table`` that ended before ``older_than`` (event time, ns).
@@ -300,11 +308,6 @@ class MongoStore:
         except _DRIVER_ERRORS:
             return False
         return True
-
-
-def _decode_all(blobs: list[bytes]) -> pl.DataFrame:
-    frames = [decode_frame(blob) for blob in blobs]
-    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
 def uri_database(uri: str) -> str | None:

@@ -78,7 +78,14 @@ class _Segment:
     path: Path
     size: int
     summary: SpoolSummary
-    newest: dict[BatchKey, int] = field(default_factory=dict)  # offset of the newest record per series
+    # The newest record per series: (its batch's last event time, its offset). By time, not by
+    # place: a batch that failed to be written while newer ones waited here is appended after them.
+    newest: dict[BatchKey, tuple[int, int]] = field(default_factory=dict)
+
+    def saw(self, record: SpoolRecord, offset: int) -> None:
+        known = self.newest.get(record.key)
+        if known is None or record.batch.end >= known[0]:
+            self.newest[record.key] = (record.batch.end, offset)
 
 
 def _encode(record: SpoolRecord) -> bytes:
@@ -223,7 +230,7 @@ class Spool:
                     end = offset
                     break
                 segment.summary.add(record)
-                segment.newest[record.key] = offset
+                segment.saw(record, offset)
             size = path.stat().st_size
             if end < size:
                 self.torn_bytes += size - end
@@ -265,7 +272,7 @@ class Spool:
             segment = self._segments[-1]
             assert self._fd is not None
             os.write(self._fd, data)
-            segment.newest[record.key] = segment.size
+            segment.saw(record, segment.size)
             segment.size += len(data)
             segment.summary.add(record)
         now = time.monotonic()
@@ -366,12 +373,25 @@ class Spool:
             self._write_cursor()
 
     def newest(self, key: BatchKey) -> SpoolRecord | None:
-        """The newest spooled record of ``key`` not yet written (with its columns), or None."""
-        for segment in reversed(self._segments):
-            offset = segment.newest.get(key)
-            if offset is not None and (segment is not self._segments[0] or offset >= self._cursor):
-                for _, _, record in _scan(segment.path, offset, data=True):
-                    return record
+        """The spooled record of ``key`` not yet written whose data ends last (with its columns), or None.
+
+        Within a segment, a newest record before the cursor means that one is in the store already,
+        and every record of ``key`` after the cursor ends earlier: the store holds the newest rows.
+        """
+        found: tuple[int, _Segment, int] | None = None
+        written = -1  # where the newest record already written ends
+        for segment in self._segments:
+            newest = segment.newest.get(key)
+            if newest is None:
+                continue
+            if segment is self._segments[0] and newest[1] < self._cursor:
+                written = newest[0]
+            elif found is None or newest[0] >= found[0]:
+                found = (newest[0], segment, newest[1])
+        if found is None or found[0] < written:
+            return None
+        for _, _, record in _scan(found[1].path, found[2], data=True):
+            return record
         return None
 
     def _clear(self) -> None:

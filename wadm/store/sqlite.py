@@ -21,7 +21,7 @@ import polars as pl
 from wadm.errors import StoreError
 from wadm.records import BatchKey
 from wadm.store.base import BatchMeta, select_batches
-from wadm.store.codec import Batch, decode_frame
+from wadm.store.codec import Batch, DecodedBatches, decode_frame
 
 __all__ = ["SqliteStore"]
 
@@ -63,6 +63,7 @@ class SqliteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._decoded = DecodedBatches()
         self._start_threads()
 
     def _start_threads(self) -> None:
@@ -147,12 +148,16 @@ class SqliteStore:
                 (key.table, key.venue.value, key.market.value, key.symbol, end, start),
             ).fetchall()
             chosen = select_batches([BatchMeta(r[0], r[1], r[2], r[3]) for r in rows], max_rows)
-            frames = []
-            for i in range(0, len(chosen), 500):  # SQLite limits bound parameters per statement
-                ids = [m.handle for m in chosen[i : i + 500]]
+            found = {m.handle: self._decoded.get(m.handle) for m in chosen}
+            missing = [h for h, f in found.items() if f is None]
+            for i in range(0, len(missing), 500):  # SQLite limits bound parameters per statement
+                ids = missing[i : i + 500]
                 marks = ",".join("?" * len(ids))
-                for (data,) in conn.execute(f"SELECT data FROM batches WHERE id IN ({marks}) ORDER BY start", ids):
-                    frames.append(decode_frame(data))  # batches swept in between are simply absent
+                for handle, data in conn.execute(f"SELECT id, data FROM batches WHERE id IN ({marks})", ids):
+                    found[handle] = frame = decode_frame(data)
+                    self._decoded.put(handle, frame)
+            # In start order; batches swept in between are simply absent.
+            frames = [f for f in found.values() if f is not None]
             return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
         # Decoding happens on the reader thread too: polars releases the GIL while it works.

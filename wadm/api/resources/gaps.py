@@ -25,7 +25,7 @@ from wadm.api.params import (
 from wadm.api.query import Query
 from wadm.api.resources.series import Context
 from wadm.live import Series
-from wadm.records import CHANNEL_OF_TABLE, CHANNELS, GAPS, TABLE_OF_CHANNEL, BatchKey
+from wadm.records import CHANNEL_OF_TABLE, CHANNELS, TABLE_OF_CHANNEL, BatchKey
 from wadm.units import NS_PER_MS, NS_PER_S
 
 __all__ = ["GapsResource", "gap_channel", "gap_row", "gaps_between"]
@@ -63,8 +63,6 @@ def gap_row(series: Series, stream: str, start: int, end: int, reason: str, miss
 
 
 def _stored(frame: pl.DataFrame, series: Series, start: int, end: int, channel: str | None) -> list[dict[str, Any]]:
-    if frame.height == 0:
-        return []
     rows = frame.filter((pl.col("end") >= start) & (pl.col("ts_event") <= end)).sort("ts_event")
     out = [gap_row(series, r["stream"], r["ts_event"], r["end"], r["reason"], r["missing"])
            for r in rows.iter_rows(named=True)]
@@ -77,8 +75,8 @@ async def gaps_between(ctx: Context, series: Series, start: int, end: int, chann
 
     With ``unfinished``, windows the live view says are not complete yet come last.
     """
-    frame = await ctx.store.read(BatchKey(GAPS, series.venue, series.market, series.symbol), 0, end)
-    rows = await ctx.work.run(_stored, frame, series, start, end, channel)
+    frame = await ctx.bars.gaps(ctx.store, series)
+    rows = await ctx.work.run(_stored, frame, series, start, end, channel) if frame.height else []
     if unfinished:
         tables = [TABLE_OF_CHANNEL[channel]] if channel is not None else list(TABLE_OF_CHANNEL.values())
         for table in tables:
