@@ -179,7 +179,8 @@ def test_newest_is_the_record_that_ends_last_wherever_it_was_appended(tmp_path: 
         assert newest is not None and decode_frame(newest.batch.data)["id"][-1] == 2049
     again = _reopened(spool, tmp_path)
     again.commit(again.head(3, 10**9))  # written up to the newest: what waits (ids 500-549) is older
-    assert again.newest(BTC) is None
+    assert again.batches == 1 and again.newest(BTC) is None
+    assert _reopened(again, tmp_path).newest(BTC) is None, "the store holds the newest rows, after a restart too"
 
 
 def _reopened(spool: Spool, folder: Path) -> Spool:

@@ -80,6 +80,10 @@ class DecodedBatches:
     Thread-safe (SQLite decodes on its reader threads).
     """
 
+    # What a frame costs beyond its columns' buffers (the objects around them), as counted here:
+    # without it a bound of one-row frames would hold many times its bytes.
+    FRAME_OVERHEAD = 4096
+
     def __init__(self, *, max_bytes: int = 32 << 20, max_rows: int = 64) -> None:
         self.max_bytes = max_bytes
         self.max_rows = max_rows
@@ -104,7 +108,7 @@ class DecodedBatches:
         """Keep a frame just decoded (if small enough)."""
         if frame.height > self.max_rows:
             return
-        size = int(frame.estimated_size())
+        size = int(frame.estimated_size()) + self.FRAME_OVERHEAD
         with self._lock:
             if handle in self._frames:
                 return

@@ -169,6 +169,10 @@ class Spool:
         self.segment_bytes = segment_bytes
         self._segments: list[_Segment] = []
         self._cursor = 0  # offset of the next record to write to the store, in the first segment
+        # Where the newest data written to the store from here ends, per series (kept with the
+        # cursor): a batch that failed while newer ones waited here is appended after them, and
+        # once those are written it is not where its series resumes.
+        self._written: dict[BatchKey, int] = {}
         self._fd: int | None = None  # the newest segment, open for appending
         self._synced = 0.0
         self._next_name = 0
@@ -346,6 +350,8 @@ class Spool:
         """The records :meth:`head` gave are in the store."""
         self._reading = False
         uids = [r.batch.uid for r in records]
+        for done in records:
+            self._written[done.key] = max(done.batch.end, self._written.get(done.key, done.batch.end))
         while uids and self._segments:
             segment = self._segments[0]
             offset = self._cursor
@@ -375,20 +381,16 @@ class Spool:
     def newest(self, key: BatchKey) -> SpoolRecord | None:
         """The spooled record of ``key`` not yet written whose data ends last (with its columns), or None.
 
-        Within a segment, a newest record before the cursor means that one is in the store already,
-        and every record of ``key`` after the cursor ends earlier: the store holds the newest rows.
+        None as well when a record written from here already ended later: the store holds the newest rows.
         """
         found: tuple[int, _Segment, int] | None = None
-        written = -1  # where the newest record already written ends
         for segment in self._segments:
             newest = segment.newest.get(key)
-            if newest is None:
-                continue
-            if segment is self._segments[0] and newest[1] < self._cursor:
-                written = newest[0]
-            elif found is None or newest[0] >= found[0]:
+            if newest is None or (segment is self._segments[0] and newest[1] < self._cursor):
+                continue  # that one is written (and counted in _written)
+            if found is None or newest[0] >= found[0]:
                 found = (newest[0], segment, newest[1])
-        if found is None or found[0] < written:
+        if found is None or found[0] < self._written.get(key, -1):
             return None
         for _, _, record in _scan(found[1].path, found[2], data=True):
             return record
@@ -401,20 +403,34 @@ class Spool:
             segment.path.unlink(missing_ok=True)
         self._segments = []
         self._cursor = 0
+        self._written = {}
         (self.folder / "cursor").unlink(missing_ok=True)
 
     def _read_cursor(self) -> tuple[str | None, int]:
+        """The cursor file: the first segment's name and offset, then (a later line, optional) where
+        each series' written data ends."""
         try:
-            name, offset = (self.folder / "cursor").read_text().split()
-            return name, int(offset)
+            first, *rest = (self.folder / "cursor").read_text().splitlines()
+            name, offset = first.split()
         except (OSError, ValueError):
+            return None, 0
+        try:
+            for table, venue, market, symbol, end in orjson.loads(rest[0]) if rest else []:
+                self._written[BatchKey(table, Venue(venue), Market(market), symbol)] = int(end)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            self._written = {}  # only where a rare straggler resumes depends on it
+        try:
+            return name, int(offset)
+        except ValueError:
             return None, 0
 
     def _write_cursor(self) -> None:
         if not self._segments:
             return
+        written = orjson.dumps([[k.table, str(k.venue), str(k.market), k.symbol, end]
+                                for k, end in self._written.items()]).decode()
         tmp = self.folder / "cursor.tmp"
-        tmp.write_text(f"{self._segments[0].path.name} {self._cursor}\n")
+        tmp.write_text(f"{self._segments[0].path.name} {self._cursor}\n{written}\n")
         tmp.replace(self.folder / "cursor")
 
 

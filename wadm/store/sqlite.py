@@ -143,19 +143,24 @@ class SqliteStore:
         def fetch() -> pl.DataFrame:
             conn = self._conn()
             rows = conn.execute(
-                'SELECT id, start, "end", count FROM batches WHERE tbl = ? AND venue = ? AND market = ?'
+                'SELECT id, start, "end", count, uid FROM batches WHERE tbl = ? AND venue = ? AND market = ?'
                 ' AND symbol = ? AND start <= ? AND "end" >= ? ORDER BY start',
                 (key.table, key.venue.value, key.market.value, key.symbol, end, start),
             ).fetchall()
             chosen = select_batches([BatchMeta(r[0], r[1], r[2], r[3]) for r in rows], max_rows)
-            found = {m.handle: self._decoded.get(m.handle) for m in chosen}
+            # Decoded batches are kept by uid: SQLite gives a deleted row's id to the next insert.
+            uids = {r[0]: bytes(r[4]) for r in rows}
+            found = {m.handle: self._decoded.get(uids[m.handle]) for m in chosen}
             missing = [h for h, f in found.items() if f is None]
             for i in range(0, len(missing), 500):  # SQLite limits bound parameters per statement
                 ids = missing[i : i + 500]
                 marks = ",".join("?" * len(ids))
-                for handle, data in conn.execute(f"SELECT id, data FROM batches WHERE id IN ({marks})", ids):
+                for handle, uid, data in conn.execute(f"SELECT id, uid, data FROM batches WHERE id IN ({marks})",
+                                                      ids):
+                    if bytes(uid) != uids[handle]:
+                        continue  # swept in between, and its id taken by a new batch: absent
                     found[handle] = frame = decode_frame(data)
-                    self._decoded.put(handle, frame)
+                    self._decoded.put(uids[handle], frame)
             # In start order; batches swept in between are simply absent.
             frames = [f for f in found.values() if f is not None]
             return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
