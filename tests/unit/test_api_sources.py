@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,13 +11,14 @@ from typing import Any
 import polars as pl
 import pytest
 
-from wadm.analytics.aggregates import build_bars
+from wadm.analytics.aggregates import STORED_BAR_SCHEMA, build_bars
 from wadm.analytics.grid import Grid
 from wadm.api.sources import (
     LOADED_REUSE_NS,
     MAX_PROFILE_ROWS,
     OPEN_REUSE_NS,
     BarCache,
+    Reader,
     Scope,
     _shares,
     _within,
@@ -28,9 +29,10 @@ from wadm.api.sources import (
 )
 from wadm.config import Settings
 from wadm.errors import QueryError
-from wadm.live import Series
+from wadm.live import BarsView, BookView, HealthReport, Series, Unfinished
 from wadm.records import BARS_1M, GAP_SCHEMA, GAPS, BatchKey, Market, Venue
 from wadm.store import SqliteStore, encode_batch
+from wadm.venues.base import Instrument
 
 S = 1_000_000_000
 MIN = 60 * S
@@ -170,4 +172,63 @@ async def test_the_gaps_of_a_series_are_read_once_for_requests_at_once_and_again
     fresh = await cache.gaps(store, BTC)
     assert store.reads[GAPS] == 2 and fresh["ts_event"].to_list() == [NOW - 2 * HOUR, NOW - HOUR], \
         "a gap recorded since is seen once the shared read has aged"
+    await store.close()
+
+
+class _OpenMinutes:
+    """What the live view says of one series: no closed bars in memory, open trades from ``since``."""
+
+    def __init__(self, since: int, trades: pl.DataFrame) -> None:
+        self.view = BarsView(closed_until=since, bars=pl.DataFrame(schema=STORED_BAR_SCHEMA), open_frames=(trades,),
+                             row=Decimal("0.5"), row_source="config")
+
+    started_at = 0.0
+
+    def health(self) -> HealthReport:
+        raise AssertionError("not read by the reader")
+
+    def collecting(self) -> Mapping[Series, tuple[tuple[str, str], ...]]:
+        return {BTC: (("btcusdt@aggTrade", "trades"),)}
+
+    def connected_once(self, series: Series) -> bool:
+        return True
+
+    def book(self, series: Series, depth: int) -> BookView | None:
+        return None
+
+    def instrument(self, series: Series) -> Instrument | None:
+        return Instrument(tick=0.01, lot=0.001, tick_text="0.01", lot_text="0.001")
+
+    def book_rows(self, series: Series) -> pl.DataFrame | None:
+        return None
+
+    def kline_rows(self, series: Series) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        return None
+
+    def bars(self, series: Series) -> BarsView | None:
+        return self.view
+
+    def unfinished(self, key: BatchKey, start: int, end: int) -> list[Unfinished]:
+        return []
+
+
+@pytest.mark.asyncio
+async def test_bars_shared_from_a_build_made_after_a_request_began_end_where_it_ends(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "open.db")
+    await store.open()
+    # Open trades through NOW - 30 s and one 1 ms into the minute that starts at NOW.
+    trades = pl.DataFrame({"ts_event": [NOW - 90 * S, NOW - 30 * S, NOW + 1_000_000], "id": [1, 2, 3],
+                           "price": [100.0, 101.0, 102.0], "qty": [1.0, 2.0, 3.0], "side": [1, -1, 1]},
+                          schema={"ts_event": pl.Int64, "id": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
+                                  "side": pl.Int8})
+    reader = Reader(store, _OpenMinutes(NOW - 2 * MIN, trades), BarCache(Settings()), _run)
+    later = NOW + 2_000_000
+    built = await reader.bars(BTC, "1m", NOW - HOUR, later, later)
+    assert built["ts_event"].to_list() == [NOW - 2 * MIN, NOW - MIN, NOW]
+    # A request parsed 1 ms before the minute began reaches the shared bars after that build: from
+    # the bars loaded for the later window, and (asking from further back) from the open bars.
+    earlier = NOW - 1_000_000
+    for start in (NOW - HOUR, NOW - 2 * HOUR):
+        got = await reader.bars(BTC, "1m", start, earlier, earlier)
+        assert got["ts_event"].to_list() == [NOW - 2 * MIN, NOW - MIN], "no bar starting after its end"
     await store.close()
