@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from tests.unit.test_writer import (
     write_locked,
 )
 from wadm.pipeline.writer import SPILL_ROWS, Writer
+from wadm.records import BatchKey
+from wadm.store.codec import Batch
 from wadm.store.mongo import MongoStore
 from wadm.store.spool import Spool
 from wadm.store.sqlite import SqliteStore
@@ -182,3 +185,49 @@ async def test_past_the_spool_bound_the_oldest_rows_are_dropped_and_recorded_as_
         assert covered[0][0] == T0 + SECOND and covered[-1][1] < T0 + (20_001 - len(kept)) * SECOND
     finally:
         await store.close()
+
+
+class _Recording(MongoStore):
+    """A real MongoDB store that notes the first trade id of every batch it wrote, in write order."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri, server_selection_timeout=0.3)
+        self.written: list[object] = []
+
+    async def write_many(self, items: list[tuple[BatchKey, Batch]]) -> None:
+        await super().write_many(items)
+        self.written += [batch.first_id for _, batch in items]
+
+
+async def test_a_group_that_fails_while_newer_batches_are_on_disk_is_still_written_first(tmp_path: Path) -> None:
+    nx = Nx(tmp_path)
+    await nx.start()
+    store = _Recording(nx.uri)
+    spool = _spool(tmp_path / "spool")
+    writer = Writer(store, max_pending_rows=1000, spool=spool)
+    try:
+        await store.open()
+        writer.ready.set()
+        async with draining(writer) as task:
+            writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=1), STREAM)
+            await until(lambda: writer.stats.batches == 1, WAIT, "the first batch to be written")
+            assert nx.proc is not None
+            nx.proc.send_signal(signal.SIGSTOP)  # the server hangs: a write waits for its answer
+            writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=101), STREAM)
+            await asyncio.sleep(0.2)
+            for first in range(201, 1401, 100):  # past the bound: to disk, all but the batch being written
+                writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=first), STREAM)
+            assert spool.batches == 12 and writer.stats.store_errors == 0
+            await nx.kill()  # and dies: the write under way fails
+            await until(lambda: writer.stats.store_errors >= 1, WAIT, "the write under way to fail")
+            assert writer.pending_batches == 1 and spool.batches == 12, "the older batch waits in front"
+            await nx.start()
+            await until(lambda: spool.empty and writer.pending_rows == 0, WAIT, "everything to be written")
+            writer.close()
+            await asyncio.wait_for(task, WAIT)
+        assert store.written == list(range(1, 1401, 100)), "written in the order delivered"
+        assert ids(await store.read(BINANCE_SPOT, *EVERYTHING)) == list(range(1, 1401))
+    finally:
+        await store.close()
+        if nx.proc is not None and nx.proc.returncode is None:
+            await nx.kill()

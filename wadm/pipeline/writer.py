@@ -326,6 +326,10 @@ class Writer:
         except StoreError as exc:
             self._failed(exc, group[0].key)
             self._inflight = 0
+            if self.spool is not None and not self.spool.empty:
+                # What came after this group is on disk already (it passed the bound while this was
+                # being written): the group waits in front, in memory, and is written first.
+                return False
             self.spill()  # the whole queue waits on disk, the group that failed first
             return False
         finally:
