@@ -214,7 +214,7 @@ async def test_a_group_that_fails_while_newer_batches_are_on_disk_is_still_writt
             assert nx.proc is not None
             nx.proc.send_signal(signal.SIGSTOP)  # the server hangs: a write waits for its answer
             writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=101), STREAM)
-            await asyncio.sleep(0.2)
+            await until(lambda: writer._inflight == 1, WAIT, "its write to be under way")
             for first in range(201, 1401, 100):  # past the bound: to disk, all but the batch being written
                 writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=first), STREAM)
             assert spool.batches == 12 and writer.stats.store_errors == 0
