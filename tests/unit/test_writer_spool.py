@@ -6,9 +6,12 @@ once or recorded in a gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +39,8 @@ from wadm.venues.base import Gap
 
 pytestmark = pytest.mark.asyncio
 
+S = TypeVar("S", bound=MongoStore)
+
 
 def _spool(folder: Path, max_bytes: int = 10**9, segment_bytes: int = 64 * 1024) -> Spool:
     spool = Spool(folder, max_bytes, segment_bytes=segment_bytes)
@@ -43,15 +48,31 @@ def _spool(folder: Path, max_bytes: int = 10**9, segment_bytes: int = 64 * 1024)
     return spool
 
 
-async def test_an_outage_goes_to_the_spool_and_is_written_in_order_exactly_once(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _writer_on_nx(tmp_path: Path, make: Callable[[str], S], max_pending_rows: int
+                        ) -> AsyncIterator[tuple[Nx, S, Spool, Writer]]:
+    """nx-27017 up, a store on it, a spool and a writer ready to write; the store closed and the
+    server killed afterwards."""
     nx = Nx(tmp_path)
     await nx.start()
-    store = MongoStore(nx.uri, server_selection_timeout=0.3)
+    store = make(nx.uri)
     spool = _spool(tmp_path / "spool")
-    writer = Writer(store, max_pending_rows=10_000, spool=spool)
+    writer = Writer(store, max_pending_rows=max_pending_rows, spool=spool)
     try:
         await store.open()
         writer.ready.set()
+        yield nx, store, spool, writer
+    finally:
+        await store.close()
+        if nx.proc is not None and nx.proc.returncode is None:
+            await nx.kill()
+
+
+async def test_an_outage_goes_to_the_spool_and_is_written_in_order_exactly_once(tmp_path: Path) -> None:
+    def make(uri: str) -> MongoStore:
+        return MongoStore(uri, server_selection_timeout=0.3)
+
+    async with _writer_on_nx(tmp_path, make, 10_000) as (nx, store, spool, writer):
         async with draining(writer) as task:
             writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 50, first_id=1), STREAM)
             await until(lambda: writer.stats.batches == 1, WAIT, "the first batch to be written")
@@ -77,10 +98,6 @@ async def test_an_outage_goes_to_the_spool_and_is_written_in_order_exactly_once(
             await asyncio.wait_for(task, WAIT)
         assert ids(await store.read(BINANCE_SPOT, *EVERYTHING)) == list(range(1, 2161))
         assert not writer.stats.dropped_rows and list((tmp_path / "spool").glob("*.seg")) == []
-    finally:
-        await store.close()
-        if nx.proc is not None and nx.proc.returncode is None:
-            await nx.kill()
 
 
 async def test_a_stop_during_an_outage_leaves_the_rest_to_the_next_start(tmp_path: Path) -> None:
@@ -194,20 +211,13 @@ class _Recording(MongoStore):
         super().__init__(uri, server_selection_timeout=0.3)
         self.written: list[object] = []
 
-    async def write_many(self, items: list[tuple[BatchKey, Batch]]) -> None:
+    async def write_many(self, items: Sequence[tuple[BatchKey, Batch]]) -> None:
         await super().write_many(items)
         self.written += [batch.first_id for _, batch in items]
 
 
 async def test_a_group_that_fails_while_newer_batches_are_on_disk_is_still_written_first(tmp_path: Path) -> None:
-    nx = Nx(tmp_path)
-    await nx.start()
-    store = _Recording(nx.uri)
-    spool = _spool(tmp_path / "spool")
-    writer = Writer(store, max_pending_rows=1000, spool=spool)
-    try:
-        await store.open()
-        writer.ready.set()
+    async with _writer_on_nx(tmp_path, _Recording, 1000) as (nx, store, spool, writer):
         async with draining(writer) as task:
             writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=1), STREAM)
             await until(lambda: writer.stats.batches == 1, WAIT, "the first batch to be written")
@@ -227,7 +237,3 @@ async def test_a_group_that_fails_while_newer_batches_are_on_disk_is_still_writt
             await asyncio.wait_for(task, WAIT)
         assert store.written == list(range(1, 1401, 100)), "written in the order delivered"
         assert ids(await store.read(BINANCE_SPOT, *EVERYTHING)) == list(range(1, 1401))
-    finally:
-        await store.close()
-        if nx.proc is not None and nx.proc.returncode is None:
-            await nx.kill()
