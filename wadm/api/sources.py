@@ -71,9 +71,12 @@ RESOLUTIONS = ("auto", "trades", "1m", "1h")
 BAR_NS = {"1m": NS_PER_MIN, "1h": NS_PER_HOUR}
 MAX_PROFILE_ROWS = 20_000  # rows from a window's low to its high at the asked row size
 CACHE_CHUNKS = 4096
-OPEN_REUSE_NS = 250_000_000  # the open minutes' bars are shared this long (ns)
-OPEN_REVISION = 2**62  # the revision of bars built from the trades of minutes not closed yet
 LOADED_REUSE_NS = 1_000_000_000  # bars loaded for a window ending now serve later requests this long (ns)
+# The open minutes' bars are shared as long (ns): what a request reads of them is no older than
+# the loaded bars it may be given instead, and an analysis slowed down (by the minute's close,
+# say) does not build them again halfway through.
+OPEN_REUSE_NS = LOADED_REUSE_NS
+OPEN_REVISION = 2**62  # the revision of bars built from the trades of minutes not closed yet
 STABLE_REUSE_NS = 600 * NS_PER_S  # and their settled part this long: only the rest is loaded again
 _CHUNK = {BARS_1M: NS_PER_HOUR, BARS_1H: NS_PER_DAY}
 
