@@ -89,6 +89,11 @@ STORES: dict[str, Callable[[], Store]] = {}  # how a test writes more into the s
 MARKETS = [Market_(v, m, tick, row, _tape(v, m, tick, every)) for (v, m, tick, row), every in ((SPOT, 12), (USDM, 15))]
 
 
+def _day(ts: int) -> int:
+    """The UTC day of the last minute closed at ``ts``."""
+    return (ts - 1) - (ts - 1) % NS_PER_DAY
+
+
 async def _fill(store: Store) -> None:
     await store.open()
     for mk in MARKETS:
@@ -110,9 +115,9 @@ async def _fill(store: Store) -> None:
             gap = pl.DataFrame([(GAP[0], GAP[1], "btcusdt@aggTrade", "missing_ids", 4, GAP[1])], schema=GAP_SCHEMA,
                                orient="row")
             await store.write(key(GAPS), encode_batch(gap))
-            day = NOW - NOW % NS_PER_DAY
-            snaps = pl.concat([day_snapshot(minutes.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < t)),
-                                            mk.tick, t, day) for t in range(NOW - 9 * MIN, NOW + 1, MIN)])
+            # as the collector stores them: each summarises the day of its last closed minute
+            snaps = pl.concat([day_snapshot(minutes.filter((pl.col("ts_event") >= _day(t)) & (pl.col("ts_event") < t)),
+                                            mk.tick, t, _day(t)) for t in range(NOW - 9 * MIN, NOW + 1, MIN)])
             await store.write(key(INDICATORS), encode_batch(snaps))
     await store.close()
 
@@ -258,7 +263,7 @@ def test_current_order_flow_sums_the_minutes_of_every_window(api: str) -> None:
             assert window["volume"] == pytest.approx(float(bars["volume"].sum()))
         assert window["delta"] == pytest.approx(window["buy"] - window["sell"])
         assert window["start"] * MS >= body["ts"] * MS - span
-    day = NOW - NOW % NS_PER_DAY
+    day = body["ts"] * MS - body["ts"] * MS % NS_PER_DAY  # the request's day: the suite may cross midnight
     today = _window(day, NOW)
     signed = today.select((pl.col("qty") * pl.col("side")).sum()).item()
     assert body["cvd"] == pytest.approx(signed), "CVD since 00:00 UTC, both markets"
@@ -327,7 +332,7 @@ def test_indicator_history_lists_the_stored_snapshots(api: str) -> None:
     ts = [s["ts"] for s in body["snapshots"]]
     assert ts == sorted(ts) and ts[-1] == NOW // MS
     last = body["snapshots"][-1]
-    day = NOW - NOW % NS_PER_DAY
+    day = _day(NOW)
     today = MARKETS[0].tape.filter((pl.col("ts_event") >= day) & (pl.col("ts_event") < NOW))
     assert last["trades"] == today.height and last["poc"] is not None
     assert last["complete"] is (not (day <= GAP[0] < NOW))

@@ -178,6 +178,27 @@ async def test_minutes_close_with_bars_footprints_and_a_chained_cvd(rig: Rig) ->
     assert snaps.height >= 1 and snaps["cvd"][-1] == pytest.approx(bars["cvd"][-1])
 
 
+async def test_the_day_that_ends_gets_its_whole_summary_at_midnight(rig: Rig) -> None:
+    sched = rig.scheduler()
+    day = DAY0 + 24 * HOUR
+    rig.clock.now = day - 3 * MIN
+    late = [rig.put(_minute_trades(day - k * MIN, 20, base=100 + k)) for k in (2, 1)]
+    await rig.at(sched, day + CLOSE_GRACE // 2)  # 23:59's minute is not closed yet
+    await rig.at(sched, day + CLOSE_GRACE + 2 * S)
+    snaps = await rig.read(INDICATORS)
+    whole = snaps.filter(pl.col("ts_event") == day)
+    assert whole.height == 1, "the snapshot at 00:00 is stored"
+    assert (whole["session"][0], whole["bars"][0]) == (DAY0, 2), "it sums the day that ended, not the empty new one"
+    assert whole["trades"][0] == sum(f.height for f in late)
+    assert whole["cvd"][0] == pytest.approx(float(pl.concat(late).select(pl.col("qty") * pl.col("side")).sum().item()))
+    new = rig.put(_minute_trades(day, 10, base=105))
+    await rig.at(sched, day + MIN + CLOSE_GRACE + 2 * S)
+    first = (await rig.read(INDICATORS)).filter(pl.col("ts_event") == day + MIN)
+    assert (first["session"][0], first["bars"][0], first["trades"][0]) == (day, 1, new.height)
+    assert first["cvd"][0] == pytest.approx(float(new.select(pl.col("qty") * pl.col("side")).sum().item())), \
+        "the new day's CVD starts from zero"
+
+
 async def test_the_hour_closes_from_its_minutes(rig: Rig) -> None:
     sched = rig.scheduler()
     start = DAY0 + 10 * HOUR + 55 * MIN

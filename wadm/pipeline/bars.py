@@ -384,8 +384,12 @@ class BarScheduler:
     # -- snapshots ---------------------------------------------------------------------------
 
     async def _snapshots(self, ts: int) -> None:
-        """Store one Volume Profile and Order Flow summary of the UTC day so far per series."""
-        day = ts - ts % NS_PER_DAY
+        """Store one Volume Profile and Order Flow summary of the UTC day so far per series.
+
+        The day is the last closed minute's: at 00:00 the day that just ended gets its full summary,
+        rather than the new day an empty one.
+        """
+        day = (ts - 1) - (ts - 1) % NS_PER_DAY
         for st in self.series.values():
             if st.row is None:
                 continue
