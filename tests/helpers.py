@@ -12,11 +12,13 @@ import contextlib
 import http.client
 import inspect
 import re
+import resource
 import selectors
+import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -371,3 +373,17 @@ def poll(url: str, stop: threading.Event, every: float = 0.1, timeout: float = 1
             conn.close()
         stop.wait(every)
     return out
+
+
+@contextlib.contextmanager
+def files_cannot_grow_past(size: int) -> Iterator[None]:
+    """Files this process writes cannot grow past ``size`` bytes: a write that would is cut short or
+    fails (EFBIG), as on a full disk (ENOSPC). Processes started meanwhile inherit it: start none."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)

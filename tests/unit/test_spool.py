@@ -8,9 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.helpers import files_cannot_grow_past
 from wadm.records import BOOK_SNAPSHOTS, TRADES, BatchKey, Market, Venue
 from wadm.store.codec import decode_frame, encode_batch
-from wadm.store.spool import Spool, SpoolRecord
+from wadm.store.spool import Spool, SpoolRecord, SpoolWriteError
 
 BTC = BatchKey(TRADES, Venue.BINANCE, Market.SPOT, "BTCUSDT")
 ETH = BatchKey(TRADES, Venue.BYBIT, Market.LINEAR, "ETHUSDT")
@@ -198,3 +199,19 @@ def test_a_folder_with_only_written_segments_opens_empty(tmp_path: Path) -> None
     again = Spool(tmp_path, 10**9)
     again.open()
     assert again.empty and list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_full_disk_fails_an_append_after_the_records_it_took_and_leaves_no_torn_record(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10**9, segment_bytes=10**7)
+    spool.append([_record(BTC, 0)])
+    size = spool.bytes
+    records = [_record(BTC, 1000 * i) for i in range(1, 6)]
+    with files_cannot_grow_past(size * 3 + size // 2):  # room for two more records and half of one
+        with pytest.raises(SpoolWriteError) as failed:
+            spool.append(records)
+        assert failed.value.written == 2 and spool.batches == 3
+        spool.append([])  # nothing to write is no failure
+    assert [p.stat().st_size for p in tmp_path.glob("*.seg")] == [spool.bytes], "the part written was cut off"
+    spool.append(records[2:])  # room again: the rest follows, in order
+    again = _reopened(spool, tmp_path)
+    assert again.torn_bytes == 0 and _ids(_drain(again)) == _ids([_record(BTC, 0), *records])

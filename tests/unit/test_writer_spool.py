@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from tests.helpers import free_port, until
+from tests.helpers import files_cannot_grow_past, free_port, until
 from tests.integration.test_outage import Nx
 from tests.store.helpers import BINANCE_SPOT, SECOND, T0
 from tests.unit.test_writer import (
@@ -29,7 +30,7 @@ from tests.unit.test_writer import (
     trade_frame,
     write_locked,
 )
-from wadm.pipeline.writer import SPILL_ROWS, Writer
+from wadm.pipeline.writer import SPILL_ROWS, SPOOL_RETRY_S, Writer
 from wadm.records import BatchKey
 from wadm.store.codec import Batch
 from wadm.store.mongo import MongoStore
@@ -49,15 +50,16 @@ def _spool(folder: Path, max_bytes: int = 10**9, segment_bytes: int = 64 * 1024)
 
 
 @contextlib.asynccontextmanager
-async def _writer_on_nx(tmp_path: Path, make: Callable[[str], S], max_pending_rows: int
+async def _writer_on_nx(tmp_path: Path, make: Callable[[str], S], max_pending_rows: int, *,
+                        segment_bytes: int = 64 * 1024, clock: Callable[[], float] = time.monotonic
                         ) -> AsyncIterator[tuple[Nx, S, Spool, Writer]]:
     """nx-27017 up, a store on it, a spool and a writer ready to write; the store closed and the
     server killed afterwards."""
     nx = Nx(tmp_path)
     await nx.start()
     store = make(nx.uri)
-    spool = _spool(tmp_path / "spool")
-    writer = Writer(store, max_pending_rows=max_pending_rows, spool=spool)
+    spool = _spool(tmp_path / "spool", segment_bytes=segment_bytes)
+    writer = Writer(store, max_pending_rows=max_pending_rows, spool=spool, clock=clock)
     try:
         await store.open()
         writer.ready.set()
@@ -158,7 +160,7 @@ async def test_a_slow_store_costs_no_memory_past_the_spill_bound(tmp_path: Path)
             await asyncio.wait_for(task, WAIT)
         assert ids(await store.read(BINANCE_SPOT, *EVERYTHING)) == list(range(1, first))
         firsts = [row[2] for row in stored_in_write_order(store) if row[0] == "trades"]
-        assert firsts == sorted(firsts, key=int)  # in order, each once
+        assert firsts == sorted(firsts, key=lambda first: int(str(first)))  # in order, each once
     finally:
         await store.close()
 
@@ -237,3 +239,37 @@ async def test_a_group_that_fails_while_newer_batches_are_on_disk_is_still_writt
             await asyncio.wait_for(task, WAIT)
         assert store.written == list(range(1, 1401, 100)), "written in the order delivered"
         assert ids(await store.read(BINANCE_SPOT, *EVERYTHING)) == list(range(1, 1401))
+
+
+async def test_a_full_disk_keeps_batches_in_memory_within_the_bound_and_in_order(tmp_path: Path) -> None:
+    now = [0.0]
+    async with _writer_on_nx(tmp_path, _Recording, 1000, segment_bytes=10**7, clock=lambda: now[0]) as (
+            nx, store, spool, writer):
+        async with draining(writer) as task:
+            writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=1), STREAM)
+            await until(lambda: writer.stats.batches == 1, WAIT, "the first batch to be written")
+            await nx.kill()
+            with files_cannot_grow_past(10_000):  # the store is down and the disk fills up
+                writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=101), STREAM)
+                await until(lambda: writer.stats.store_errors >= 1, WAIT, "a write to fail")
+                for first in range(201, 3001, 100):
+                    writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=first), STREAM)
+                    assert writer.pending_rows <= 1000 + 100, "memory holds no more than the bound"
+                    await asyncio.sleep(0)
+                assert 0 < spool.batches < 28 and writer.stats.dropped_rows["store_backlog"] > 0
+                assert writer.stats.spool_errors == 1, "the spool is not tried again at once"
+            now[0] += SPOOL_RETRY_S  # space again: what waits in memory goes to the spool, after what is there
+            writer.put(BINANCE_SPOT, trade_frame(BINANCE_SPOT, 100, first_id=3001), STREAM)
+            assert writer.pending_rows == 0 and writer.stats.spool_errors == 1
+            await nx.start()
+            await until(lambda: spool.empty and writer.pending_rows == 0, WAIT, "everything to be written")
+            writer.close()
+            await asyncio.wait_for(task, WAIT)
+        firsts = [first for first in store.written if isinstance(first, int)]
+        assert firsts == sorted(firsts), "written in the order delivered"
+        kept = ids(await store.read(BINANCE_SPOT, *EVERYTHING))
+        gaps = await store.read(GAPS_KEY, *EVERYTHING)
+        assert set(gaps["reason"]) == {"store_backlog"}
+        assert len(kept) == len(set(kept)) and len(kept) + int(gaps["missing"].sum()) == 3100, \
+            "every row delivered is stored once or recorded in a gap"
+        assert kept[:200] == list(range(1, 201)), "what the spool took before it filled up is kept"

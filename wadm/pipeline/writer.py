@@ -11,6 +11,10 @@ empty: the order is the memory queue (only ever older than the spool) and then t
 the spool's bound its oldest batches are dropped, counted, logged as an ERROR and recorded as
 ``spool_full`` gaps. Without a spool, a queue past its bound drops its oldest trade or book
 batch, recorded as a ``store_backlog`` gap of its stream.
+
+When the spool cannot be written (a full or failing disk), batches stay in memory, bounded as
+without a spool, and the spool is tried again every :data:`SPOOL_RETRY_S`. Those that come while
+the spool still holds batches wait behind it (``_behind``), so the order stays as delivered.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from wadm.errors import StoreError
 from wadm.records import BARS_1H, BARS_1M, GAP_SCHEMA, GAPS, INDICATORS, KLINES, TRADES, BatchKey
 from wadm.store.base import Store
 from wadm.store.codec import Batch, decode_frame, encode_batch
-from wadm.store.spool import Spool, SpoolRecord, SpoolSummary
+from wadm.store.spool import Spool, SpoolRecord, SpoolSummary, SpoolWriteError
 from wadm.venues.base import Gap
 
 __all__ = ["Histogram", "Writer", "WriterStats"]
@@ -42,6 +46,7 @@ MAX_GROUP_BATCHES = 256
 MAX_GROUP_ROWS = 1_000_000
 SPILL_ROWS = 100_000  # with a spool, a queue (of trades and books) past this goes to disk: a slow store costs no memory
 MAX_SPOOL_GROUP = 64  # batches read back from the spool for one store call (the read runs on the loop)
+SPOOL_RETRY_S = 5.0  # after an append to the spool failed, batches stay in memory this long before it is tried again
 _KEPT = (GAPS, KLINES, BARS_1M, BARS_1H, INDICATORS)  # small tables never dropped for a full queue
 ROW_BUCKETS = (10.0, 100.0, 1000.0, 5000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -101,6 +106,11 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
+def _lost_at_stop(items: Sequence[_Queued]) -> None:
+    log.error("Stopping with %d batches (%d rows) that neither the store nor the spool could take: they are lost",
+              len(items), sum(item.batch.count for item in items))
+
+
 class Writer:
     """Moves batches to a store. See the module docstring.
 
@@ -120,8 +130,10 @@ class Writer:
         self.stats = WriterStats()
         self.ready = asyncio.Event()  # set once the store is open: nothing is written before
         self._pending: deque[_Queued] = deque()
-        self.pending_rows = 0
-        self._bounded_rows = 0  # pending rows of the tables that may be dropped (trades, book snapshots)
+        self._behind: deque[_Queued] = deque()  # newer than the spool, which could not take them
+        self.pending_rows = 0  # rows in memory (both queues)
+        self._bounded_rows = 0  # of them, of the tables that may be dropped (trades, book snapshots)
+        self._spool_retry_at = 0.0  # clock() before which the spool is not tried again (an append failed)
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()  # set by close(): retries stop waiting long
@@ -133,8 +145,8 @@ class Writer:
 
     @property
     def pending_batches(self) -> int:
-        """Batches waiting for the store."""
-        return len(self._pending)
+        """Batches waiting for the store in memory."""
+        return len(self._pending) + len(self._behind)
 
     def put(self, key: BatchKey, frame: pl.DataFrame, stream: str) -> None:
         """Queue the rows of one series (sorted by ``ts_event``) for the store."""
@@ -166,8 +178,8 @@ class Writer:
         or None.
         """
         lo, hi, rows = 0, 0, 0
-        windows = [(item.batch.start, item.batch.end, item.batch.count) for item in self._pending
-                   if item.key == key and item.batch.end < now - lag]
+        windows = [(item.batch.start, item.batch.end, item.batch.count) for queue in (self._pending, self._behind)
+                   for item in queue if item.key == key and item.batch.end < now - lag]
         if self.spool is not None:
             windows += self.spool.covering(key)  # on disk: the store failed or fell behind, however new
         for first, last, count in windows:
@@ -199,29 +211,36 @@ class Writer:
         self.stats.latency[key] = (float(q50 or 0.0), float(q99 or 0.0), float(qmax or 0.0))  # type: ignore[arg-type]
 
     def _enqueue(self, item: _Queued) -> None:
-        if self.spool is not None and not self.spool.empty:
+        if self.spool is not None and (self._behind or not self.spool.empty):
             self._spill([item])  # the spool is being written: what comes now goes after it
             return
-        self._pending.append(item)
-        self.pending_rows += item.batch.count
-        if item.key.table not in _KEPT:
-            self._bounded_rows += item.batch.count
-        if self.spool is not None:
-            if self._bounded_rows > min(self.max_pending_rows, SPILL_ROWS):
-                self.spill()  # the store falls behind: the queue goes to disk
-            self._wake.set()
-            return
-        # Drop the oldest trade or book batches that are not being written right now; the loss
-        # is recorded as a gap of their stream. Gaps and klines are small, never dropped, and do
-        # not count against the bound (a gap recorded for a drop must not cause another drop).
-        index = self._inflight
+        self._keep(self._pending, [item])
+        if self.spool is not None and self._bounded_rows > min(self.max_pending_rows, SPILL_ROWS) \
+                and self.clock() >= self._spool_retry_at:
+            self.spill()  # the store falls behind: the queue goes to disk
+        self._drop_past_bound(self._pending, self._inflight)  # nothing to drop unless the spool failed
+        self._wake.set()
+
+    def _keep(self, queue: deque[_Queued], items: Sequence[_Queued]) -> None:
+        """Queue ``items`` in memory at the end of ``queue``."""
+        queue.extend(items)
+        self.pending_rows += sum(item.batch.count for item in items)
+        self._bounded_rows += sum(item.batch.count for item in items if item.key.table not in _KEPT)
+
+    def _drop_past_bound(self, queue: deque[_Queued], index: int) -> None:
+        """Drop the oldest trade or book batches of ``queue`` from ``index`` on (those before are being
+        written) while memory holds more than the bound; each loss is recorded as a gap of its stream.
+
+        Gaps and klines are small, never dropped, and do not count against the bound (a gap
+        recorded for a drop must not cause another drop). The newest batch is never dropped.
+        """
         dropped: list[_Queued] = []
-        while self._bounded_rows > self.max_pending_rows and index < len(self._pending) - 1:
-            old = self._pending[index]
+        while self._bounded_rows > self.max_pending_rows and index < len(queue) - 1:
+            old = queue[index]
             if old.key.table in _KEPT:
                 index += 1
                 continue
-            del self._pending[index]
+            del queue[index]
             self.pending_rows -= old.batch.count
             self._bounded_rows -= old.batch.count
             dropped.append(old)
@@ -234,10 +253,10 @@ class Writer:
             )
             self.record_gaps(old.key, old.stream, [Gap(old.batch.start, old.batch.end, "store_backlog",
                                                         old.batch.count)])
-        self._wake.set()
 
-    def spill(self) -> None:
-        """Move the queue (but a group being written) to the spool, in order."""
+    def spill(self, *, force: bool = False) -> None:
+        """Move the queue (but a group being written) to the spool, in order (``force``: even within
+        :data:`SPOOL_RETRY_S` of a failed append)."""
         if self.spool is None:
             return
         moved = list(self._pending)[self._inflight:]
@@ -245,25 +264,41 @@ class Writer:
             self._pending.pop()
         self.pending_rows -= sum(item.batch.count for item in moved)
         self._bounded_rows -= sum(item.batch.count for item in moved if item.key.table not in _KEPT)
-        self._spill(moved)
+        self._spill(moved, force=force)
 
-    def _spill(self, items: list[_Queued]) -> None:
+    def _spill(self, items: list[_Queued], *, force: bool = False) -> None:
+        """Append ``items`` (after any waiting behind the spool) to the spool; what it cannot take
+        stays in memory, in order, bounded as without a spool."""
         assert self.spool is not None
+        if self._behind:
+            waiting = list(self._behind)
+            self._behind.clear()
+            self.pending_rows -= sum(item.batch.count for item in waiting)
+            self._bounded_rows -= sum(item.batch.count for item in waiting if item.key.table not in _KEPT)
+            items = [*waiting, *items]
         if not items:
             return
-        now = time.time_ns()
-        try:
-            dropped = self.spool.append([SpoolRecord(i.key, i.stream, i.batch, now) for i in items])
-        except OSError as exc:
-            # The disk is full or gone: keep them in memory (bounded as without a spool) and say so.
-            log.error("The spool could not be written (%s); %d batches wait in memory", exc, len(items))
-            self.stats.spool_errors += 1
-            for item in items:
-                self._pending.append(item)
-                self.pending_rows += item.batch.count
-                if item.key.table not in _KEPT:
-                    self._bounded_rows += item.batch.count
-            return
+        written, dropped = 0, []
+        if force or self.clock() >= self._spool_retry_at:
+            now = time.time_ns()
+            try:
+                dropped = self.spool.append([SpoolRecord(i.key, i.stream, i.batch, now) for i in items])
+                written = len(items)
+            except SpoolWriteError as exc:
+                # The disk is full or gone: keep the rest in memory and say so; try again later.
+                written = exc.written
+                self.stats.spool_errors += 1
+                self._spool_retry_at = self.clock() + SPOOL_RETRY_S
+                log.error("The spool could not be written (%s); %d batches wait in memory, bounded to %d rows",
+                          exc, len(items) - written, self.max_pending_rows)
+        rest = items[written:]
+        if rest:
+            if self.spool.empty:
+                self._keep(self._pending, rest)  # nothing on disk to wait for
+                self._drop_past_bound(self._pending, self._inflight)
+            else:
+                self._keep(self._behind, rest)  # written once the spool is
+                self._drop_past_bound(self._behind, 0)
         self._wake.set()
         for lost in dropped:
             self._spool_dropped(lost)
@@ -283,8 +318,13 @@ class Writer:
         once closed and empty."""
         delay = 0.25
         while True:
+            if self._behind and self.spool is not None and self.spool.empty:
+                waiting = list(self._behind)  # the spool is written: what waited behind it is next
+                self._behind.clear()
+                self._pending.extend(waiting)
             if not self._pending and (self.spool is None or self.spool.empty or self._closing):
                 if self._closing:
+                    self._spill_behind()
                     return  # what the spool holds is written by the next start
                 self._wake.clear()
                 await self._wake.wait()
@@ -298,11 +338,22 @@ class Writer:
             if await (self._write_one() if self._pending else self._write_spooled()):
                 delay = 0.25
             elif self._closing and self.spool is not None:
-                self.spill()  # stopping with the store down: the queue waits on disk for the next start
+                self.spill(force=True)  # stopping with the store down: the queue waits on disk for the next start
+                if self._pending:
+                    _lost_at_stop(self._pending)
+                    return
             else:
                 with contextlib.suppress(TimeoutError):  # close() cuts a long wait short
                     await asyncio.wait_for(self._closed.wait(), min(delay, 1.0) if self._closing else delay)
                 delay = min(delay * 2, 30.0)
+
+    def _spill_behind(self) -> None:
+        """Stopping: what waits behind the spool in memory goes to it now, or is lost with the process."""
+        if not self._behind or self.spool is None:
+            return
+        self._spill([], force=True)
+        if self._behind:
+            _lost_at_stop(self._behind)
 
     def close(self) -> None:
         """``run_drain`` returns once everything queued is written (collectors cut their buffers first)."""

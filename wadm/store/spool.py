@@ -15,11 +15,14 @@ after a crash (the cursor lagging the store) is recognised by its ``uid`` and st
 
 Past ``max_bytes`` the oldest segments are dropped whole; the caller records what they held as
 gaps. A process crash loses nothing appended; a power loss may lose the records appended since the
-last ``fsync`` (at most ``SYNC_EVERY`` seconds before).
+last ``fsync`` (at most ``SYNC_EVERY`` seconds before). When the disk fills up, an append fails
+with :class:`SpoolWriteError` saying how many records it took; a record cut short is truncated
+away, so the segment stays readable.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -34,7 +37,7 @@ import orjson
 from wadm.records import GAPS, BatchKey, Market, Venue
 from wadm.store.codec import Batch
 
-__all__ = ["Spool", "SpoolRecord", "SpoolSummary"]
+__all__ = ["Spool", "SpoolRecord", "SpoolSummary", "SpoolWriteError"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,14 @@ class SpoolRecord:
     stream: str
     batch: Batch
     at: int  # wall clock ns when it was appended
+
+
+class SpoolWriteError(OSError):
+    """Appending to the spool failed (a full or failing disk) after ``written`` of the records."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.written = written
 
 
 @dataclass
@@ -269,19 +280,28 @@ class Spool:
         return self._bound()
 
     def _write(self, records: list[SpoolRecord]) -> None:
-        for record in records:
+        for done, record in enumerate(records):
             data = _encode(record)
-            if self._fd is None or self._segments[-1].size >= self.segment_bytes:
-                self._start_segment()
-            segment = self._segments[-1]
-            assert self._fd is not None
-            os.write(self._fd, data)
+            try:
+                if self._fd is None or self._segments[-1].size >= self.segment_bytes:
+                    self._start_segment()
+                segment = self._segments[-1]
+                assert self._fd is not None
+                wrote = os.write(self._fd, data)
+                if wrote != len(data):  # the disk filled up mid-record: no torn record is left behind
+                    os.ftruncate(self._fd, segment.size)
+                    raise OSError(errno.ENOSPC, f"wrote {wrote} of a record's {len(data)} bytes")
+            except OSError as exc:
+                raise SpoolWriteError(done, exc) from exc
             segment.saw(record, segment.size)
             segment.size += len(data)
             segment.summary.add(record)
         now = time.monotonic()
         if self._fd is not None and now - self._synced >= SYNC_EVERY:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise SpoolWriteError(len(records), exc) from exc  # written, but maybe not kept by a crash
             self._synced = now
 
     def _start_segment(self) -> None:
@@ -313,7 +333,11 @@ class Spool:
             if first == 0:
                 self._cursor = 0
                 self._write_cursor()
-            self._write(carried)
+            try:
+                self._write(carried)
+            except SpoolWriteError as exc:
+                log.error("%d gap records of a dropped spool segment could not be carried over (%s)",
+                          len(carried) - exc.written, exc)
             self.dropped_batches += lost.records
             self.dropped_rows += sum(rows for _, _, _, rows in lost.series.values())
             dropped.append(lost)
