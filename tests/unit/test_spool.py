@@ -146,16 +146,18 @@ def test_past_the_bound_the_oldest_segments_are_dropped_and_described(tmp_path: 
     assert {k for d in dropped for k in d.series} == {BTC, BOOK}
 
 
-def test_a_segment_being_written_to_the_store_is_not_dropped(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, 3000, segment_bytes=1000)
+@pytest.mark.parametrize("taken", [1, 2])
+def test_segments_being_written_to_the_store_are_not_dropped(tmp_path: Path, taken: int) -> None:
+    spool = Spool(tmp_path, 3000, segment_bytes=1000)  # a record per segment
     spool.append([_record(BTC, 1000 * i) for i in range(3)])
-    head = spool.head(1, 10**9)
+    head = spool.head(taken, 10**9)
+    assert len(head) == taken
     for i in range(3, 12):
         spool.append([_record(BTC, 1000 * i)])
     spool.commit(head)  # the head was written while later records pushed the spool past its bound
     rest = _drain(spool)
-    assert head[0].batch.uid not in {r.batch.uid for r in rest}
-    assert len(rest) + 1 + spool.dropped_batches == 12
+    assert not {r.batch.uid for r in head} & {r.batch.uid for r in rest}
+    assert len(rest) + taken + spool.dropped_batches == 12, "each record is written once or dropped, not both"
 
 
 def test_newest_gives_the_last_record_of_a_series(tmp_path: Path) -> None:
@@ -215,3 +217,14 @@ def test_a_full_disk_fails_an_append_after_the_records_it_took_and_leaves_no_tor
     spool.append(records[2:])  # room again: the rest follows, in order
     again = _reopened(spool, tmp_path)
     assert again.torn_bytes == 0 and _ids(_drain(again)) == _ids([_record(BTC, 0), *records])
+
+
+def test_a_cursor_that_cannot_be_written_is_no_failure(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10**9)
+    spool.append([_record(BTC, 1000 * i) for i in range(4)])
+    (tmp_path / "cursor.tmp").mkdir()  # the cursor cannot be written (as on a full disk)
+    spool.commit(spool.head(1, 10**9))
+    assert spool.sync_errors == 1 and spool.batches == 3
+    (tmp_path / "cursor.tmp").rmdir()
+    rest = _drain(spool)
+    assert _ids(rest) == _ids([_record(BTC, 1000 * i) for i in range(1, 4)]) and spool.empty

@@ -100,7 +100,7 @@ class ServiceView:
                 bytes=sp.bytes, max_bytes=sp.max_bytes, batches=sp.batches,
                 oldest_age_s=None if (at := sp.oldest_at()) is None else round((time.time_ns() - at) / 1e9, 3),
                 dropped_batches=sp.dropped_batches, dropped_rows=sp.dropped_rows, torn_bytes=sp.torn_bytes,
-                errors=wst.spool_errors),
+                errors=wst.spool_errors + sp.sync_errors),
         )
         spooling = store.spool is not None and store.spool.batches > 0
         connections = tuple(self._connection_health(c, now) for c in svc.collectors)

@@ -264,18 +264,18 @@ class Writer:
             self._pending.pop()
         self.pending_rows -= sum(item.batch.count for item in moved)
         self._bounded_rows -= sum(item.batch.count for item in moved if item.key.table not in _KEPT)
-        self._spill(moved, force=force)
+        self._spill(moved, force=force, older=True)
 
-    def _spill(self, items: list[_Queued], *, force: bool = False) -> None:
-        """Append ``items`` (after any waiting behind the spool) to the spool; what it cannot take
-        stays in memory, in order, bounded as without a spool."""
+    def _spill(self, items: list[_Queued], *, force: bool = False, older: bool = False) -> None:
+        """Append ``items`` to the spool with any waiting behind it (before them, or after when they are
+        ``older``); what it cannot take stays in memory, in order, bounded as without a spool."""
         assert self.spool is not None
         if self._behind:
             waiting = list(self._behind)
             self._behind.clear()
             self.pending_rows -= sum(item.batch.count for item in waiting)
             self._bounded_rows -= sum(item.batch.count for item in waiting if item.key.table not in _KEPT)
-            items = [*waiting, *items]
+            items = [*items, *waiting] if older else [*waiting, *items]
         if not items:
             return
         written, dropped = 0, []
@@ -304,6 +304,8 @@ class Writer:
             self._spool_dropped(lost)
 
     def _spool_dropped(self, lost: SpoolSummary) -> None:
+        if lost.uncarried:  # gap records the spool could not carry over past the drop: they wait in memory
+            self._keep(self._behind, [_Queued(r.key, r.batch, r.stream) for r in lost.uncarried])
         rows = sum(count for _, _, _, count in lost.series.values())
         self.stats.dropped_rows["spool_full"] += rows
         log.error("Dropped %d batches (%d rows) from the spool: it passed its bound of %d bytes while the store "
@@ -397,7 +399,8 @@ class Writer:
         assert self.spool is not None
         records = self.spool.head(MAX_SPOOL_GROUP, MAX_GROUP_ROWS)
         if not records:
-            return True
+            log.error("The spool says it holds %d batches but none can be read", self.spool.batches)
+            return False  # waits and tries again, never in a busy loop
         group = [_Queued(r.key, r.batch, r.stream) for r in records]
         started = self.clock()
         try:

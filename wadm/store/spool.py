@@ -73,6 +73,7 @@ class SpoolSummary:
     series: dict[BatchKey, tuple[str, int, int, int]] = field(default_factory=dict)
     records: int = 0
     first_at: int | None = None
+    uncarried: list[SpoolRecord] = field(default_factory=list)  # of a dropped segment: kept records not carried over
 
     def add(self, record: SpoolRecord) -> None:
         b = record.batch
@@ -187,8 +188,9 @@ class Spool:
         self._fd: int | None = None  # the newest segment, open for appending
         self._synced = 0.0
         self._next_name = 0
-        self._reading = False  # records from head() are being written: their segment is not dropped
+        self._reading = 0  # segments (from the first) that records from head() being written come from: kept
         self.torn_bytes = 0  # torn tails cut off when this process opened the spool
+        self.sync_errors = 0  # fsyncs and cursor writes that failed (a full or failing disk)
         self.dropped_batches = 0
         self.dropped_rows = 0
 
@@ -268,9 +270,19 @@ class Spool:
     def close(self) -> None:
         """Sync and close the newest segment."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            self._sync()
             os.close(self._fd)
             self._fd = None
+
+    def _sync(self) -> None:
+        """fsync the newest segment. A failure is logged and counted, not raised: the records are
+        written (this process reads them back); only a power loss could take them."""
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.sync_errors += 1
+            log.error("The spool segment could not be synced to disk (%s)", exc)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -289,7 +301,7 @@ class Spool:
                 assert self._fd is not None
                 wrote = os.write(self._fd, data)
                 if wrote != len(data):  # the disk filled up mid-record: no torn record is left behind
-                    os.ftruncate(self._fd, segment.size)
+                    self._cut(segment)
                     raise OSError(errno.ENOSPC, f"wrote {wrote} of a record's {len(data)} bytes")
             except OSError as exc:
                 raise SpoolWriteError(done, exc) from exc
@@ -298,11 +310,20 @@ class Spool:
             segment.summary.add(record)
         now = time.monotonic()
         if self._fd is not None and now - self._synced >= SYNC_EVERY:
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise SpoolWriteError(len(records), exc) from exc  # written, but maybe not kept by a crash
+            self._sync()
             self._synced = now
+
+    def _cut(self, segment: _Segment) -> None:
+        """Cut the newest segment back to its whole records after a write cut short. If even that
+        fails, the segment takes no more records: readers stop at the part record (it is shorter
+        than its length says) and the next record starts a new segment."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, segment.size)
+        except OSError as exc:
+            log.error("A spool record cut short could not be cut off (%s); a new segment is started", exc)
+            os.close(self._fd)
+            self._fd = None
 
     def _start_segment(self) -> None:
         self.close()
@@ -317,18 +338,22 @@ class Spool:
     def _bound(self) -> list[SpoolSummary]:
         """Drop the oldest segments (not one being written to the store, not the newest) past the bound."""
         dropped: list[SpoolSummary] = []
-        first = 1 if self._reading else 0
+        first = self._reading
         older = len(self._segments) - first - 1  # (records carried over land after these: they are not dropped again)
         while self.bytes > self.max_bytes and older > 0:
             older -= 1
             segment = self._segments.pop(first)
             lost = SpoolSummary()  # what the store did not get of it
             carried: list[SpoolRecord] = []
-            for _, _, record in _scan(segment.path, self._cursor if first == 0 else 0, data=True):
-                if record is not None and record.key.table in self.keep:
-                    carried.append(record)
-                elif record is not None:
-                    lost.add(record)
+            try:
+                for _, _, record in _scan(segment.path, self._cursor if first == 0 else 0, data=True):
+                    if record is not None and record.key.table in self.keep:
+                        carried.append(record)
+                    elif record is not None:
+                        lost.add(record)
+            except OSError as exc:  # unreadable: what it held is known, its gap records are lost with it
+                log.error("The spool segment %s could not be read before it was dropped (%s)", segment.path.name, exc)
+                lost = segment.summary
             segment.path.unlink(missing_ok=True)
             if first == 0:
                 self._cursor = 0
@@ -336,8 +361,7 @@ class Spool:
             try:
                 self._write(carried)
             except SpoolWriteError as exc:
-                log.error("%d gap records of a dropped spool segment could not be carried over (%s)",
-                          len(carried) - exc.written, exc)
+                lost.uncarried = carried[exc.written:]  # the caller keeps them another way
             self.dropped_batches += lost.records
             self.dropped_rows += sum(rows for _, _, _, rows in lost.series.values())
             dropped.append(lost)
@@ -353,26 +377,26 @@ class Spool:
         out: list[SpoolRecord] = []
         rows = 0
         offset = self._cursor
-        for segment in self._segments:
+        self._reading = 0
+        for index, segment in enumerate(self._segments):
             for _, _, record in _scan(segment.path, offset, data=True):
                 if record is None:
                     break
                 if out and (len(out) >= max_batches or rows + record.batch.count > max_rows):
-                    self._reading = True
                     return out
                 out.append(record)
                 rows += record.batch.count
+                self._reading = index + 1
             offset = 0
-        self._reading = bool(out)
         return out
 
     def release(self) -> None:
         """The records of :meth:`head` were not written: they stay first."""
-        self._reading = False
+        self._reading = 0
 
     def commit(self, records: list[SpoolRecord]) -> None:
         """The records :meth:`head` gave are in the store."""
-        self._reading = False
+        self._reading = 0
         uids = [r.batch.uid for r in records]
         for done in records:
             self._written[done.key] = max(done.batch.end, self._written.get(done.key, done.batch.end))
@@ -454,8 +478,14 @@ class Spool:
         written = orjson.dumps([[k.table, str(k.venue), str(k.market), k.symbol, end]
                                 for k, end in self._written.items()]).decode()
         tmp = self.folder / "cursor.tmp"
-        tmp.write_text(f"{self._segments[0].path.name} {self._cursor}\n{written}\n")
-        tmp.replace(self.folder / "cursor")
+        try:
+            tmp.write_text(f"{self._segments[0].path.name} {self._cursor}\n{written}\n")
+            tmp.replace(self.folder / "cursor")
+        except OSError as exc:
+            # A full disk: the next commit tries again. A cursor left behind only means records
+            # written again after a restart, which the store recognises by their uid.
+            self.sync_errors += 1
+            log.error("The spool cursor could not be written (%s)", exc)
 
 
 def _forget(summary: SpoolSummary, record: SpoolRecord) -> None:
