@@ -191,6 +191,7 @@ class Spool:
         self._reading = 0  # segments (from the first) that records from head() being written come from: kept
         self.torn_bytes = 0  # torn tails cut off when this process opened the spool
         self.sync_errors = 0  # fsyncs and cursor writes that failed (a full or failing disk)
+        self._cursor_failing = False
         self.dropped_batches = 0
         self.dropped_rows = 0
 
@@ -485,7 +486,14 @@ class Spool:
             # A full disk: the next commit tries again. A cursor left behind only means records
             # written again after a restart, which the store recognises by their uid.
             self.sync_errors += 1
-            log.error("The spool cursor could not be written (%s)", exc)
+            if not self._cursor_failing:
+                log.error("The spool cursor could not be written (%s); tried again at each write, said again "
+                          "once it works", exc)
+            self._cursor_failing = True
+        else:
+            if self._cursor_failing:
+                log.warning("The spool cursor is written again")
+            self._cursor_failing = False
 
 
 def _forget(summary: SpoolSummary, record: SpoolRecord) -> None:
