@@ -263,7 +263,7 @@ class Service:
         self.writer.close()
         if self._drain_task is not None:
             await asyncio.wait([self._drain_task], timeout=deadline)
-        self.writer.spill()  # what the store did not take in time waits on disk for the next start
+        self.writer.spill(force=True)  # what the store did not take in time waits on disk for the next start
         if self.writer.pending_rows:
             log.error("Shutting down with %d rows not written: the store did not accept them in time",
                       self.writer.pending_rows, extra={"rows": self.writer.pending_rows, "reason": "shutdown"})
