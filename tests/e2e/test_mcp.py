@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
 from tests.caddy import caddy_proxy
@@ -249,6 +251,49 @@ def test_every_tool_over_streamable_http(setup: Setup) -> None:
     finally:
         stop(proc)
     assert KEY not in proc.output, "the key reached the log"
+
+
+def test_streamable_http_behind_a_token(setup: Setup) -> None:
+    port, token = free_port(), "mcp-token-" + "7" * 24
+    proc = start(["mcp", "--http", "--host", "127.0.0.1", "--port", str(port)],
+                 {"WADM_URL": setup.api, "WADM_API_KEY": KEY, "WADM_MCP_TOKEN": token})
+    try:
+        wait_for(lambda: _listening(port), 30, "wadm mcp --http to listen", proc)
+        url = f"http://127.0.0.1:{port}/mcp"
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": token}):
+            refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers, timeout=5)
+            assert refused.status_code == 401 and refused.json()["error"] == "unauthorized", headers
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+
+        async def run() -> None:
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+            async with http, Client(streamable_http_client(url, http_client=http)) as client:
+                answer = await client.call_tool("list_markets", {})
+                assert not answer.is_error and answer.structured_content is not None
+
+        asyncio.run(run())
+    finally:
+        stop(proc)
+    assert token not in proc.output and KEY not in proc.output, "a secret reached the log"
+
+
+def test_listening_beyond_this_machine_without_a_token_is_warned_about(setup: Setup) -> None:
+    port = free_port()
+    proc = start(["mcp", "--http", "--host", "0.0.0.0", "--port", str(port)], {"WADM_URL": setup.api})
+    try:
+        wait_for(lambda: _listening(port), 30, "wadm mcp --http to listen", proc)
+    finally:
+        stop(proc)
+    assert "WITHOUT WADM_MCP_TOKEN" in proc.output
+
+
+def test_bad_http_settings_are_refused_naming_them() -> None:
+    for args, env, said in ((["--port", "70000"], {}, "a number 1-65535"),
+                            ([], {"WADM_MCP_TOKEN": "short"}, "WADM_MCP_TOKEN must be at least 16")):
+        proc = start(["mcp", "--http", *args], env)
+        assert proc.popen.wait(30) == 2
+        stop(proc)
+        assert said in proc.output, proc.output
 
 
 def _listening(port: int) -> bool:

@@ -167,7 +167,7 @@ def test_a_collecting_process_never_loads_the_emulator() -> None:
 
 # ---- the MCP server travels alone ---------------------------------------------------------------
 
-MCP_ALLOWED = {"mcp", "httpx", "pydantic", "wadm"}
+MCP_ALLOWED = {"mcp", "httpx", "pydantic", "uvicorn", "wadm"}  # uvicorn: the SDK's HTTP server, its dependency
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "mcp").glob("*.py")), ids=lambda p: p.name)

@@ -11,11 +11,13 @@ tool error whose text says what to do; the server itself keeps running.
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Awaitable
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -197,15 +199,74 @@ Do a Wyckoff analysis of {symbol} with the WADM tools.
 """
 
 
+_Scope = MutableMapping[str, Any]
+_Asgi = Callable[[_Scope, Callable[[], Awaitable[_Scope]], Callable[[_Scope], Awaitable[None]]], Awaitable[None]]
+
+
+class BearerToken:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>`` (compared in
+    constant time); 401 with a JSON error otherwise. Lifespan events pass through."""
+
+    def __init__(self, app: _Asgi, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: _Scope, receive: Callable[[], Awaitable[_Scope]],
+                       send: Callable[[_Scope], Awaitable[None]]) -> None:
+        if scope["type"] == "http":
+            given = [value for name, value in scope["headers"] if name == b"authorization"]
+            if len(given) != 1 or not hmac.compare_digest(given[0], self.expected):
+                body = b'{"error":"unauthorized","message":"send Authorization: Bearer <WADM_MCP_TOKEN>"}'
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Bearer realm="wadm-mcp"')]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: a number 1-65535")
+    return port
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_http(server: MCPServer, host: str, port: int, token: str | None) -> None:
+    """Streamable HTTP at ``/mcp``, behind ``token`` when one is set."""
+    import uvicorn  # the SDK's own HTTP server (a dependency of ``mcp``)
+
+    if not token and not _loopback(host):
+        log.warning("LISTENING ON %s:%d WITHOUT WADM_MCP_TOKEN: anyone who can reach this port reads WADM through "
+                    "this server (and its API key). Set WADM_MCP_TOKEN, or listen on 127.0.0.1 and use an SSH "
+                    "tunnel", host, port)
+    app: _Asgi = server.streamable_http_app(host=host)
+    if token:
+        app = BearerToken(app, token)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``wadm mcp`` (and of ``wadm-mcp`` in the lightweight distribution)."""
     parser = argparse.ArgumentParser(prog="wadm mcp", description="MCP server over a WADM REST API "
-                                     "(WADM_URL, WADM_API_KEY, WADM_CA_FILE).")
+                                     "(WADM_URL, WADM_API_KEY, WADM_CA_FILE; WADM_MCP_TOKEN for --http).")
     parser.add_argument("--url", default=os.environ.get("WADM_URL") or DEFAULT_URL,
                         help=f"the WADM API (default: $WADM_URL or {DEFAULT_URL})")
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     parser.add_argument("--host", default="127.0.0.1", help="--http: address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8930, help="--http: port (default 8930)")
+    parser.add_argument("--port", type=_port, default=8930, help="--http: port (default 8930)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     # stdout carries the protocol under stdio: logs go to stderr only.
@@ -217,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving WADM at %s over %s (key %s)", client.url, "HTTP" if args.http else "stdio",
              "set" if key else "not set")
     if args.http:
-        server.run("streamable-http", host=args.host, port=args.port)
+        token = os.environ.get("WADM_MCP_TOKEN") or None
+        if token is not None and len(token) < 16:
+            parser.error("WADM_MCP_TOKEN must be at least 16 characters (e.g. openssl rand -hex 32)")
+        _serve_http(server, args.host, args.port, token)
     else:
         server.run("stdio")
     return 0
