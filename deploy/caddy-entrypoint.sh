@@ -3,9 +3,9 @@
 # internet it checks that WADM_DOMAIN is set and that WADM itself requires API keys, then runs its
 # arguments (Caddy). Otherwise it says why and exits 1: nothing is served on 80 or 443.
 #
-# WADM's GET /health answers without a key, at least {"status": ..., "auth": "api_keys" | "none"}
-# (with 503 too, while it starts or is degraded), so the check holds for WADM_API_KEYS and
-# WADM_API_KEYS_FILE alike. It needs only a POSIX shell and nc (BusyBox in the caddy image).
+# It waits until WADM answers GET /health (200 or 503: starting or degraded are fine), then asks
+# GET /api/v1/symbols without a key: WADM with keys answers 401, whichever of WADM_API_KEYS and
+# WADM_API_KEYS_FILE set them. It needs only a POSIX shell and nc (BusyBox in the caddy image).
 #
 # WADM_UPSTREAM (host:port, default wadm:8920) is where WADM answers, as in deploy/Caddyfile;
 # WADM_WAIT (seconds, default 120) is how long to wait for it to answer at all.
@@ -30,15 +30,15 @@ esac
 host="${upstream%:*}"
 port="${upstream##*:}"
 
-# GET /health over plain HTTP/1.0; WADM closes the connection after its answer. nc's input stays
+# GET a path over plain HTTP/1.0; WADM closes the connection after its answer. nc's input stays
 # open until then: WADM (Granian) drops a request whose client has already shut its sending side.
-health() {
-    { printf 'GET /health HTTP/1.0\r\nHost: %s\r\n\r\n' "$host"; sleep 2; } | nc -w 5 "$host" "$port" 2>/dev/null
+get() {
+    { printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" "$host"; sleep 2; } | nc -w 5 "$host" "$port" 2>/dev/null
 }
 
 start="$(date +%s)"
 while :; do
-    answer="$(health || true)"
+    answer="$(get /health || true)"
     case "$answer" in
         HTTP/*) break ;;
     esac
@@ -48,17 +48,17 @@ while :; do
     sleep 1
 done
 
-# The body is the answer's last line: orjson's compact JSON, "auth" its last member.
-case "$answer" in
-    *'"auth":"api_keys"}')
+answer="$(get /api/v1/symbols || true)"
+status="$(printf '%s' "$answer" | head -n 1 | tr -d '\r')"
+case "$status" in
+    "HTTP/"*" 401 "*)
         echo "wadm-https: WADM at $upstream requires API keys; serving it as https://$WADM_DOMAIN" >&2 ;;
-    *'"auth":"none"}')
-        refuse "WADM at $upstream answers without API keys (GET /health says \"auth\":\"none\"):" \
+    "HTTP/"*)
+        refuse "WADM at $upstream answers without API keys (GET /api/v1/symbols without a key: $status):" \
             "over HTTPS anyone could read it. Set WADM_API_KEYS (or WADM_API_KEYS_FILE) for the wadm" \
             "service in .env (README, \"API keys\"), then run docker compose --profile https up -d again." ;;
     *)
-        refuse "GET http://$upstream/health did not answer as WADM does (no \"auth\" in its body):" \
-            "$(printf '%s' "$answer" | head -n 1 | tr -d '\r')" ;;
+        refuse "GET http://$upstream/api/v1/symbols got no HTTP answer: ${status:-nothing}" ;;
 esac
 
 if [ "$#" -eq 0 ]; then

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from wadm.config import Settings, load_settings
+from wadm.config import API_KEY_ADVISED, Settings, load_settings
 from wadm.errors import ConfigError
 
 __all__ = ["main", "make_asgi_app"]
@@ -89,7 +89,12 @@ MAX_REQUEST_HEAD = 65_536
 
 
 def _warn_if_open(settings: Settings) -> None:
-    """Say loudly when the API listens beyond this machine without API keys."""
+    """Say loudly when the API listens beyond this machine without API keys, or has short keys."""
+    short = sum(len(key) < API_KEY_ADVISED for key in settings.api_keys)
+    if short:
+        logging.getLogger(__name__).warning(
+            "%d of the %d API keys are shorter than %d characters: easy to guess. Use long random keys "
+            "(openssl rand -hex 32)", short, len(settings.api_keys), API_KEY_ADVISED)
     if settings.api_keys or ipaddress.ip_address(settings.host).is_loopback:
         return
     logging.getLogger(__name__).warning(
@@ -144,6 +149,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             "wadm collect without MONGODB_URI stores into SQLite in %s: only a `wadm serve` on this machine and "
             "folder can read it (scale-out wants MongoDB)", settings.data_dir)
     logging.getLogger(__name__).info("Collecting; health and metrics on %s:%d", settings.host, settings.port)
+    _warn_if_open(settings)
     return _serve(settings, 1, "wadm.__main__:make_collect_app")
 
 

@@ -171,8 +171,10 @@ class Settings:
         return out
 
 
-API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
-API_KEY_RULE = "16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = - (e.g. from: openssl rand -hex 32)"
+API_KEY_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")  # visible ASCII but the comma (the separator)
+API_KEY_RULE = ("1 to 256 visible ASCII characters, no space or comma (16 or more advised, e.g. from: "
+                "openssl rand -hex 32)")
+API_KEY_ADVISED = 16  # shorter keys are accepted with a warning at start
 
 
 def _api_keys(raw: str | None, path: str | None, cwd: Path) -> tuple[str, ...]:
@@ -517,10 +519,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
                           f"at most {usdm_depth}: Binance USD-M snapshots of BOOK_DEPTH={depth} hold "
                           f"{usdm_depth} levels (it offers {', '.join(map(str, USDM_DEPTH_LIMITS))})")
     if (raw := get("WADM_HOST")) is not None:
+        raw = "127.0.0.1" if raw.strip().lower() == "localhost" else raw.strip()
         try:
             ipaddress.ip_address(raw)
         except ValueError:
-            raise ConfigError("WADM_HOST", raw, "an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0 or ::") from None
+            raise ConfigError("WADM_HOST", raw, "an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0 or ::, "
+                              "or localhost") from None
         kw["host"] = raw
     kw["api_keys"] = _api_keys(get("WADM_API_KEYS"), get("WADM_API_KEYS_FILE"), cwd)
     if (raw := get("WADM_DATA_DIR")) is not None:

@@ -304,6 +304,39 @@ def _listening(port: int) -> bool:
     return True
 
 
+def test_get_status_of_a_wadm_whose_streams_are_all_down(tmp_path: Path) -> None:
+    """/health answers 503 when streams are down: get_status reports it, within the token budget."""
+    port, dead = free_port(), f"127.0.0.1:{free_port()}"
+    api = f"http://127.0.0.1:{port}"
+    env = {"WADM_DATA_DIR": str(tmp_path / "data"), "WADM_API_KEYS": KEY, "COLLECTORS_START_DELAY": "0",
+           **{f"WADM_{v}_WS_URL": f"ws://{dead}/x" for v in ("BINANCE_SPOT", "BINANCE_USDM", "BYBIT")},
+           **{f"WADM_{v}_REST_URL": f"http://{dead}/x" for v in ("BINANCE_SPOT", "BINANCE_USDM", "BYBIT")}}
+
+    async def run() -> CallToolResult:
+        wadm_client = WadmClient(api, KEY)
+        try:
+            async with Client(build_server(wadm_client)) as client:
+                return await client.call_tool("get_status", {})
+        finally:
+            await wadm_client.aclose()
+
+    with wadm("run", env, port) as app:
+        wait_for(lambda: httpx.get(f"{api}/health", headers={"X-API-Key": KEY}, timeout=10).json()["status"]
+                 == "degraded", 30, "the collectors to start and fail", app)
+        health = httpx.get(f"{api}/health", headers={"X-API-Key": KEY}, timeout=10)
+        result = asyncio.run(run())
+    assert health.status_code == 503
+    assert not result.is_error, _text(result)
+    got = result.structured_content or {}
+    streams = health.json()["streams"]
+    assert got["status"] == "degraded" and got["streams"] == len(streams) >= 20
+    assert got["live"] == 0 and got["not_live"] == len(streams) and 0 < len(got["problems"]) < len(streams)
+    assert "0/" in _text(result) and "more" in _text(result)
+    structured = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
+    for form, text in (("text", _text(result)), ("structured content", structured)):
+        assert len(TOKENS.encode(text)) <= 1500, f"get_status's {form} is over the model's token budget"
+
+
 def test_a_wadm_that_stops_mid_session_gives_a_tool_error_and_the_session_goes_on(tmp_path: Path) -> None:
     port = free_port()
     api = f"http://127.0.0.1:{port}"

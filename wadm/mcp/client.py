@@ -65,8 +65,10 @@ class WadmClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
-        """GET one endpoint and return its JSON object; raises ToolError with an actionable message."""
+    async def get(self, path: str, params: Mapping[str, object] | None = None, *,
+                  ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+        """GET one endpoint and return its JSON object (an answer with a status in ``ok``); raises
+        ToolError with an actionable message."""
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         try:
             resp = await self._http.get(path, params=query)
@@ -77,7 +79,7 @@ class WadmClient:
             raise ToolError(f"WADM is unreachable at {self.url} ({type(exc).__name__}: {exc}). Check that the "
                             "service is running and that WADM_URL points at it (an SSH tunnel or HTTPS "
                             "address for a remote server).") from None
-        if resp.status_code == 200:
+        if resp.status_code in ok:
             try:
                 body = resp.json()
             except ValueError:

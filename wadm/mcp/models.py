@@ -47,7 +47,8 @@ class Status(BaseModel):
     auth: str | None
     streams: int
     live: int
-    problems: Rows  # streams that are not live: {market, symbol, channel, state, error}
+    problems: Rows  # streams that are not live (the first 12): {market, symbol, channel, state, error}
+    not_live: int  # how many streams are not live
     store: dict[str, Any]
     gaps_hours: int
     gaps: int

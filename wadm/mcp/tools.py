@@ -63,16 +63,20 @@ async def markets(client: WadmClient) -> tuple[m.Markets, str]:
     return m.Markets(markets=listed), text
 
 
+MAX_PROBLEMS = 12  # streams listed as not live (all are counted): 24 streams down must stay within the token budget
+
+
 async def status(client: WadmClient, hours: int) -> tuple[m.Status, str]:
-    health, gaps = await asyncio.gather(client.get("/health"),
-                                        client.get("/api/v1/gaps", {"window": f"{hours}h", "limit": 1000}))
+    # /health answers 503 when something is wrong: that answer is what this tool is for.
+    health, (gaps, gaps_error) = await asyncio.gather(client.get("/health", ok=(200, 503)), _gaps(client, hours))
     streams: Rows = health.get("streams") or []
     if not streams and "store" not in health:
         raise ToolError("WADM's /health answered only its status: WADM_API_KEY is missing or not accepted, so the "
                         "detail is hidden. Set WADM_API_KEY.")
     problems = [{"market": f"{s['exchange']} {s['market']}", "symbol": s["symbol"], "channel": s["channel"],
                  "state": s.get("book_state") if s.get("state") == "live" and s.get("book_state") not in (None, "live")
-                 else s.get("state"), "error": s.get("error"), "last_message_age_s": s.get("last_message_age_s")}
+                 else s.get("state"), "error": _short_error(s.get("error")),
+                 "last_message_age_s": s.get("last_message_age_s")}
                 for s in streams if s.get("state") != "live" or s.get("book_state") not in (None, "live")]
     store = health.get("store") or {}
     rows: Rows = gaps.get("gaps") or []
@@ -81,9 +85,15 @@ async def status(client: WadmClient, hours: int) -> tuple[m.Status, str]:
     uptime = span(health.get("uptime_s", 0))
     parts = [f"WADM is {health.get('status')}: {live}/{len(streams)} streams live, up {uptime}."]
     if problems:
-        listed = ", ".join(f"{p['symbol']} {p['market']} {p['channel']} {p['state']}"
-                           + (f" ({p['error']})" if p["error"] else "") for p in problems[:10])
-        parts.append(f"Not live: {listed}{' …' if len(problems) > 10 else ''}.")
+        by_cause: dict[tuple[str, str | None], list[str]] = {}
+        for p in problems:
+            by_cause.setdefault((str(p["state"]), p["error"]), []).append(f"{p['symbol']} {p['market']} {p['channel']}")
+        named = 0
+        for (state, error), names in by_cause.items():
+            shown = names[:max(1, 10 - named)]
+            named += len(shown)
+            more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+            parts.append(f"{state.capitalize()}{f' ({error})' if error else ''}: {', '.join(shown)}{more}.")
     parts.append(f"Store {store.get('name')} {'ok' if store.get('ok') else 'FAILING: ' + str(store.get('last_error'))}"
                  f", {store.get('pending_rows', 0)} rows pending.")
     if rows:
@@ -92,14 +102,33 @@ async def status(client: WadmClient, hours: int) -> tuple[m.Status, str]:
                                  for g in recent[:3]) + ".")
     else:
         parts.append(f"No gaps in the last {hours}h.")
+    if gaps_error is not None:
+        parts.append(f"Gaps could not be read: {gaps_error}")
     if health.get("auth") == "none":
         parts.append("The API has no keys (auth: none).")
     summary = " ".join(parts)
     result = m.Status(status=str(health.get("status")), time=iso(health.get("time")),
-                      uptime=uptime, auth=health.get("auth"), streams=len(streams), live=live, problems=problems,
+                      uptime=uptime, auth=health.get("auth"), streams=len(streams), live=live,
+                      problems=problems[:MAX_PROBLEMS], not_live=len(problems),
                       store={k: store.get(k) for k in ("name", "ok", "pending_rows", "dropped_rows", "last_error")},
                       gaps_hours=hours, gaps=len(rows), recent_gaps=recent, summary=summary)
     return result, summary
+
+
+async def _gaps(client: WadmClient, hours: int) -> tuple[dict[str, Any], str | None]:
+    """The gaps of the last ``hours``, or why they could not be read (the status says it)."""
+    try:
+        return await client.get("/api/v1/gaps", {"window": f"{hours}h", "limit": 1000}), None
+    except ToolError as exc:
+        return {}, str(exc)
+
+
+def _short_error(error: object) -> str | None:
+    """A stream's last error, cut to what a model needs to see."""
+    if not error:
+        return None
+    text = str(error)
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def _gap_row(g: dict[str, Any]) -> dict[str, Any]:

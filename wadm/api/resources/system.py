@@ -112,7 +112,7 @@ class HealthResource:
         status = 200 if report.healthy else 503
         auth = "api_keys" if self.ctx.settings.api_keys else "none"
         if not authorized(req):  # keys are set and this request has none: the status only
-            send_json(resp, {"status": report.status, "auth": auth}, status)
+            send_json(resp, {"status": report.status}, status)
             return
         send_json(resp, health_body(report) | {"auth": auth}, status)
 
