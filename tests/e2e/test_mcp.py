@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 import warnings
@@ -166,6 +167,10 @@ def test_every_tool_in_memory_equals_the_rest_api(setup: Setup) -> None:
             structured = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
             for form, text in (("text", _text(result)), ("structured content", structured)):
                 assert len(TOKENS.encode(text)) <= 1500, f"{name}'s {form} is over the model's token budget"
+            # every time in ISO-8601 UTC ("CVD since 00:00 UTC" aside)
+            for clock in re.finditer(r"\d\d:\d\d(?! UTC)", _text(result)):
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT", _text(result)[clock.start() - 11:clock.start()]), \
+                    (name, _text(result)[max(0, clock.start() - 20):clock.end() + 5])
     finally:
         s.control("resume")
 

@@ -139,10 +139,10 @@ def _flow_text(r: m.Flow) -> str:
                                                      for k, w in r.windows.items()))
     if r.large_trades:
         lines.append(f"large trades (≥ {r.large_notional:,.0f}): " + "; ".join(
-            f"{t['side']} {t['qty']}@{t['price']} {t['time'][11:19]} {t['market']}" for t in r.large_trades))
+            f"{t['side']} {t['qty']}@{t['price']} {t['time']} {t['market']}" for t in r.large_trades))
     if r.stacked_imbalances:
         lines.append("stacked imbalances: " + "; ".join(
-            f"{s['side']} {s['from']}–{s['to']} ({s['rows']} rows) {s['time'][11:16]}" for s in r.stacked_imbalances))
+            f"{s['side']} {s['from']}–{s['to']} ({s['rows']} rows) {_short(s['time'])}" for s in r.stacked_imbalances))
     for b in r.book:
         lines.append(f"book {b['market']} {b['state']}: mid {b['mid']} spread {b['spread']} imbalance "
                      + " ".join(f"{k} {signed(v, 3)}" for k, v in b["imbalance"].items()))
@@ -267,8 +267,8 @@ def _against(d: dict[str, Any]) -> str:
 
 
 def _short(t: str | None) -> str:
-    """``11-29 15:30``: enough of a time inside a line that already says the year."""
-    return "" if t is None else f"{t[5:10]} {t[11:16]}"
+    """``2026-11-29T15:30Z``: an ISO-8601 UTC time to the minute, for a time inside a line."""
+    return "" if t is None else f"{t[:16]}Z"
 
 
 # -- the whole picture ----------------------------------------------------------------------------
