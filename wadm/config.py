@@ -223,6 +223,9 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, i
     return value
 
 
+MIN_SPOOL_BYTES = 1024 * 1024
+
+
 def _size(name: str, raw: str) -> int:
     """Bytes, with an optional K, M, G or T suffix (powers of 1024, an ``i``/``iB``/``B`` after it allowed)."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", raw.strip().lower()) if raw.isascii() else None
@@ -542,6 +545,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
                           "WADM_ALERT_FORMAT=telegram and the Bot API's sendMessage URL as the webhook)")
     if (raw := get("WADM_SPOOL_MAX_BYTES")) is not None:
         kw["spool_max_bytes"] = _size("WADM_SPOOL_MAX_BYTES", raw)
+        if 0 < kw["spool_max_bytes"] < MIN_SPOOL_BYTES:
+            raise ConfigError("WADM_SPOOL_MAX_BYTES", raw, "at least 1M (or 0: no spool); 4G, the default, holds "
+                              "about two days of the default symbols")
     if (raw := get("MONGODB_URI")) is not None:
         kw["mongodb_uri"] = _mongodb_uri(raw)
     if not kw.get("mongodb_uri") or kw.get("spool_max_bytes", DEFAULT_SPOOL_BYTES):

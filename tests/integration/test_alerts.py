@@ -125,6 +125,28 @@ async def test_a_store_outage_is_alerted_with_the_spool_and_recovers(tmp_path: P
                 await nx.kill()
 
 
+async def test_a_spool_past_its_bound_is_alerted_with_the_gaps_it_left(tmp_path: Path) -> None:
+    nx = Nx(tmp_path)
+    await nx.start()
+    with receiver() as hook:
+        async with Emulator(synthetic=[SyntheticSpec(market="spot", symbol="BTCUSDT", rate=1500)], seed=7) as emu:
+            settings = binance_spot_settings(emu, alert_webhook_url=hook.url, alert_after=1.0, data_dir=tmp_path,
+                                             spool_max_bytes=256 * 1024)
+            svc = Service(settings, MongoStore(nx.uri, server_selection_timeout=0.3))
+            await svc.start()
+            try:
+                await until(lambda: health(svc)[0], 15, "the stream to be live")
+                await nx.kill()  # the store is down: the spool fills up, then drops its oldest batches
+                await until(lambda: hook.alerts("spool_full", "firing") and hook.alerts("gap", "firing"), 60,
+                            "the spool_full and gap alerts")
+                (full,) = hook.alerts("spool_full", "firing")[:1]
+                assert full["severity"] == "critical" and full["details"]["dropped_rows"] > 0
+                gap = hook.alerts("gap", "firing")[0]
+                assert "btcusdt@" in gap["subject"] and "/api/v1/gaps" in gap["summary"]
+            finally:
+                await svc.stop()
+
+
 async def test_a_failing_receiver_is_retried_and_counted_not_fatal(tmp_path: Path) -> None:
     with receiver() as hook:
         hook.status = 500

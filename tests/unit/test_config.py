@@ -345,7 +345,7 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("raw", "size"), [
     ("0", 0), ("1048576", 1024**2), ("512M", 512 * 1024**2), ("4G", 4 * 1024**3), ("4GiB", 4 * 1024**3),
-    ("1.5g", int(1.5 * 1024**3)), (" 2 GB ", 2 * 1024**3), ("100k", 102_400),
+    ("1.5g", int(1.5 * 1024**3)), (" 2 GB ", 2 * 1024**3), ("1024k", 1024**2),
 ])
 def test_spool_sizes(raw: str, size: int, tmp_path: Path) -> None:
     assert load_settings({"WADM_SPOOL_MAX_BYTES": raw}, cwd=tmp_path).spool_max_bytes == size
@@ -356,6 +356,12 @@ def test_bad_spool_sizes_are_refused(raw: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"WADM_SPOOL_MAX_BYTES": raw}, cwd=tmp_path)
     assert info.value.name == "WADM_SPOOL_MAX_BYTES" and "512M or 4G" in str(info.value)
+
+
+def test_a_spool_smaller_than_a_megabyte_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_SPOOL_MAX_BYTES": "100k"}, cwd=tmp_path)
+    assert info.value.name == "WADM_SPOOL_MAX_BYTES" and "at least 1M" in str(info.value)
 
 
 def test_paths_that_cannot_be_looked_up(tmp_path: Path) -> None:

@@ -234,3 +234,11 @@ def test_a_cursor_that_cannot_be_written_is_no_failure(tmp_path: Path, caplog: p
     assert [r.message for r in caplog.records].count("The spool cursor is written again") == 1
     rest += _drain(spool)
     assert _ids(rest) == _ids([_record(BTC, 1000 * i) for i in range(2, 4)]) and spool.empty
+
+
+def test_a_small_bound_holds_with_the_default_segments(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024 * 1024)  # segments of 16 MB would never let a drop happen
+    for i in range(2500):  # about 3 MB
+        spool.append([_record(BTC, 1000 * i)])
+        assert spool.bytes <= 1024 * 1024 + spool.segment_bytes
+    assert spool.dropped_batches > 0 and spool.segment_bytes == 128 * 1024

@@ -45,6 +45,7 @@ MAGIC = b"WSP1"
 _HEAD = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 _META = struct.Struct("<I")
 SEGMENT_BYTES = 16 * 1024 * 1024  # a segment is closed past this size (and dropped whole)
+MIN_SEGMENT_BYTES = 64 * 1024  # ... or past an eighth of the bound, but not below this
 SYNC_EVERY = 1.0  # seconds between fsyncs of the newest segment
 
 
@@ -178,7 +179,9 @@ class Spool:
         self.folder = folder
         self.keep = keep  # tables never dropped: their records move to the end instead (the gaps of a drop)
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # Segments are dropped whole and the newest never: small enough that the bound holds (within
+        # an eighth or so), whatever the bound.
+        self.segment_bytes = min(segment_bytes, max(MIN_SEGMENT_BYTES, max_bytes // 8))
         self._segments: list[_Segment] = []
         self._cursor = 0  # offset of the next record to write to the store, in the first segment
         # Where the newest data written to the store from here ends, per series (kept with the
