@@ -209,10 +209,22 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(name, raw, "expected a boolean: true/false, 1/0, yes/no, on/off")
 
 
-def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, integer: bool) -> Any:
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, integer: bool,
+            seconds: bool = False) -> Any:
     allowed = f"expected {'an integer' if integer else 'a number'} between {minimum:g} and {maximum:g}"
+    if seconds:
+        allowed += " (seconds; or with s, m, h or d, e.g. 90s, 2m, 1h)"
     value: float | None = None
-    if raw.isascii():  # int() and float() also read digits such as '٣' or '８'
+    duration = _DURATION_RE.fullmatch(raw.lower()) if seconds and raw.isascii() else None
+    if duration is not None:
+        value = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
+        if integer:
+            value = int(value) if value.is_integer() else None
+    elif raw.isascii():  # int() and float() also read digits such as '٣' or '８'
         try:
             value = int(raw) if integer else float(raw)
         except ValueError:
@@ -224,6 +236,12 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, i
 
 
 MIN_SPOOL_BYTES = 1024 * 1024
+_DURATIONS = frozenset({  # settings in seconds: "2m", "1h", "7d" are read too
+    "COLLECTORS_START_DELAY", "RETENTION_RAW_TRADES", "RETENTION_AGGREGATES_1M", "RETENTION_AGGREGATES_1H",
+    "RETENTION_GAPS", "RETENTION_BOOK_SNAPSHOTS", "RETENTION_INDICATORS", "BOOK_SNAPSHOT_INTERVAL",
+    "WADM_BACKFILL_DEADLINE", "WADM_STALE_AFTER", "WADM_ROTATE_AFTER", "WADM_FLUSH_INTERVAL",
+    "WADM_RECONNECT_MIN_DELAY", "WADM_RECONNECT_MAX_DELAY", "WADM_ALERT_AFTER", "WADM_ALERT_REPEAT",
+})
 
 
 def _size(name: str, raw: str) -> int:
@@ -508,7 +526,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     )
     for name, attr, lo, hi, integer in numbers:
         if (raw := get(name)) is not None:
-            kw[attr] = _number(name, raw, minimum=lo, maximum=hi, integer=integer)
+            kw[attr] = _number(name, raw, minimum=lo, maximum=hi, integer=integer, seconds=name in _DURATIONS)
     if (max_delay := kw.get("reconnect_max_delay", 60.0)) < (min_delay := kw.get("reconnect_min_delay", 0.5)):
         raise ConfigError("WADM_RECONNECT_MAX_DELAY", get("WADM_RECONNECT_MAX_DELAY") or f"{max_delay:g}",
                           f"must be at least WADM_RECONNECT_MIN_DELAY ({min_delay:g})")

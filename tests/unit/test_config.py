@@ -463,3 +463,28 @@ def test_bad_api_keys_and_rate_limits_are_refused_without_showing_a_key(
     message = str(err.value)
     assert name in message and fragment in message, message
     assert "has space" not in message and KEY_A not in message
+
+
+@pytest.mark.parametrize(("name", "raw", "attr", "value"), [
+    ("WADM_ALERT_AFTER", "2m", "alert_after", 120.0),
+    ("WADM_ALERT_REPEAT", " 1h ", "alert_repeat", 3600.0),
+    ("WADM_STALE_AFTER", "90s", "stale_after", 90.0),
+    ("RETENTION_AGGREGATES_1H", "7d", "retention_aggregates_1h", 7 * 86400),
+    ("RETENTION_RAW_TRADES", "1.5h", "retention_raw_trades", 5400),
+    ("WADM_FLUSH_INTERVAL", "0.5S", "flush_interval", 0.5),
+    ("WADM_ALERT_AFTER", "45", "alert_after", 45.0),
+])
+def test_durations_in_seconds_or_with_a_unit(tmp_path: Path, name: str, raw: str, attr: str, value: float) -> None:
+    assert getattr(load_settings({name: raw}, cwd=tmp_path), attr) == value
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("WADM_ALERT_AFTER", "2x"), ("WADM_ALERT_AFTER", "2 minutes"), ("RETENTION_RAW_TRADES", "1.5s"),
+    ("WADM_ALERT_AFTER", "2d"), ("WADM_PORT", "8m"),
+])
+def test_bad_durations_are_refused_naming_the_units(tmp_path: Path, name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: raw}, cwd=tmp_path)
+    assert info.value.name == name
+    if name != "WADM_PORT":
+        assert "with s, m, h or d" in str(info.value)
