@@ -137,7 +137,7 @@ def cursor(scope: list[str], position: list[int | str]) -> str:
 def _config_case(tmp: Path, case: str) -> tuple[dict[str, str], list[str]]:
     """The environment of one refused configuration and what the message must name."""
     if case == "host name":
-        return {"WADM_HOST": "localhost"}, ["WADM_HOST", "localhost"]
+        return {"WADM_HOST": "wadm.example.com"}, ["WADM_HOST", "wadm.example.com"]
     if case == "non-UTF-8 symbols file":
         path = tmp / "symbols.yaml"
         path.write_bytes(b"binance:\n  spot: [BTCUSDT\xff]\n")
