@@ -51,7 +51,7 @@ done
 answer="$(get /api/v1/symbols || true)"
 status="$(printf '%s' "$answer" | head -n 1 | tr -d '\r')"
 case "$status" in
-    "HTTP/"*" 401 "*)
+    "HTTP/"*" 401" | "HTTP/"*" 401 "*)
         echo "wadm-https: WADM at $upstream requires API keys; serving it as https://$WADM_DOMAIN" >&2 ;;
     "HTTP/"*)
         refuse "WADM at $upstream answers without API keys (GET /api/v1/symbols without a key: $status):" \

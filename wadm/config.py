@@ -171,9 +171,12 @@ class Settings:
         return out
 
 
-API_KEY_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")  # visible ASCII but the comma (the separator)
-API_KEY_RULE = ("1 to 256 visible ASCII characters, no space or comma (16 or more advised, e.g. from: "
-                "openssl rand -hex 32)")
+# Visible ASCII but the comma (the separator), quotes, backslash and $ (shells and compose files
+# rewrite them), not starting with # (a comment in a keys file).
+_KEY_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ",\"'`\\$")
+API_KEY_RE = re.compile(f"[{re.escape(_KEY_CHARS.replace('#', ''))}][{re.escape(_KEY_CHARS)}]{{0,255}}")
+API_KEY_RULE = ("1 to 256 visible ASCII characters without spaces, commas, quotes, backslashes or $, not starting "
+                "with # (16 or more advised, e.g. from: openssl rand -hex 32)")
 API_KEY_ADVISED = 16  # shorter keys are accepted with a warning at start
 
 
@@ -197,6 +200,9 @@ def _api_keys(raw: str | None, path: str | None, cwd: Path) -> tuple[str, ...]:
             raise ConfigError(name, f"key {position} (hidden, {len(item)} characters)", API_KEY_RULE)
         if item not in keys:
             keys.append(item)
+    if name == "WADM_API_KEYS_FILE" and not keys:
+        raise ConfigError(name, path or "", "a file with at least one key (lines starting with # are comments): "
+                          "an empty one would leave the API open")
     return tuple(keys)
 
 
@@ -222,8 +228,8 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float = math.inf, i
     duration = _DURATION_RE.fullmatch(raw.lower()) if seconds and raw.isascii() else None
     if duration is not None:
         value = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
-        if integer:
-            value = int(value) if value.is_integer() else None
+        if integer:  # 1.1h is 3960 s, though floats say 3960.0000000000005
+            value = round(value) if abs(value - round(value)) < 1e-6 else None
     elif raw.isascii():  # int() and float() also read digits such as '٣' or '８'
         try:
             value = int(raw) if integer else float(raw)

@@ -265,10 +265,14 @@ def test_streamable_http_behind_a_token(setup: Setup) -> None:
     try:
         wait_for(lambda: _listening(port), 30, "wadm mcp --http to listen", proc)
         url = f"http://127.0.0.1:{port}/mcp"
-        for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": token}):
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": token},
+                        {"Authorization": f"Basic {token}"}):
             refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers, timeout=5)
             assert refused.status_code == 401 and refused.json()["error"] == "unauthorized", headers
             assert refused.headers["www-authenticate"].startswith("Bearer")
+        past = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=5,
+                          headers={"Authorization": f"bearer  {token}"})  # any case and spacing, as WADM's keys
+        assert past.status_code != 401, past.text
 
         async def run() -> None:
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})

@@ -450,6 +450,8 @@ def test_api_keys_from_the_variable_or_a_file_never_printed(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("env", "name", "fragment"), [
     ({"WADM_API_KEYS": "k" * 257}, "WADM_API_KEYS", "1 to 256 visible ASCII characters"),
+    ({"WADM_API_KEYS": KEY_A + ",#not-a-comment-here"}, "WADM_API_KEYS", "not starting with #"),
+    ({"WADM_API_KEYS": "pa$$word-0123456789"}, "WADM_API_KEYS", "or $"),
     ({"WADM_API_KEYS": KEY_A + ",has space in it 1234"}, "WADM_API_KEYS", "key 2 (hidden"),
     ({"WADM_API_KEYS": KEY_A, "WADM_API_KEYS_FILE": "keys"}, "WADM_API_KEYS", "not both"),
     ({"WADM_API_KEYS_FILE": "missing"}, "WADM_API_KEYS_FILE", "a readable UTF-8 file"),
@@ -488,3 +490,16 @@ def test_bad_durations_are_refused_naming_the_units(tmp_path: Path, name: str, r
     assert info.value.name == name
     if name != "WADM_PORT":
         assert "with s, m, h or d" in str(info.value)
+
+
+def test_a_keys_file_without_a_key_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text("# every line a comment\n#abcdefghijklmnopqrstuvwxyz\n\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WADM_API_KEYS_FILE": "keys"}, cwd=tmp_path)
+    assert info.value.name == "WADM_API_KEYS_FILE" and "would leave the API open" in str(info.value)
+    assert "abcdefghij" not in str(info.value)
+
+
+def test_fractional_durations_of_whole_seconds(tmp_path: Path) -> None:
+    assert load_settings({"RETENTION_AGGREGATES_1H": "1.1h"}, cwd=tmp_path).retention_aggregates_1h == 3960
+    assert load_settings({"RETENTION_RAW_TRADES": "0.7d"}, cwd=tmp_path).retention_raw_trades == 60480

@@ -205,17 +205,22 @@ _Asgi = Callable[[_Scope, Callable[[], Awaitable[_Scope]], Callable[[_Scope], Aw
 
 class BearerToken:
     """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>`` (compared in
-    constant time); 401 with a JSON error otherwise. Lifespan events pass through."""
+    constant time); 401 with a JSON error otherwise. Lifespan events pass through; anything else
+    (a WebSocket) is closed."""
 
     def __init__(self, app: _Asgi, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: _Scope, receive: Callable[[], Awaitable[_Scope]],
                        send: Callable[[_Scope], Awaitable[None]]) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "http":
-            given = [value for name, value in scope["headers"] if name == b"authorization"]
-            if len(given) != 1 or not hmac.compare_digest(given[0], self.expected):
+            given = [value.strip() for name, value in scope["headers"] if name == b"authorization"]
+            token = given[0][7:].strip() if len(given) == 1 and given[0][:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.expected):
                 body = b'{"error":"unauthorized","message":"send Authorization: Bearer <WADM_MCP_TOKEN>"}'
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving WADM at %s over %s (key %s)", client.url, "HTTP" if args.http else "stdio",
              "set" if key else "not set")
     if args.http:
-        token = os.environ.get("WADM_MCP_TOKEN") or None
+        token = os.environ.get("WADM_MCP_TOKEN", "").strip() or None
         if token is not None and len(token) < 16:
             parser.error("WADM_MCP_TOKEN must be at least 16 characters (e.g. openssl rand -hex 32)")
         _serve_http(server, args.host, args.port, token)

@@ -89,8 +89,14 @@ async def status(client: WadmClient, hours: int) -> tuple[m.Status, str]:
         for p in problems:
             by_cause.setdefault((str(p["state"]), p["error"]), []).append(f"{p['symbol']} {p['market']} {p['channel']}")
         named = 0
-        for (state, error), names in by_cause.items():
-            shown = names[:max(1, 10 - named)]
+        causes = list(by_cause.items())
+        for index, ((state, error), names) in enumerate(causes):
+            if named >= 10:  # the rest in one line: the text stays short however many causes
+                rest = sum(len(n) for _, n in causes[index:])
+                parts.append(f"And {rest} more streams not live for other reasons (get_status's problems list "
+                             "the first 12).")
+                break
+            shown = names[:10 - named]
             named += len(shown)
             more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
             parts.append(f"{state.capitalize()}{f' ({error})' if error else ''}: {', '.join(shown)}{more}.")
