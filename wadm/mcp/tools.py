@@ -94,7 +94,7 @@ async def status(client: WadmClient, hours: int) -> tuple[m.Status, str]:
             if named >= 10:  # the rest in one line: the text stays short however many causes
                 rest = sum(len(n) for _, n in causes[index:])
                 parts.append(f"And {rest} more streams not live for other reasons (get_status's problems list "
-                             "the first 12).")
+                             f"the first {MAX_PROBLEMS}).")
                 break
             shown = names[:10 - named]
             named += len(shown)

@@ -227,6 +227,11 @@ class Writer:
         self.pending_rows += sum(item.batch.count for item in items)
         self._bounded_rows += sum(item.batch.count for item in items if item.key.table not in _KEPT)
 
+    def _unkeep(self, items: Sequence[_Queued]) -> None:
+        """``items`` left memory (taken out of their queue by the caller)."""
+        self.pending_rows -= sum(item.batch.count for item in items)
+        self._bounded_rows -= sum(item.batch.count for item in items if item.key.table not in _KEPT)
+
     def _drop_past_bound(self, queue: deque[_Queued], index: int) -> None:
         """Drop the oldest trade or book batches of ``queue`` from ``index`` on (those before are being
         written) while memory holds more than the bound; each loss is recorded as a gap of its stream.
@@ -241,8 +246,7 @@ class Writer:
                 index += 1
                 continue
             del queue[index]
-            self.pending_rows -= old.batch.count
-            self._bounded_rows -= old.batch.count
+            self._unkeep([old])
             dropped.append(old)
         for old in dropped:
             self.stats.dropped_rows["store_backlog"] += old.batch.count
@@ -262,8 +266,7 @@ class Writer:
         moved = list(self._pending)[self._inflight:]
         for _ in moved:
             self._pending.pop()
-        self.pending_rows -= sum(item.batch.count for item in moved)
-        self._bounded_rows -= sum(item.batch.count for item in moved if item.key.table not in _KEPT)
+        self._unkeep(moved)
         self._spill(moved, force=force, older=True)
 
     def _spill(self, items: list[_Queued], *, force: bool = False, older: bool = False) -> None:
@@ -273,8 +276,7 @@ class Writer:
         if self._behind:
             waiting = list(self._behind)
             self._behind.clear()
-            self.pending_rows -= sum(item.batch.count for item in waiting)
-            self._bounded_rows -= sum(item.batch.count for item in waiting if item.key.table not in _KEPT)
+            self._unkeep(waiting)
             items = [*items, *waiting] if older else [*waiting, *items]
         if not items:
             return
@@ -321,9 +323,8 @@ class Writer:
         delay = 0.25
         while True:
             if self._behind and self.spool is not None and self.spool.empty:
-                waiting = list(self._behind)  # the spool is written: what waited behind it is next
+                self._pending.extend(self._behind)  # the spool is written: what waited behind it is next
                 self._behind.clear()
-                self._pending.extend(waiting)
             if not self._pending and (self.spool is None or self.spool.empty or self._closing):
                 if self._closing:
                     self._spill_behind()
@@ -389,8 +390,7 @@ class Writer:
             self._inflight = 0
         for _ in group:
             self._pending.popleft()
-        self.pending_rows -= rows
-        self._bounded_rows -= sum(item.batch.count for item in group if item.key.table not in _KEPT)
+        self._unkeep(group)
         self._written(group, self.clock() - started)
         return True
 
