@@ -139,30 +139,32 @@ async def test_orderbook_snapshot_deltas_rebuild_the_true_book(connect: Connect)
         client.send({"op": "subscribe", "args": ["orderbook.50.BTCUSDT", "orderbook.1.BTCUSDT"]})
         await eventually(lambda: len(client.topic("orderbook.50.BTCUSDT")) >= 20)
         emu.pause(venue="bybit", market="linear")
-        # The book stands still now. A push whose cross sequence is the current one was built
-        # after the last trade, so it reflects the final book; wait for one on each topic.
+        # The book stands still now. Depth 1 is re-pushed while nothing changes, so a push with the
+        # current cross sequence comes; depth 50 sends a delta only when its levels changed (the
+        # last one may predate the last trades), so it is awaited by the book it rebuilds.
         model = emu.feeds[("bybit", "linear", "BTCUSDT")].model
         assert model is not None
         final_seq = model.cross_seq()
-        for topic in ("orderbook.50.BTCUSDT", "orderbook.1.BTCUSDT"):
-            await until(
-                lambda t=topic: client.topic(t)[-1]["data"]["seq"] == final_seq,
-                TIMEOUT,
-                f"a {topic} push of the paused book",
-            )
+        await until(lambda: client.topic("orderbook.1.BTCUSDT")[-1]["data"]["seq"] == final_seq, TIMEOUT,
+                    "an orderbook.1.BTCUSDT push of the paused book")
+        true_bids, true_asks, _ = emu.true_book("bybit", "linear", "BTCUSDT", depth=50)
+
+        def rebuilt() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+            bids: dict[str, str] = {}
+            asks: dict[str, str] = {}
+            for frame in client.topic("orderbook.50.BTCUSDT"):
+                apply_levels(bids, frame["data"]["b"])
+                apply_levels(asks, frame["data"]["a"])
+            return sorted_side(bids, True), sorted_side(asks, False)
+
+        await until(lambda: rebuilt() == (true_bids, true_asks), TIMEOUT, "the orderbook.50 deltas to rebuild the book")
         frames = client.topic("orderbook.50.BTCUSDT")
         assert frames[0]["type"] == "snapshot" and all(f["type"] == "delta" for f in frames[1:])
         assert list(frames[0]) == ["topic", "type", "ts", "data", "cts"]
         assert list(frames[0]["data"]) == ["s", "b", "a", "u", "seq"]
+        assert all(f["data"]["seq"] <= final_seq for f in frames)
         us = [f["data"]["u"] for f in frames]
         assert us == list(range(us[0], us[0] + len(us)))  # +1 per delta
-        bids: dict[str, str] = {}
-        asks: dict[str, str] = {}
-        for frame in frames:
-            apply_levels(bids, frame["data"]["b"])
-            apply_levels(asks, frame["data"]["a"])
-        true_bids, true_asks, _ = emu.true_book("bybit", "linear", "BTCUSDT", depth=50)
-        assert sorted_side(bids, True) == true_bids and sorted_side(asks, False) == true_asks
         top = client.topic("orderbook.1.BTCUSDT")
         assert all(f["type"] == "snapshot" and len(f["data"]["b"]) == 1 for f in top)
         assert top[-1]["data"]["b"] == [list(true_bids[0])]
